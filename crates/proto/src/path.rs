@@ -176,7 +176,8 @@ mod tests {
 
     #[test]
     fn refuses_what_some_system_cannot_hold() {
-        let cases: &[(&str, fn(&PathError) -> bool)] = &[
+        type Expect = fn(&PathError) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("", |e| *e == PathError::Empty),
             ("/etc/passwd", |e| *e == PathError::Absolute),
             ("a//b", |e| *e == PathError::EmptyComponent),
