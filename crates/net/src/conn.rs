@@ -293,6 +293,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &self.reader.inner
     }
 
+    /// The underlying stream, to write to it directly. Bytes written this way
+    /// bypass the frame checks.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.reader.inner
+    }
+
     /// Splits into a reader and a writer that can live in different tasks. Bytes
     /// already buffered stay with the reader.
     pub fn into_split(self) -> (FrameReader<ReadHalf<S>>, FrameWriter<WriteHalf<S>>) {

@@ -1,0 +1,205 @@
+//! Server configuration: a TOML file (`--config`), overridden by flags.
+//!
+//! Every field has a default, so `coffer-server` runs with no file and no
+//! flags at all. Durations are written the human way: `"10s"`, `"5m"`.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8000"
+//! data = "./coffer-data"
+//! node_id = "node-1"
+//! # tls_cert = "/etc/coffer/node-1.pem"   # with tls_key; absent: a development
+//! # tls_key = "/etc/coffer/node-1.key"    # CA and certificate under DATA/tls
+//! # ca = "/etc/coffer/ca.pem"             # the deployment CA (verifies cluster peers)
+//! log_format = "text"                     # or "json"
+//! max_connections = 10000
+//! handshake_timeout = "10s"
+//! hello_timeout = "10s"
+//! idle_timeout = "5m"
+//! frame_timeout = "60s"
+//! write_timeout = "60s"
+//! shutdown_grace = "30s"                  # SIGTERM; SIGINT allows a tenth of it
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Everything `coffer-server` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to accept clients (and cluster peers) on.
+    pub listen: SocketAddr,
+    /// Directory of the database, the chunk store and generated TLS material.
+    pub data: PathBuf,
+    /// This node's id in a cluster, reported in `welcome` and `pong`.
+    pub node_id: String,
+    /// Certificate chain (PEM) to serve; with `tls_key`. Without both, a
+    /// development CA and a certificate for localhost are made under `DATA/tls`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The deployment CA (PEM): cluster peers must present a certificate it signed.
+    pub ca: Option<PathBuf>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Most connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Longest TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest wait for `hello` after the handshake.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Longest silence between frames once a connection is open.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest time one frame may take to arrive once it started.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Longest time one frame may take to send.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long a graceful shutdown (SIGTERM) lets connections finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data: PathBuf::from("./coffer-data"),
+            node_id: "node-1".to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            ca: None,
+            log_format: LogFormat::Text,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its location.
+        message: String,
+    },
+    /// The combination of settings is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing fields take their defaults, unknown ones are refused.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks settings that only make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        coffer_certs::validate_node_id(&self.node_id)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        for (name, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("hello_timeout", self.hello_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("frame_timeout", self.frame_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be more than zero"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_the_default() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: Config = toml::from_str(&doc).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<Config>("idle_timeout = \"soon\"").is_err());
+        let half_tls = Config {
+            tls_cert: Some("a".into()),
+            ..Config::default()
+        };
+        assert!(half_tls.validate().is_err());
+        let bad_id = Config {
+            node_id: "Node 1".into(),
+            ..Config::default()
+        };
+        assert!(bad_id.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

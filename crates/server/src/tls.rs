@@ -1,0 +1,45 @@
+//! The server's TLS material: configured files, or development ones made on
+//! first start under `DATA/tls` and reused afterwards.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coffer_net::SharedClock;
+use coffer_net::tls::{self, Identity};
+use time::OffsetDateTime;
+use tracing::info;
+
+use crate::StartError;
+use crate::config::Config;
+
+pub(crate) struct Tls {
+    pub(crate) server_config: Arc<rustls::ServerConfig>,
+    pub(crate) ca_path: Option<PathBuf>,
+}
+
+fn now(clock: &SharedClock) -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH + clock.now()
+}
+
+pub(crate) fn setup(config: &Config, clock: &SharedClock) -> Result<Tls, StartError> {
+    let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (Identity::load(cert, key)?, config.ca.clone()),
+        _ => {
+            let dev = coffer_certs::ensure_dev_tls(&config.data.join("tls"), now(clock))?;
+            if dev.generated {
+                info!(ca = %dev.ca.display(), "made development TLS material; clients pass this file as --ca");
+            }
+            (
+                Identity::load(&dev.cert, &dev.key)?,
+                Some(config.ca.clone().unwrap_or(dev.ca)),
+            )
+        }
+    };
+    // Cluster peers authenticate with certificates from the deployment CA;
+    // clients present none and are admitted all the same.
+    let peer_roots = ca_path.as_deref().map(tls::load_roots).transpose()?;
+    Ok(Tls {
+        server_config: tls::server_config(&identity, peer_roots, clock.clone())?,
+        ca_path,
+    })
+}
