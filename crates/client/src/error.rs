@@ -1,0 +1,81 @@
+//! What can go wrong talking to a server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use coffer_net::ConnError;
+use coffer_net::tls::HandshakeError;
+use coffer_proto::{ErrorBody, ErrorCode};
+
+/// Why a request did not get a successful answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No TCP connection could be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Connecting took too long.
+    #[error("no connection to {addr} within {after:?}")]
+    ConnectTimeout {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The server's certificate does not verify against the configured CA.
+    #[error("the server's certificate is not signed by CA {ca} ({reason})")]
+    Untrusted {
+        /// Which CA was trusted (its file, or a description).
+        ca: String,
+        /// What the verifier said.
+        reason: String,
+    },
+    /// The TLS handshake failed otherwise.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The failure.
+        source: HandshakeError,
+    },
+    /// The connection failed or the server sent something unreadable.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The server closed the connection before answering.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server answered with an error.
+    #[error("{0}")]
+    Server(ErrorBody),
+    /// The server answered something that does not fit the request.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The protocol error code that best describes the failure, for the
+    /// one-line `error: <code>: <what>` report.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Server(body) => body.code,
+            ClientError::Untrusted { .. } => ErrorCode::Unauthorized,
+            ClientError::Protocol(_) => ErrorCode::Internal,
+            ClientError::Conn(ConnError::Decode(e)) => e.code(),
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Handshake { .. }
+            | ClientError::Conn(_)
+            | ClientError::Closed => ErrorCode::Unavailable,
+        }
+    }
+
+    /// Whether retrying (after a pause, or on another server) may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.code().is_transient()
+    }
+}
