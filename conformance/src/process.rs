@@ -1,0 +1,233 @@
+//! Real binaries as child processes: start, wait for readiness, signal by PID.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Why a process could not be started or controlled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// Building the binaries failed.
+    #[error("building the binaries failed: {0}")]
+    Build(String),
+    /// The program could not be started.
+    #[error("starting {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// It exited or said something else before `listening on ADDR`.
+    #[error("{program} did not become ready: {reason}")]
+    NotReady {
+        /// The program.
+        program: String,
+        /// What happened instead.
+        reason: String,
+    },
+    /// Sending a signal failed.
+    #[error("signal {signal} to pid {pid}: {reason}")]
+    Signal {
+        /// The signal name.
+        signal: &'static str,
+        /// The process.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The directory holding this profile's binaries (`target/debug` when the suite
+/// itself is a debug build), after making sure they are built.
+pub fn bin_dir() -> Result<&'static Path, ProcessError> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test binary>
+        let dir = exe
+            .ancestors()
+            .nth(2)
+            .ok_or("unexpected test binary location")?
+            .to_owned();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "coffer-server",
+            "-p",
+            "coffer-balancer",
+            "-p",
+            "coffer-client",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let out = build.output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(dir)
+    })
+    .as_deref()
+    .map_err(|e| ProcessError::Build(e.clone()))
+}
+
+/// A running binary that announced `listening on ADDR`.
+#[derive(Debug)]
+pub struct Process {
+    program: PathBuf,
+    args: Vec<String>,
+    child: Child,
+    addr: SocketAddr,
+    /// Set once the child is reaped: its PID may then belong to someone else,
+    /// so it is never signalled again.
+    reaped: bool,
+}
+
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Process {
+    /// Starts `program` with `args` and waits (up to 30 s) for its
+    /// `listening on ADDR` line.
+    pub fn start(program: &Path, args: Vec<String>) -> Result<Process, ProcessError> {
+        let name = program.display().to_string();
+        let mut child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                program: name.clone(),
+                source,
+            })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // Read the readiness line on a thread so that the wait has a deadline.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(result);
+        });
+        let not_ready = |reason: String| ProcessError::NotReady {
+            program: name.clone(),
+            reason,
+        };
+        let line = match rx.recv_timeout(READY_DEADLINE) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(not_ready(e.to_string())),
+            Err(_) => {
+                let _ = child.kill();
+                return Err(not_ready(format!(
+                    "no `listening on` within {READY_DEADLINE:?}"
+                )));
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| not_ready(format!("first line was {line:?}")))?;
+        Ok(Process {
+            program: program.to_owned(),
+            args,
+            child,
+            addr,
+            reaped: false,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: &'static str) -> Result<(), ProcessError> {
+        let pid = self.pid();
+        if self.reaped {
+            return Err(ProcessError::Signal {
+                signal,
+                pid,
+                reason: "the process has already exited".into(),
+            });
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .map_err(|e| ProcessError::Signal {
+                signal,
+                pid,
+                reason: e.to_string(),
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ProcessError::Signal {
+                signal,
+                pid,
+                reason: format!("kill exited with {status}"),
+            })
+        }
+    }
+
+    /// SIGSTOP: the process stays, silent — a black hole.
+    pub fn pause(&self) -> Result<(), ProcessError> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) -> Result<(), ProcessError> {
+        self.signal("CONT")
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus, ProcessError> {
+        self.signal("TERM")?;
+        let status = self.child.wait().map_err(|e| ProcessError::Signal {
+            signal: "TERM",
+            pid: self.pid(),
+            reason: e.to_string(),
+        })?;
+        self.reaped = true;
+        Ok(status)
+    }
+
+    /// SIGKILL, then reaps it.
+    pub fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+
+    /// Kills it and starts it again with the same arguments (same data
+    /// directory, same address when one was fixed).
+    pub fn restart(&mut self) -> Result<(), ProcessError> {
+        self.kill();
+        let again = Process::start(&self.program, self.args.clone())?;
+        *self = again;
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Never leave a process behind, stopped or running (SIGKILL works on a
+        // stopped process too).
+        self.kill();
+    }
+}
