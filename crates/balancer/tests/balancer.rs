@@ -185,14 +185,16 @@ async fn the_binary_balances_and_refuses_bad_configs() {
     for s in &c.servers {
         args.extend(["--backend".to_owned(), s.to_string()]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer-balancer"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_coffer-balancer"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr: SocketAddr = line
@@ -206,8 +208,7 @@ async fn the_binary_balances_and_refuses_bad_configs() {
         seen.insert(land(addr, &c.ca).await.welcome().node_id.clone());
     }
     assert_eq!(seen.len(), 3);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     let dup = Command::new(env!("CARGO_BIN_EXE_coffer-balancer"))
         .args(["--backend", "127.0.0.1:9", "--backend", "127.0.0.1:9"])
@@ -215,4 +216,15 @@ async fn the_binary_balances_and_refuses_bad_configs() {
         .unwrap();
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("listed twice"));
+}
+
+/// Kills the child when the test ends, passing or failing, so that no process
+/// outlives its test. (`Child::kill` never signals a child already reaped.)
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

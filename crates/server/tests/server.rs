@@ -225,15 +225,17 @@ async fn shutdown_closes_idle_connections_and_returns() {
 async fn the_binary_starts_on_defaults_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let spawn = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coffer-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Reaper(
+            Command::new(env!("CARGO_BIN_EXE_coffer-server"))
+                .args(["--listen", "127.0.0.1:0", "--data"])
+                .arg(data.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(child.0.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         let addr: SocketAddr = line
@@ -255,13 +257,13 @@ async fn the_binary_starts_on_defaults_and_stops_on_sigterm() {
     ));
     drop(conn);
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(child.wait().unwrap().success(), "exit 0 on SIGTERM");
+    assert!(child.0.wait().unwrap().success(), "exit 0 on SIGTERM");
 
-    let (mut child, addr) = spawn();
+    let (_child, addr) = spawn();
     assert_eq!(
         std::fs::read(&ca).unwrap(),
         ca_pem,
@@ -269,6 +271,15 @@ async fn the_binary_starts_on_defaults_and_stops_on_sigterm() {
     );
     let mut conn = connect(addr, &ca).await;
     call(&mut conn, 1, hello()).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// Kills the child when the test ends, passing or failing, so that no process
+/// outlives its test. (`Child::kill` never signals a child already reaped.)
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
