@@ -56,17 +56,11 @@ pub fn bin_dir() -> Result<&'static Path, ProcessError> {
             .ok_or("unexpected test binary location")?
             .to_owned();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // Build the way `cargo test --workspace` does (same feature set), so
+        // that under it this is a no-op and the binaries tested are the ones
+        // it just built — never a stale or differently-featured copy.
         let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--bins",
-            "-p",
-            "coffer-server",
-            "-p",
-            "coffer-balancer",
-            "-p",
-            "coffer-client",
-        ]);
+        build.args(["test", "--workspace", "--no-run", "--quiet"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }

@@ -42,6 +42,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

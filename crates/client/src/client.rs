@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coffer_net::conn::{Connection, Timeouts};
-use coffer_net::tls::{self, HandshakeError};
+use coffer_net::tls::{self, CertProblem, HandshakeError};
 use coffer_net::{Net, Stream};
 use coffer_proto::request::Hello;
 use coffer_proto::response::{Pong, Welcome};
@@ -86,10 +86,10 @@ impl<S: Stream> Client<S> {
         let stream = tls::connect(&connector, endpoint.name.clone(), tcp, t.handshake)
             .await
             .map_err(|source| match source {
-                HandshakeError::Untrusted(reason) => ClientError::Untrusted {
+                HandshakeError::Certificate(CertProblem::NotSigned) => ClientError::Untrusted {
                     ca: endpoint.ca_label.clone(),
-                    reason,
                 },
+                HandshakeError::Certificate(problem) => ClientError::Certificate { problem },
                 source => ClientError::Handshake { addr, source },
             })?;
         let timeouts = Timeouts {

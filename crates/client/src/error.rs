@@ -27,13 +27,18 @@ pub enum ClientError {
         /// The deadline.
         after: Duration,
     },
-    /// The server's certificate does not verify against the configured CA.
-    #[error("the server's certificate is not signed by CA {ca} ({reason})")]
+    /// The server's certificate is not signed by the configured CA.
+    #[error("the server's certificate is not signed by CA {ca}")]
     Untrusted {
         /// Which CA was trusted (its file, or a description).
         ca: String,
-        /// What the verifier said.
-        reason: String,
+    },
+    /// The server's certificate is signed by the CA but refused for another
+    /// reason: issued for other names, expired, not yet valid.
+    #[error("the server's certificate is {problem}")]
+    Certificate {
+        /// What is wrong with it.
+        problem: coffer_net::tls::CertProblem,
     },
     /// The TLS handshake failed otherwise.
     #[error("TLS handshake with {addr} failed: {source}")]
@@ -63,7 +68,9 @@ impl ClientError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ClientError::Server(body) => body.code,
-            ClientError::Untrusted { .. } => ErrorCode::Unauthorized,
+            ClientError::Untrusted { .. } | ClientError::Certificate { .. } => {
+                ErrorCode::Unauthorized
+            }
             ClientError::Protocol(_) => ErrorCode::Internal,
             ClientError::Conn(ConnError::Decode(e)) => e.code(),
             ClientError::Connect { .. }

@@ -84,6 +84,23 @@ async fn another_ca_is_refused_with_a_clear_message() {
 }
 
 #[tokio::test]
+async fn a_certificate_for_other_names_is_said_to_be_so() {
+    let s = start().await;
+    let endpoint = Endpoint {
+        name: ServerName::try_from("elsewhere.example").unwrap(),
+        ..endpoint(s.addr, &s.ca)
+    };
+    let err = Client::connect(&TokioNet, &endpoint).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the server's certificate is not valid for elsewhere.example (it names ")
+            && text.contains("localhost"),
+        "{text}"
+    );
+    assert_eq!(err.code(), ErrorCode::Unauthorized);
+}
+
+#[tokio::test]
 async fn nobody_listening_is_unavailable() {
     let s = start().await;
     let free = {

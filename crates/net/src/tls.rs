@@ -195,6 +195,62 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// What is wrong with a peer's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertProblem {
+    /// Not signed by a trusted CA (or the signature is bad).
+    #[error("not signed by a trusted CA")]
+    NotSigned,
+    /// Valid, but for other names than the one connected to.
+    #[error("not valid for {expected} (it names {presented})")]
+    WrongName {
+        /// The name connected to.
+        expected: String,
+        /// The names the certificate holds.
+        presented: String,
+    },
+    /// Past its validity.
+    #[error("expired")]
+    Expired,
+    /// Before its validity.
+    #[error("not valid yet")]
+    NotYetValid,
+    /// The peer presented no certificate where one was required.
+    #[error("none presented")]
+    Missing,
+    /// Anything else the verifier refused.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CertProblem {
+    fn from_rustls(e: &rustls::CertificateError) -> CertProblem {
+        use rustls::CertificateError as E;
+        match e {
+            E::UnknownIssuer | E::BadSignature => CertProblem::NotSigned,
+            E::NotValidForName => CertProblem::WrongName {
+                expected: "this server".into(),
+                presented: "other names".into(),
+            },
+            E::NotValidForNameContext {
+                expected,
+                presented,
+            } => CertProblem::WrongName {
+                expected: match expected {
+                    ServerName::DnsName(name) => name.as_ref().to_owned(),
+                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                    other => format!("{other:?}"),
+                },
+                presented: presented.join(", "),
+            },
+            E::Expired | E::ExpiredContext { .. } => CertProblem::Expired,
+            E::NotValidYet | E::NotValidYetContext { .. } => CertProblem::NotYetValid,
+            other => CertProblem::Other(format!("{other:?}")),
+        }
+    }
+}
+
 /// Why a TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -202,10 +258,10 @@ pub enum HandshakeError {
     /// It did not finish in time.
     #[error("TLS handshake did not finish within {0:?}")]
     Timeout(Duration),
-    /// The peer's certificate did not verify against the trusted CA.
-    #[error("certificate not trusted: {0}")]
-    Untrusted(String),
-    /// The peer rejected our certificate, or we rejected its.
+    /// The peer's certificate was refused.
+    #[error("certificate refused: {0}")]
+    Certificate(CertProblem),
+    /// The peer refused the session (for instance our certificate).
     #[error("peer refused the TLS session: {0}")]
     Refused(String),
     /// The peer did not speak TLS, or broke the protocol.
@@ -226,10 +282,10 @@ impl HandshakeError {
         };
         match tls {
             rustls::Error::InvalidCertificate(reason) => {
-                HandshakeError::Untrusted(format!("{reason:?}"))
+                HandshakeError::Certificate(CertProblem::from_rustls(reason))
             }
             rustls::Error::NoCertificatesPresented => {
-                HandshakeError::Untrusted("no certificate presented".into())
+                HandshakeError::Certificate(CertProblem::Missing)
             }
             rustls::Error::AlertReceived(alert) => HandshakeError::Refused(format!("{alert:?}")),
             other => HandshakeError::Protocol(other.to_string()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coffer_certs::{Ca, Kind, Validity};
-use coffer_net::tls::{self, HandshakeError, Identity};
+use coffer_net::tls::{self, CertProblem, HandshakeError, Identity};
 use coffer_net::{Clock, ConnError, Connection, Listener, Net, SystemClock, Timeouts, TokioNet};
 use coffer_proto::request::{Hello, UploadChunk};
 use coffer_proto::types::Sha256;
@@ -282,7 +282,7 @@ async fn a_client_trusts_only_its_ca() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, HandshakeError::Untrusted(reason) if reason.contains("UnknownIssuer")),
+        matches!(&err, HandshakeError::Certificate(CertProblem::NotSigned)),
         "{err}"
     );
 
@@ -296,7 +296,25 @@ async fn a_client_trusts_only_its_ca() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, HandshakeError::Untrusted(reason) if reason.contains("Expired")),
+        matches!(&err, HandshakeError::Certificate(CertProblem::Expired)),
+        "{err}"
+    );
+
+    // The right CA, the wrong name: said as such, not as an unknown CA.
+    let (addr, _server) = serve_once(tls::server_config(&pki.server, None, clock()).unwrap()).await;
+    let stream = TokioNet.connect(addr).await.unwrap();
+    let config = tls::client_config(pki.roots.clone(), None, clock()).unwrap();
+    let err = tls::connect(
+        &TlsConnector::from(config),
+        ServerName::try_from("elsewhere.example").unwrap(),
+        stream,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, HandshakeError::Certificate(CertProblem::WrongName { expected, presented })
+            if expected == "elsewhere.example" && presented.contains("127.0.0.1")),
         "{err}"
     );
 }
@@ -358,7 +376,10 @@ async fn peers_present_certificates_and_clients_need_none() {
     // TLS 1.3 clients may finish before the server's verdict; the server side is authoritative.
     drop(client);
     let err = server.await.unwrap().unwrap_err();
-    assert!(matches!(&err, HandshakeError::Untrusted(_)), "{err}");
+    assert!(
+        matches!(&err, HandshakeError::Certificate(CertProblem::NotSigned)),
+        "{err}"
+    );
 }
 
 #[tokio::test]

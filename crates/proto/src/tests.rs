@@ -310,3 +310,24 @@ fn oversized_frames_are_refused_before_allocation() {
         crate::ErrorCode::TooLarge
     );
 }
+
+/// docs/PROTOCOL.md lists every message type of every family in a table row.
+#[test]
+fn the_protocol_document_names_every_message() {
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let mut missing = Vec::new();
+    for kind in Request::KINDS
+        .iter()
+        .chain(Response::KINDS)
+        .chain(Event::KINDS)
+        .chain(PeerMessage::KINDS)
+    {
+        if !doc.contains(&format!("| `{kind}` |")) {
+            missing.push(*kind);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/PROTOCOL.md does not describe {missing:?}"
+    );
+}

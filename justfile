@@ -1,0 +1,26 @@
+# Coffer tasks. `just --list` shows them all.
+
+# Run the test suite exactly as CI does (fmt, clippy, tests).
+ci:
+    .ci/run
+
+# Tests only.
+test:
+    cargo test --workspace
+
+# The simulation over many seeds: SIM_SEEDS (default 200) from SIM_SEED_BASE (default 0).
+# Replay one seed with its trace: TURMOIL_SEED=<seed> just sim
+sim:
+    cargo run --release -p coffer-sim
+
+# The conformance suite against the real binaries.
+conformance:
+    cargo test -p coffer-conformance -- --nocapture
+
+# Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256.
+bench:
+    cargo bench -p coffer-crypto --bench envelope
+
+# A local cluster on loopback: three servers behind a balancer, one CA. Ctrl-C stops it.
+up:
+    ci/up.sh
