@@ -1,16 +1,16 @@
 //! Three real servers (in-process, one CA) behind the balancer.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_balancer::{Balancer, Options, Strategy};
 use coffer_certs::{Ca, Kind, Validity};
 use coffer_client::{Client, ClientTimeouts, Endpoint};
+use coffer_conformance::Process;
 use coffer_net::{Listener, Net, SystemClock, TokioNet, tls};
 use coffer_server::{Config, Server};
 use rustls_pki_types::ServerName;
@@ -185,24 +185,8 @@ async fn the_binary_balances_and_refuses_bad_configs() {
     for s in &c.servers {
         args.extend(["--backend".to_owned(), s.to_string()]);
     }
-    let mut child = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_coffer-balancer"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let child = Process::start(Path::new(env!("CARGO_BIN_EXE_coffer-balancer")), args).unwrap();
+    let addr = child.addr();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..3 {
         seen.insert(land(addr, &c.ca).await.welcome().node_id.clone());
@@ -216,15 +200,4 @@ async fn the_binary_balances_and_refuses_bad_configs() {
         .unwrap();
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("listed twice"));
-}
-
-/// Kills the child when the test ends, passing or failing, so that no process
-/// outlives its test. (`Child::kill` never signals a child already reaped.)
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

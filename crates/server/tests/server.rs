@@ -1,14 +1,13 @@
 //! The server in-process on port 0 (and the binary once), spoken to over TLS
 //! by a minimal test client.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use coffer_conformance::Process;
 use coffer_net::conn::{Connection, Timeouts};
 use coffer_net::{Listener, Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::Hello;
@@ -225,61 +224,36 @@ async fn shutdown_closes_idle_connections_and_returns() {
 async fn the_binary_starts_on_defaults_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let spawn = || {
-        let mut child = Reaper(
-            Command::new(env!("CARGO_BIN_EXE_coffer-server"))
-                .args(["--listen", "127.0.0.1:0", "--data"])
-                .arg(data.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut line = String::new();
-        BufReader::new(child.0.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr: SocketAddr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .trim()
-            .parse()
-            .unwrap();
-        (child, addr)
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.path().to_str().unwrap(),
+        ];
+        Process::start(
+            Path::new(env!("CARGO_BIN_EXE_coffer-server")),
+            args.map(str::to_owned).into(),
+        )
+        .unwrap()
     };
-    let (mut child, addr) = spawn();
+    let mut server = spawn();
     let ca = data.path().join("tls/ca.pem");
     let ca_pem = std::fs::read(&ca).unwrap();
-    let mut conn = connect(addr, &ca).await;
+    let mut conn = connect(server.addr(), &ca).await;
     call(&mut conn, 1, hello()).await;
     assert!(matches!(
         call(&mut conn, 2, Request::Ping).await.msg,
         Response::Pong(_)
     ));
     drop(conn);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.0.wait().unwrap().success(), "exit 0 on SIGTERM");
+    assert!(server.terminate().unwrap().success(), "exit 0 on SIGTERM");
 
-    let (_child, addr) = spawn();
+    let server = spawn();
     assert_eq!(
         std::fs::read(&ca).unwrap(),
         ca_pem,
         "the development CA is reused"
     );
-    let mut conn = connect(addr, &ca).await;
+    let mut conn = connect(server.addr(), &ca).await;
     call(&mut conn, 1, hello()).await;
-}
-
-/// Kills the child when the test ends, passing or failing, so that no process
-/// outlives its test. (`Child::kill` never signals a child already reaped.)
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
