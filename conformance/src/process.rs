@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// Why a process could not be started or controlled.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -149,49 +152,35 @@ impl Process {
         self.child.id()
     }
 
-    fn signal(&self, signal: &'static str) -> Result<(), ProcessError> {
+    fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
         let pid = self.pid();
+        let failed = |reason: String| ProcessError::Signal {
+            signal: signal.as_str(),
+            pid,
+            reason,
+        };
         if self.reaped {
-            return Err(ProcessError::Signal {
-                signal,
-                pid,
-                reason: "the process has already exited".into(),
-            });
+            return Err(failed("the process has already exited".into()));
         }
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .map_err(|e| ProcessError::Signal {
-                signal,
-                pid,
-                reason: e.to_string(),
-            })?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(ProcessError::Signal {
-                signal,
-                pid,
-                reason: format!("kill exited with {status}"),
-            })
-        }
+        let raw = i32::try_from(pid).map_err(|_| failed("pid out of range".into()))?;
+        nix::sys::signal::kill(Pid::from_raw(raw), signal).map_err(|e| failed(e.to_string()))
     }
 
     /// SIGSTOP: the process stays, silent — a black hole.
     pub fn pause(&self) -> Result<(), ProcessError> {
-        self.signal("STOP")
+        self.signal(Signal::SIGSTOP)
     }
 
     /// SIGCONT.
     pub fn resume(&self) -> Result<(), ProcessError> {
-        self.signal("CONT")
+        self.signal(Signal::SIGCONT)
     }
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(&mut self) -> Result<ExitStatus, ProcessError> {
-        self.signal("TERM")?;
+        self.signal(Signal::SIGTERM)?;
         let status = self.child.wait().map_err(|e| ProcessError::Signal {
-            signal: "TERM",
+            signal: "SIGTERM",
             pid: self.pid(),
             reason: e.to_string(),
         })?;
