@@ -161,6 +161,7 @@ fn server_config(pki: &Pki, n: usize) -> Config {
         tls_cert: Some(pki.path("server.pem")),
         tls_key: Some(pki.path("server.key")),
         ca: Some(pki.path("ca.pem")),
+        bcrypt_cost: 4,
         ..Config::default()
     }
 }
@@ -193,11 +194,16 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     for (i, name) in servers.iter().enumerate() {
         let pki = pki.clone();
         let clock = clock.clone();
+        // Every start of a host draws from its own stream of the seed, so a
+        // restarted server never reuses the ids it handed out before.
+        let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host(name.as_str(), move || {
             let config = server_config(&pki, i + 1);
             let clock = clock.clone();
+            starts.set(starts.get() + 1);
+            let server_seed = seed ^ ((i as u64 + 1) << 48) ^ (starts.get() << 32);
             async move {
-                let server = Arc::new(Server::new(config.clone(), clock)?);
+                let server = Arc::new(Server::with_seed(config.clone(), clock, server_seed)?);
                 let listener = TurmoilNet.bind(config.listen).await?;
                 server.run(listener, CancellationToken::new()).await?;
                 Ok(())

@@ -61,7 +61,7 @@ async fn connects_says_hello_and_pings() {
     // Error answers become typed errors; the connection stays usable.
     let err = client.call(Request::Whoami).await.unwrap_err();
     assert!(
-        matches!(&err, ClientError::Server(body) if body.code == ErrorCode::BadRequest),
+        matches!(&err, ClientError::Server(body) if body.code == ErrorCode::Unauthorized),
         "{err}"
     );
     assert!(client.ping().await.is_ok());

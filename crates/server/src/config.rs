@@ -18,6 +18,17 @@
 //! frame_timeout = "60s"
 //! write_timeout = "60s"
 //! shutdown_grace = "30s"                  # SIGTERM; SIGINT allows a tenth of it
+//! # cluster_secret_file = "/etc/coffer/secret"  # token signing key shared by a cluster;
+//!                                         # absent: DATA/secret, made on first start
+//! bcrypt_cost = 12                        # of stored login secrets
+//! session_ttl = "24h"                     # a session's life; `refresh` extends it
+//! # admin = "alice"                       # the admin account; absent: the first registered
+//! keep_versions = 10                      # versions of each path kept for history/restore
+//! upload_ttl = "24h"                      # how long an unfinished upload stays resumable
+//! collect_interval = "1m"                 # how often expired uploads and unused chunks go
+//! login_failures_per_user = 10            # failed logins per user per window…
+//! login_failures_per_address = 100        # …and per client address, before `rate_limited`
+//! login_window = "1m"
 //! ```
 
 use std::net::SocketAddr;
@@ -76,6 +87,31 @@ pub struct Config {
     /// How long a graceful shutdown (SIGTERM) lets connections finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// File holding the key (at least 32 bytes) that signs session tokens,
+    /// shared by every node of a cluster. Absent: `DATA/secret`, made on first start.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// bcrypt cost of stored login secrets (4 to 31).
+    pub bcrypt_cost: u32,
+    /// How long a session lasts; `refresh` extends it by as much.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// The admin account. Absent: the first account registered is admin.
+    pub admin: Option<String>,
+    /// Versions of each path kept for history and restore (at least 1).
+    pub keep_versions: u32,
+    /// How long an unfinished upload stays resumable.
+    #[serde(with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// How often expired uploads and chunks nothing refers to are collected.
+    #[serde(with = "humantime_serde")]
+    pub collect_interval: Duration,
+    /// Failed logins allowed per user per window.
+    pub login_failures_per_user: u32,
+    /// Failed logins allowed per client address per window.
+    pub login_failures_per_address: u32,
+    /// The login rate-limit window.
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
 }
 
 impl Default for Config {
@@ -95,6 +131,16 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            cluster_secret_file: None,
+            bcrypt_cost: 12,
+            session_ttl: Duration::from_secs(24 * 3600),
+            admin: None,
+            keep_versions: 10,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            collect_interval: Duration::from_secs(60),
+            login_failures_per_user: 10,
+            login_failures_per_address: 100,
+            login_window: Duration::from_secs(60),
         }
     }
 }
@@ -151,7 +197,26 @@ impl Config {
                 "max_connections must be at least 1".into(),
             ));
         }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError::Invalid(format!(
+                "bcrypt_cost {} is outside 4 to 31",
+                self.bcrypt_cost
+            )));
+        }
+        if self.keep_versions == 0 {
+            return Err(ConfigError::Invalid(
+                "keep_versions must be at least 1".into(),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            coffer_proto::name::normalize_username(admin)
+                .map_err(|e| ConfigError::Invalid(format!("admin: {e}")))?;
+        }
         for (name, value) in [
+            ("session_ttl", self.session_ttl),
+            ("upload_ttl", self.upload_ttl),
+            ("collect_interval", self.collect_interval),
+            ("login_window", self.login_window),
             ("handshake_timeout", self.handshake_timeout),
             ("hello_timeout", self.hello_timeout),
             ("idle_timeout", self.idle_timeout),

@@ -1,14 +1,27 @@
-//! One client connection: TLS handshake, then request/response frames until the
-//! client leaves, breaks the framing, idles out, or the server shuts down.
+//! One client connection: TLS handshake, then request/response frames — and,
+//! once subscribed, pushed events — until the client leaves, breaks the
+//! framing, idles out, its session ends, or the server shuts down.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use coffer_net::conn::{ConnError, Connection, Timeouts};
 use coffer_net::{Stream, tls};
-use coffer_proto::{DecodeError, Frame, Header, Limits, Request, Response};
+use coffer_proto::event::{CaughtUp, MemberChanged};
+use coffer_proto::{DecodeError, Event, Frame, Header, Limits, Request, Response};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::Server;
-use crate::dispatch::Session;
+use crate::dispatch::{Reply, Session};
+use crate::error::Result;
+use crate::handlers::format_cursor;
+use crate::store::{StoredEvent, query};
+
+/// Events read from the database per round while catching up.
+const CATCH_UP_PAGE: u32 = 500;
 
 fn timeouts(server: &Server, open: bool) -> Timeouts {
     let c = &server.config;
@@ -25,9 +38,26 @@ fn timeouts(server: &Server, open: bool) -> Timeouts {
     }
 }
 
-pub(crate) async fn serve<S: Stream>(server: &Server, stream: S, shutdown: CancellationToken) {
-    let config = &server.config;
-    let tls = match tls::accept(&server.acceptor, stream, config.handshake_timeout).await {
+/// What the loop woke up for.
+enum Input {
+    Frame(Result<Option<coffer_proto::RawFrame>, ConnError>),
+    Event(Result<Arc<StoredEvent>, RecvError>),
+    Shutdown,
+}
+
+/// What to do after handling one input.
+enum Next {
+    Continue,
+    Close,
+}
+
+pub(crate) async fn serve<S: Stream>(
+    server: &Server,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let tls = match tls::accept(&server.acceptor, stream, server.config.handshake_timeout).await {
         Ok(tls) => tls,
         Err(e) => {
             debug!(error = %e, "TLS handshake failed");
@@ -35,73 +65,244 @@ pub(crate) async fn serve<S: Stream>(server: &Server, stream: S, shutdown: Cance
         }
     };
     let mut conn = Connection::new(tls, Limits::default(), timeouts(server, false));
-    let mut session = Session::default();
+    let mut session = Session::new(peer);
+    let mut events = server.store.events();
+    let mut pusher = Pusher::default();
     loop {
-        let read = tokio::select! {
-            // Shutdown closes connections between requests, never during one.
-            _ = shutdown.cancelled() => break,
-            read = conn.read_frame() => read,
-        };
-        let raw = match read {
-            Ok(Some(raw)) => raw,
-            Ok(None) => break,
-            Err(ConnError::Decode(e)) => {
-                // The framing itself is broken: say why, then close, because
-                // the byte stream can no longer be trusted to be in step.
-                info!(error = %e, "closing: bad frame");
-                reply_and_close(&mut conn, 0, e).await;
-                break;
-            }
-            Err(e) => {
-                if e.is_disconnect() {
-                    debug!(error = %e, "connection ended");
-                } else {
-                    info!(error = %e, "closing");
+        if session.catch_up {
+            session.catch_up = false;
+            match pusher.catch_up(server, &mut conn, &mut session).await {
+                Ok(Next::Continue) => {}
+                Ok(Next::Close) => break,
+                Err(e) => {
+                    warn!(error = %e, "catching up a subscriber failed");
+                    break;
                 }
-                break;
             }
-        };
-        let header = match Header::parse(&raw.header) {
-            Ok(header) => header,
-            Err(e) => {
-                info!(error = %e, "closing: bad header");
-                reply_and_close(&mut conn, 0, e).await;
-                break;
-            }
-        };
-        let id = header.id;
-        let was_open = session.open();
-        let reply = match Frame::<Request>::from_header(header, raw.body) {
-            Ok(request) => {
-                debug!(
-                    id,
-                    kind = coffer_proto::Message::kind(&request.msg),
-                    "request"
-                );
-                session.handle(server, request)
-            }
-            // The frame was well-formed; only its content is wrong. Answer it
-            // and keep the connection.
-            Err(e) => crate::dispatch::Reply {
-                close: !session.open(),
-                frame: Frame::new(id, Response::error(e.code(), e.to_string())),
-            },
-        };
-        if let Err(e) = conn.send(&reply.frame).await {
-            debug!(error = %e, "could not answer");
-            break;
         }
-        if reply.close {
+        let input = tokio::select! {
+            // Shutdown closes connections between requests, never during one.
+            _ = shutdown.cancelled() => Input::Shutdown,
+            read = conn.read_frame() => Input::Frame(read),
+            event = events.recv(), if session.signed_in.is_some() => Input::Event(event),
+        };
+        let next = match input {
+            Input::Shutdown => Next::Close,
+            Input::Frame(read) => request(server, &mut conn, &mut session, read).await,
+            Input::Event(Ok(event)) => {
+                match pusher.push(server, &mut conn, &mut session, &event).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        debug!(error = %e, "could not push an event");
+                        Next::Close
+                    }
+                }
+            }
+            Input::Event(Err(RecvError::Lagged(missed))) => {
+                // The live stream overflowed; the database has everything.
+                debug!(missed, "subscriber fell behind; catching up from the log");
+                session.catch_up = session.subscription.is_some();
+                Next::Continue
+            }
+            Input::Event(Err(RecvError::Closed)) => Next::Close,
+        };
+        if let Next::Close = next {
             break;
-        }
-        if !was_open && session.open() {
-            conn.set_timeouts(timeouts(server, true));
         }
     }
     let _ = conn.shutdown().await;
 }
 
+/// Reads and answers one request.
+async fn request<S: Stream>(
+    server: &Server,
+    conn: &mut Connection<S>,
+    session: &mut Session,
+    read: Result<Option<coffer_proto::RawFrame>, ConnError>,
+) -> Next {
+    let raw = match read {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Next::Close,
+        Err(ConnError::Decode(e)) => {
+            // The framing itself is broken: say why, then close, because the
+            // byte stream can no longer be trusted to be in step.
+            info!(error = %e, "closing: bad frame");
+            reply_and_close(conn, 0, e).await;
+            return Next::Close;
+        }
+        Err(e) => {
+            if e.is_disconnect() {
+                debug!(error = %e, "connection ended");
+            } else {
+                info!(error = %e, "closing");
+            }
+            return Next::Close;
+        }
+    };
+    let header = match Header::parse(&raw.header) {
+        Ok(header) => header,
+        Err(e) => {
+            info!(error = %e, "closing: bad header");
+            reply_and_close(conn, 0, e).await;
+            return Next::Close;
+        }
+    };
+    let id = header.id;
+    let was_open = session.open();
+    let reply = match Frame::<Request>::from_header(header, raw.body) {
+        Ok(request) => {
+            debug!(
+                id,
+                kind = coffer_proto::Message::kind(&request.msg),
+                "request"
+            );
+            session.handle(server, request).await
+        }
+        // The frame was well-formed; only its content is wrong. Answer it and
+        // keep the connection (unless it never said hello).
+        Err(e) => Reply {
+            close: !was_open,
+            frame: Frame::new(id, Response::error(e.code(), e.to_string())),
+        },
+    };
+    if let Err(e) = conn.send(&reply.frame).await {
+        debug!(error = %e, "could not answer");
+        return Next::Close;
+    }
+    if reply.close {
+        return Next::Close;
+    }
+    if !was_open && session.open() {
+        conn.set_timeouts(timeouts(server, true));
+    }
+    Next::Continue
+}
+
 async fn reply_and_close<S: Stream>(conn: &mut Connection<S>, id: u64, error: DecodeError) {
     let frame = Frame::new(id, Response::error(error.code(), error.to_string()));
     let _ = conn.send(&frame).await;
+}
+
+/// Pushes events to a subscribed connection, in cursor order, each once.
+#[derive(Default)]
+struct Pusher {
+    /// Folders the user is an active member of, while subscribed.
+    folders: Option<HashSet<String>>,
+}
+
+impl Pusher {
+    async fn refresh_folders(&mut self, server: &Server, username: &str) -> Result<()> {
+        let me = username.to_owned();
+        let folders = server
+            .store
+            .read(move |conn| query::member_folders(conn, &me))
+            .await?;
+        self.folders = Some(folders.into_iter().collect());
+        Ok(())
+    }
+
+    /// Sends everything after the subscription's cursor from the database, then `caught_up`.
+    async fn catch_up<S: Stream>(
+        &mut self,
+        server: &Server,
+        conn: &mut Connection<S>,
+        session: &mut Session,
+    ) -> Result<Next> {
+        let Some(me) = session.signed_in.as_ref().map(|s| s.username.clone()) else {
+            return Ok(Next::Continue);
+        };
+        self.refresh_folders(server, &me).await?;
+        loop {
+            let Some(after) = session.subscription else {
+                return Ok(Next::Continue);
+            };
+            let name = me.clone();
+            let page = server
+                .store
+                .read(move |c| query::events_after(c, &name, after, CATCH_UP_PAGE))
+                .await?;
+            let full = page.len() == CATCH_UP_PAGE as usize;
+            for event in &page {
+                if let Next::Close = self.push(server, conn, session, event).await? {
+                    return Ok(Next::Close);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if let Some(cursor) = session.subscription {
+            let done = Event::CaughtUp(CaughtUp {
+                cursor: format_cursor(cursor),
+            });
+            send_event(conn, done).await?;
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Considers one event for this connection.
+    async fn push<S: Stream>(
+        &mut self,
+        server: &Server,
+        conn: &mut Connection<S>,
+        session: &mut Session,
+        stored: &StoredEvent,
+    ) -> Result<Next> {
+        let Some(me) = session.signed_in.clone() else {
+            return Ok(Next::Continue);
+        };
+        if let Event::SessionEnded(ended) = &stored.event {
+            // Only this connection's own session ending concerns it.
+            if ended.session_id == me.session_id {
+                send_event(conn, stored.event.clone()).await?;
+                session.signed_in = None;
+                return Ok(Next::Close);
+            }
+            return Ok(Next::Continue);
+        }
+        let Some(cursor) = session.subscription else {
+            return Ok(Next::Continue);
+        };
+        if stored.id <= cursor {
+            return Ok(Next::Continue);
+        }
+        if self.folders.is_none() {
+            self.refresh_folders(server, &me.username).await?;
+        }
+        let to_me = stored.username.as_deref() == Some(me.username.as_str());
+        let to_my_folder = stored
+            .folder_id
+            .as_ref()
+            .is_some_and(|f| self.folders.as_ref().is_some_and(|mine| mine.contains(f)));
+        if !(to_me || to_my_folder) {
+            return Ok(Next::Continue);
+        }
+        send_event(conn, with_cursor(stored.event.clone(), stored.id)).await?;
+        session.subscription = Some(stored.id);
+        if let Event::MemberChanged(MemberChanged { username, .. }) = &stored.event
+            && *username == me.username
+        {
+            self.refresh_folders(server, &me.username).await?;
+        }
+        Ok(Next::Continue)
+    }
+}
+
+fn with_cursor(mut event: Event, id: i64) -> Event {
+    let cursor = format_cursor(id);
+    match &mut event {
+        Event::FileChanged(e) => e.cursor = cursor,
+        Event::MemberChanged(e) => e.cursor = cursor,
+        Event::KeyRotated(e) => e.cursor = cursor,
+        Event::Invited(e) => e.cursor = cursor,
+        Event::CaughtUp(e) => e.cursor = cursor,
+        Event::SessionEnded(_) => {}
+    }
+    event
+}
+
+async fn send_event<S: Stream>(conn: &mut Connection<S>, event: Event) -> Result<()> {
+    conn.send(&Frame::new(0, event))
+        .await
+        .map_err(|e| crate::error::Error::Io(std::io::Error::other(e.to_string())))
 }

@@ -1,36 +1,53 @@
 //! The Coffer server as a library.
 //!
-//! [`Server::new`] takes a [`Config`] and a clock, sets up TLS (a development CA
+//! [`Server::new`] takes a [`Config`] and a clock, opens the data directory
+//! (SQLite database, chunk store, token key), sets up TLS (a development CA
 //! and certificate under `DATA/tls` when none is configured), and
 //! [`Server::run`] serves an already-bound [`Listener`] until the shutdown token
 //! is cancelled — over real sockets in the binary, over turmoil's in the
 //! simulation.
 //!
 //! Each connection: TLS handshake (with a deadline), then frames. The first
-//! request must be `hello`; `ping` answers readiness. A frame that breaks the
-//! protocol gets an `error` answer; if it broke the *framing* (size limits, a
-//! header without an id) the connection is closed, otherwise it stays usable.
+//! request must be `hello`. [`access`] decides what each request needs (a
+//! session, an admin, a folder role…) in one place; the handlers in
+//! `handlers/` do the work; every state change goes through the store's single
+//! writer ([`store`]), which also records the change log and the events pushed
+//! to subscribers.
 //!
-//! Modules: [`config`] (file + defaults), `tls` (certificate setup),
-//! `conn` (one connection's loop), `dispatch` (what each request does).
+//! Modules: [`config`], `tls` (certificates), `conn` (one connection's loop),
+//! `dispatch` (session state and routing), `handlers` (one file per area),
+//! `store` (database, change log), `chunks` (chunk files), `auth` (tokens,
+//! bcrypt, rate limits), [`access`].
 
 use std::io;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use coffer_net::tls::TlsConfigError;
 use coffer_net::{Listener, SharedClock};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+pub mod access;
+mod auth;
+mod blocking;
+mod chunks;
 pub mod config;
 mod conn;
 mod dispatch;
+mod error;
+mod handlers;
+mod store;
 mod tls;
 
+pub use auth::SecretError;
 pub use config::{Config, ConfigError, LogFormat};
+pub use store::StoreError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +62,20 @@ pub enum StartError {
     /// Configured TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token key could not be read or made.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The data directory (or the chunk store in it) could not be prepared.
+    #[error("{path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
 }
 
 /// A configured server, ready to serve listeners.
@@ -52,7 +83,16 @@ pub struct Server {
     config: Config,
     clock: SharedClock,
     acceptor: TlsAcceptor,
-    ca_path: Option<std::path::PathBuf>,
+    ca_path: Option<PathBuf>,
+    store: store::Store,
+    chunks: Arc<chunks::ChunkStore>,
+    token_key: auth::TokenKey,
+    limiter: auth::RateLimiter,
+    /// Ids, salts and secrets: from the OS, or from a seed in the simulation.
+    rng: Mutex<ChaCha20Rng>,
+    /// bcrypt of nothing anyone knows, at the configured cost: what an unknown
+    /// user's login is checked against, so it takes as long as a wrong password.
+    dummy_hash: String,
 }
 
 impl std::fmt::Debug for Server {
@@ -64,15 +104,86 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Validates `config` and prepares TLS.
+    /// Validates `config`, opens the data directory and prepares TLS, with
+    /// randomness from the operating system. Must be called inside a tokio runtime.
     pub fn new(config: Config, clock: SharedClock) -> Result<Server, StartError> {
+        let rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng).map_err(|e| {
+            StartError::DataDir {
+                path: config.data.clone(),
+                source: io::Error::other(format!("no randomness from the OS: {e}")),
+            }
+        })?;
+        Self::with_rng(config, clock, rng)
+    }
+
+    /// Like [`Server::new`], with every random choice drawn from `seed`: the
+    /// simulation's way to replay a run exactly.
+    pub fn with_seed(config: Config, clock: SharedClock, seed: u64) -> Result<Server, StartError> {
+        Self::with_rng(config, clock, ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    fn with_rng(
+        mut config: Config,
+        clock: SharedClock,
+        mut rng: ChaCha20Rng,
+    ) -> Result<Server, StartError> {
         config.validate()?;
+        std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
+            path: config.data.clone(),
+            source,
+        })?;
+        config.admin = config
+            .admin
+            .as_deref()
+            .map(|a| coffer_proto::name::normalize_username(a).expect("validated"));
         let tls = tls::setup(&config, &clock)?;
+        let token_key = match &config.cluster_secret_file {
+            Some(path) => auth::TokenKey::load(path)?,
+            None => auth::TokenKey::load_or_create(
+                &config.data.join("secret"),
+                rand::RngExt::random(&mut rng),
+            )?,
+        };
+        let chunk_dir = config.data.join("chunks");
+        let chunks = Arc::new(chunks::ChunkStore::open(&chunk_dir).map_err(|source| {
+            StartError::DataDir {
+                path: chunk_dir,
+                source,
+            }
+        })?);
+        let store = store::Store::open(
+            &config.data,
+            store::WriterContext {
+                node_id: config.node_id.clone(),
+                clock: clock.clone(),
+                keep_versions: config.keep_versions,
+                chunks: chunks.clone(),
+            },
+        )?;
+        let dummy_hash = auth::hash_login(
+            &coffer_proto::types::LoginSecret(coffer_proto::types::Sha256(rand::RngExt::random(
+                &mut rng,
+            ))),
+            config.bcrypt_cost,
+            rand::RngExt::random(&mut rng),
+        )
+        .expect("bcrypt of a valid cost succeeds");
+        let limiter = auth::RateLimiter::new(auth::LoginLimits {
+            per_user: config.login_failures_per_user,
+            per_address: config.login_failures_per_address,
+            window: config.login_window,
+        });
         Ok(Server {
-            config,
-            clock,
             acceptor: TlsAcceptor::from(tls.server_config),
             ca_path: tls.ca_path,
+            config,
+            clock,
+            store,
+            chunks,
+            token_key,
+            limiter,
+            rng: Mutex::new(rng),
+            dummy_hash,
         })
     }
 
@@ -83,8 +194,20 @@ impl Server {
 
     /// The CA certificate (PEM file) clients should trust: the configured one,
     /// or the development CA made under the data directory.
-    pub fn ca_path(&self) -> Option<&std::path::Path> {
+    pub fn ca_path(&self) -> Option<&Path> {
         self.ca_path.as_deref()
+    }
+
+    /// Fills `out` from the server's generator.
+    fn random(&self, out: &mut [u8]) {
+        rand::Rng::fill_bytes(&mut *self.rng.lock().expect("rng lock"), out);
+    }
+
+    /// A fresh random id: `prefix` and 16 random bytes in hex.
+    fn new_id(&self, prefix: &str) -> String {
+        let mut bytes = [0u8; 16];
+        self.random(&mut bytes);
+        format!("{prefix}{}", hex::encode(bytes))
     }
 
     /// Serves `listener` until `shutdown` is cancelled, then stops accepting,
@@ -99,6 +222,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let local = listener.local_addr()?;
         info!(%local, node = %self.config.node_id, "serving");
+        tracker.spawn(handlers::maintenance(self.clone(), shutdown.clone()));
         loop {
             // Take a connection slot before accepting: when all are in use, new
             // connections wait in the kernel's queue instead of being refused.
@@ -122,7 +246,7 @@ impl Server {
             let shutdown = shutdown.clone();
             tracker.spawn(
                 async move {
-                    conn::serve(&server, stream, shutdown).await;
+                    conn::serve(&server, stream, peer, shutdown).await;
                     drop(permit);
                 }
                 .instrument(info_span!("conn", %peer)),

@@ -43,6 +43,15 @@ struct Cli {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// File with the key that signs session tokens, shared by a cluster [default: DATA/secret].
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// bcrypt cost of stored login secrets [default: 12].
+    #[arg(long)]
+    bcrypt_cost: Option<u32>,
+    /// The admin account [default: the first one registered].
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 impl Cli {
@@ -54,11 +63,11 @@ impl Cli {
         macro_rules! flag {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
         }
-        flag!(listen, data, node_id, log_format);
+        flag!(listen, data, node_id, log_format, bcrypt_cost);
         macro_rules! optional {
             ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
         }
-        optional!(tls_cert, tls_key, ca);
+        optional!(tls_cert, tls_key, ca, cluster_secret_file, admin);
         Ok(config)
     }
 }

@@ -1,0 +1,1643 @@
+//! Every state change, and how it is applied.
+//!
+//! A [`Change`] is a complete, deterministic description of one change: ids,
+//! hashes and times are chosen before it reaches the writer, so applying it is
+//! a pure function of the database and the change. [`apply_batch`] applies a
+//! batch in one transaction; each change validates itself against the state
+//! it finds (roles, base versions, uniqueness), writes its rows, appends itself
+//! to the change log and records the events subscribers are told.
+
+use std::collections::BTreeSet;
+
+use coffer_proto::event::{
+    Change as FileChange, EndReason, Event, FileChanged, Invited, KeyRotated, MemberChange,
+    MemberChanged, SessionEnded,
+};
+use coffer_proto::response::{DeviceInfo, FolderInfo, Invite, Registered};
+use coffer_proto::types::{
+    Blob, Causality, EntryKind, EpochKey, FileEntry, FileId, Hlc, Kdf, MemberKey, MemberStatus,
+    Role, Sha256, UserRole, VersionVector,
+};
+use coffer_proto::{ErrorCode, path as paths};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::query::{self, ENTRY_COLUMNS, kind_str, role_str, summary, user_role_str, vv_json};
+use super::{StoredEvent, WriterContext};
+use crate::access::{Need, require};
+use crate::error::{Error, Result, bad_request, conflict, forbidden, not_found};
+
+/// An upload as it is begun: everything but the chunks themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UploadRecord {
+    pub(crate) upload_id: String,
+    /// Identifies the same upload begun again (for resuming without its id).
+    pub(crate) upload_key: Sha256,
+    pub(crate) username: String,
+    pub(crate) device_id: Option<String>,
+    pub(crate) folder_id: String,
+    pub(crate) path: String,
+    pub(crate) file_id: FileId,
+    pub(crate) size: u64,
+    pub(crate) chunk_size: u32,
+    pub(crate) chunk_count: u32,
+    pub(crate) epoch: u64,
+    pub(crate) wrapped_file_key: Blob,
+    pub(crate) meta: Blob,
+    pub(crate) base: Option<VersionVector>,
+    /// 32 bytes per chunk.
+    pub(crate) chunks: Blob,
+    pub(crate) expires_ms: u64,
+}
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub(crate) enum Change {
+    Register {
+        username: String,
+        login_hash: String,
+        public_key: Blob,
+        wrapped_private_key: Blob,
+        kdf: Kdf,
+        /// The configured admin, if any; otherwise the first account is admin.
+        admin: Option<String>,
+    },
+    SessionOpen {
+        session_id: String,
+        username: String,
+        device_id: Option<String>,
+        expires_ms: u64,
+    },
+    SessionExtend {
+        session_id: String,
+        expires_ms: u64,
+    },
+    SessionRevoke {
+        username: String,
+        session_id: String,
+    },
+    UserDisable {
+        username: String,
+        disabled: bool,
+    },
+    KeysPublish {
+        username: String,
+        public_key: Blob,
+        wrapped_private_key: Blob,
+        kdf: Kdf,
+    },
+    DeviceRegister {
+        username: String,
+        session_id: String,
+        device_id: String,
+        name: String,
+        mac: String,
+    },
+    DeviceRename {
+        username: String,
+        device_id: String,
+        name: String,
+    },
+    DeviceRemove {
+        username: String,
+        device_id: String,
+    },
+    FolderCreate {
+        username: String,
+        folder_id: String,
+        label: String,
+        wrapped_key: Blob,
+    },
+    FolderShare {
+        username: String,
+        folder_id: String,
+        invitee: String,
+        role: Role,
+        keys: Vec<EpochKey>,
+    },
+    InviteAccept {
+        username: String,
+        folder_id: String,
+    },
+    InviteDecline {
+        username: String,
+        folder_id: String,
+    },
+    FolderUnshare {
+        username: String,
+        folder_id: String,
+        member: String,
+        epoch: u64,
+        keys: Vec<MemberKey>,
+    },
+    FolderSetRole {
+        username: String,
+        folder_id: String,
+        member: String,
+        role: Role,
+    },
+    FolderLeave {
+        username: String,
+        folder_id: String,
+    },
+    UploadBegin(UploadRecord),
+    ChunkReceived {
+        username: String,
+        upload_id: String,
+        index: u32,
+        hash: Sha256,
+        size: u64,
+    },
+    UploadCommit {
+        username: String,
+        upload_id: String,
+    },
+    UploadAbort {
+        username: String,
+        upload_id: String,
+    },
+    Delete {
+        username: String,
+        device_id: Option<String>,
+        folder_id: String,
+        path: String,
+        base: Option<VersionVector>,
+    },
+    Move {
+        username: String,
+        device_id: Option<String>,
+        folder_id: String,
+        from: String,
+        to: String,
+        base: Option<VersionVector>,
+    },
+    Mkdir {
+        username: String,
+        device_id: Option<String>,
+        folder_id: String,
+        path: String,
+    },
+    Restore {
+        username: String,
+        device_id: Option<String>,
+        folder_id: String,
+        path: String,
+        version: u64,
+    },
+    FileShare {
+        username: String,
+        share_id: String,
+        folder_id: String,
+        path: String,
+        recipient: String,
+        wrapped_key: Blob,
+    },
+    FileShareRevoke {
+        username: String,
+        share_id: String,
+    },
+    /// Local housekeeping: expire uploads, find unreferenced chunks. Not logged:
+    /// every node collects its own garbage.
+    Collect,
+}
+
+impl Change {
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::Register { .. } => "register",
+            Change::SessionOpen { .. } => "session_open",
+            Change::SessionExtend { .. } => "session_extend",
+            Change::SessionRevoke { .. } => "session_revoke",
+            Change::UserDisable { .. } => "user_disable",
+            Change::KeysPublish { .. } => "keys_publish",
+            Change::DeviceRegister { .. } => "device_register",
+            Change::DeviceRename { .. } => "device_rename",
+            Change::DeviceRemove { .. } => "device_remove",
+            Change::FolderCreate { .. } => "folder_create",
+            Change::FolderShare { .. } => "folder_share",
+            Change::InviteAccept { .. } => "invite_accept",
+            Change::InviteDecline { .. } => "invite_decline",
+            Change::FolderUnshare { .. } => "folder_unshare",
+            Change::FolderSetRole { .. } => "folder_set_role",
+            Change::FolderLeave { .. } => "folder_leave",
+            Change::UploadBegin(_) => "upload_begin",
+            Change::ChunkReceived { .. } => "chunk_received",
+            Change::UploadCommit { .. } => "upload_commit",
+            Change::UploadAbort { .. } => "upload_abort",
+            Change::Delete { .. } => "delete",
+            Change::Move { .. } => "move",
+            Change::Mkdir { .. } => "mkdir",
+            Change::Restore { .. } => "restore",
+            Change::FileShare { .. } => "file_share",
+            Change::FileShareRevoke { .. } => "file_share_revoke",
+            Change::Collect => "collect",
+        }
+    }
+}
+
+/// An upload's progress, as `upload_begin` and `upload_resume` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UploadState {
+    pub(crate) upload_id: String,
+    pub(crate) chunk_count: u32,
+    pub(crate) expires_ms: u64,
+    /// Indices of chunks not yet received.
+    pub(crate) missing: Vec<u32>,
+}
+
+/// What applying a change produced.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Applied {
+    Done,
+    Registered(Registered),
+    Device(DeviceInfo),
+    Folder(FolderInfo),
+    Entry(FileEntry),
+    Upload(UploadState),
+    Share(String),
+    /// How many unreferenced chunks were deleted.
+    Collected(usize),
+}
+
+/// Events a change produces, with their audience.
+#[derive(Default)]
+struct Effects {
+    events: Vec<(Option<String>, Option<String>, Event)>,
+}
+
+impl Effects {
+    fn tell_folder(&mut self, folder_id: &str, event: Event) {
+        self.events.push((Some(folder_id.to_owned()), None, event));
+    }
+
+    fn tell_user(&mut self, username: &str, event: Event) {
+        self.events.push((None, Some(username.to_owned()), event));
+    }
+
+    fn tell_folder_and_user(&mut self, folder_id: &str, username: &str, event: Event) {
+        self.events
+            .push((Some(folder_id.to_owned()), Some(username.to_owned()), event));
+    }
+}
+
+fn tick(last: Hlc, now_ms: u64) -> Hlc {
+    if now_ms > last.wall_ms {
+        Hlc {
+            wall_ms: now_ms,
+            logical: 0,
+        }
+    } else {
+        Hlc {
+            wall_ms: last.wall_ms,
+            logical: last.logical + 1,
+        }
+    }
+}
+
+/// Applies a batch in one transaction. Each change's result is returned in
+/// order, with the events the batch recorded.
+pub(crate) fn apply_batch(
+    conn: &mut Connection,
+    ctx: &WriterContext,
+    changes: &[Change],
+) -> rusqlite::Result<(Vec<Result<Applied>>, Vec<StoredEvent>)> {
+    let mut tx = conn.transaction()?;
+    let now = ctx.clock.now_ms();
+    let mut hlc = tx
+        .query_row(
+            "SELECT hlc_wall, hlc_logical FROM changes ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(Hlc {
+                    wall_ms: r.get::<_, i64>(0)? as u64,
+                    logical: r.get::<_, i64>(1)? as u32,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default();
+    let mut results = Vec::with_capacity(changes.len());
+    let mut recorded = Vec::new();
+    for change in changes {
+        let sp = tx.savepoint()?;
+        let mut effects = Effects::default();
+        match apply(&sp, ctx, now, change, &mut effects) {
+            Ok(applied) => {
+                if !matches!(change, Change::Collect) {
+                    hlc = tick(hlc, now);
+                    sp.execute(
+                        "INSERT INTO changes (origin, hlc_wall, hlc_logical, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            ctx.node_id,
+                            hlc.wall_ms as i64,
+                            hlc.logical as i64,
+                            change.kind(),
+                            serde_json::to_string(change).expect("changes serialize")
+                        ],
+                    )?;
+                    let seq = sp.last_insert_rowid();
+                    let mut events = Vec::with_capacity(effects.events.len());
+                    for (folder_id, username, event) in effects.events {
+                        sp.execute(
+                            "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
+                            params![seq, folder_id, username, serde_json::to_string(&event).expect("events serialize")],
+                        )?;
+                        events.push(StoredEvent {
+                            id: sp.last_insert_rowid(),
+                            folder_id,
+                            username,
+                            event,
+                        });
+                    }
+                    sp.commit()?;
+                    recorded.extend(events);
+                } else {
+                    sp.commit()?;
+                }
+                results.push(Ok(applied));
+            }
+            Err(Error::Db(e)) => return Err(e),
+            Err(refused) => results.push(Err(refused)),
+        }
+    }
+    tx.commit()?;
+    Ok((results, recorded))
+}
+
+fn apply(
+    tx: &Connection,
+    ctx: &WriterContext,
+    now: u64,
+    change: &Change,
+    fx: &mut Effects,
+) -> Result<Applied> {
+    match change {
+        Change::Register {
+            username,
+            login_hash,
+            public_key,
+            wrapped_private_key,
+            kdf,
+            admin,
+        } => {
+            if query::user(tx, username)?.is_some() {
+                return Err(conflict(format!("the username {username} is taken")));
+            }
+            let first: bool =
+                tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))?;
+            let role = match admin {
+                Some(admin) if admin == username => UserRole::Admin,
+                None if first => UserRole::Admin,
+                _ => UserRole::User,
+            };
+            tx.execute(
+                "INSERT INTO users (username, login_hash, role, public_key, wrapped_private_key, kdf, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    username,
+                    login_hash,
+                    user_role_str(role),
+                    public_key.as_bytes(),
+                    wrapped_private_key.as_bytes(),
+                    serde_json::to_string(kdf).expect("kdf serializes"),
+                    now as i64
+                ],
+            )?;
+            Ok(Applied::Registered(Registered {
+                username: username.clone(),
+                role,
+            }))
+        }
+        Change::SessionOpen {
+            session_id,
+            username,
+            device_id,
+            expires_ms,
+        } => {
+            let user = query::user(tx, username)?
+                .ok_or_else(|| not_found(format!("no user {username}")))?;
+            if user.disabled {
+                return Err(forbidden(format!("the account {username} is disabled")));
+            }
+            if let Some(device_id) = device_id
+                && query::device(tx, username, device_id)?.is_none()
+            {
+                return Err(not_found(format!("no device {device_id} of {username}")));
+            }
+            tx.execute(
+                "INSERT INTO sessions (session_id, username, device_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![session_id, username, device_id, now as i64, *expires_ms as i64],
+            )?;
+            Ok(Applied::Done)
+        }
+        Change::SessionExtend {
+            session_id,
+            expires_ms,
+        } => {
+            let n = tx.execute(
+                "UPDATE sessions SET expires_ms = ?2 WHERE session_id = ?1 AND revoked = 0",
+                params![session_id, *expires_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(Error::refused(
+                    ErrorCode::Unauthorized,
+                    "the session has ended",
+                ));
+            }
+            Ok(Applied::Done)
+        }
+        Change::SessionRevoke {
+            username,
+            session_id,
+        } => {
+            let n = tx.execute(
+                "UPDATE sessions SET revoked = 1 WHERE session_id = ?1 AND username = ?2 AND revoked = 0",
+                params![session_id, username],
+            )?;
+            if n == 0 {
+                return Err(not_found(format!("no live session {session_id}")));
+            }
+            end_session(fx, username, session_id, EndReason::Revoked);
+            Ok(Applied::Done)
+        }
+        Change::UserDisable { username, disabled } => {
+            if query::user(tx, username)?.is_none() {
+                return Err(not_found(format!("no user {username}")));
+            }
+            tx.execute(
+                "UPDATE users SET disabled = ?2 WHERE username = ?1",
+                params![username, *disabled as i64],
+            )?;
+            if *disabled {
+                revoke_sessions(
+                    tx,
+                    fx,
+                    "username = ?1",
+                    username,
+                    username,
+                    EndReason::AccountDisabled,
+                )?;
+            }
+            Ok(Applied::Done)
+        }
+        Change::KeysPublish {
+            username,
+            public_key,
+            wrapped_private_key,
+            kdf,
+        } => {
+            tx.execute(
+                "UPDATE users SET public_key = ?2, wrapped_private_key = ?3, kdf = ?4 WHERE username = ?1",
+                params![
+                    username,
+                    public_key.as_bytes(),
+                    wrapped_private_key.as_bytes(),
+                    serde_json::to_string(kdf).expect("kdf serializes")
+                ],
+            )?;
+            Ok(Applied::Done)
+        }
+        Change::DeviceRegister {
+            username,
+            session_id,
+            device_id,
+            name,
+            mac,
+        } => {
+            let taken: Option<String> = tx
+                .query_row(
+                    "SELECT CASE WHEN name = ?2 THEN 'name' ELSE 'MAC address' END FROM devices \
+                     WHERE username = ?1 AND (name = ?2 OR mac = ?3)",
+                    params![username, name, mac],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(what) = taken {
+                return Err(conflict(format!(
+                    "{username} already has a device with this {what}"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO devices (device_id, username, name, mac, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![device_id, username, name, mac, now as i64],
+            )?;
+            tx.execute(
+                "UPDATE sessions SET device_id = ?2 WHERE session_id = ?1 AND device_id IS NULL",
+                params![session_id, device_id],
+            )?;
+            Ok(Applied::Device(DeviceInfo {
+                device_id: device_id.clone(),
+                name: name.clone(),
+                mac: mac.clone(),
+                created_ms: now,
+            }))
+        }
+        Change::DeviceRename {
+            username,
+            device_id,
+            name,
+        } => {
+            let device = query::device(tx, username, device_id)?
+                .ok_or_else(|| not_found(format!("no device {device_id}")))?;
+            let clash: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM devices WHERE username = ?1 AND name = ?2 AND device_id <> ?3)",
+                params![username, name, device_id],
+                |r| r.get(0),
+            )?;
+            if clash {
+                return Err(conflict(format!(
+                    "{username} already has a device named {name:?}"
+                )));
+            }
+            tx.execute(
+                "UPDATE devices SET name = ?2 WHERE device_id = ?1",
+                params![device_id, name],
+            )?;
+            Ok(Applied::Device(DeviceInfo {
+                name: name.clone(),
+                ..device
+            }))
+        }
+        Change::DeviceRemove {
+            username,
+            device_id,
+        } => {
+            if query::device(tx, username, device_id)?.is_none() {
+                return Err(not_found(format!("no device {device_id}")));
+            }
+            revoke_sessions(
+                tx,
+                fx,
+                "device_id = ?1",
+                device_id,
+                username,
+                EndReason::DeviceRemoved,
+            )?;
+            tx.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])?;
+            Ok(Applied::Done)
+        }
+        Change::FolderCreate {
+            username,
+            folder_id,
+            label,
+            wrapped_key,
+        } => {
+            let clash: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM folders WHERE owner = ?1 AND label = ?2)",
+                params![username, label],
+                |r| r.get(0),
+            )?;
+            if clash {
+                return Err(conflict(format!(
+                    "{username} already has a folder labelled {label:?}"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO folders (folder_id, label, owner, epoch, created_ms) VALUES (?1, ?2, ?3, 1, ?4)",
+                params![folder_id, label, username, now as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO members (folder_id, username, role, status, invited_by, created_ms) \
+                 VALUES (?1, ?2, 'owner', 'active', ?2, ?3)",
+                params![folder_id, username, now as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, 1, ?3)",
+                params![folder_id, username, wrapped_key.as_bytes()],
+            )?;
+            // The owner "joins" their new folder: their other devices learn of it.
+            member_event(
+                fx,
+                folder_id,
+                username,
+                MemberChange::Joined,
+                Role::Owner,
+                true,
+            );
+            let folder = query::folder(tx, folder_id)?.expect("just inserted");
+            Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)))
+        }
+        Change::FolderShare {
+            username,
+            folder_id,
+            invitee,
+            role,
+            keys,
+        } => {
+            let (folder, _) = require(tx, username, folder_id, Need::Manage)?;
+            if *role == Role::Owner {
+                return Err(bad_request(
+                    "an invitation offers the viewer or editor role",
+                ));
+            }
+            let user =
+                query::user(tx, invitee)?.ok_or_else(|| not_found(format!("no user {invitee}")))?;
+            if user.disabled {
+                return Err(forbidden(format!("the account {invitee} is disabled")));
+            }
+            if query::membership(tx, folder_id, invitee)?.is_some() {
+                return Err(conflict(format!(
+                    "{invitee} is already a member of or invited to \"{}\"",
+                    folder.label
+                )));
+            }
+            let epochs: BTreeSet<u64> = keys.iter().map(|k| k.epoch).collect();
+            if epochs.len() != keys.len() || epochs != (1..=folder.epoch).collect() {
+                return Err(bad_request(format!(
+                    "an invitation carries the folder key of every epoch 1 to {}, once each",
+                    folder.epoch
+                )));
+            }
+            tx.execute(
+                "INSERT INTO members (folder_id, username, role, status, invited_by, created_ms) \
+                 VALUES (?1, ?2, ?3, 'invited', ?4, ?5)",
+                params![folder_id, invitee, role_str(*role), username, now as i64],
+            )?;
+            for key in keys {
+                tx.execute(
+                    "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, ?3, ?4)",
+                    params![folder_id, invitee, key.epoch as i64, key.wrapped_key.as_bytes()],
+                )?;
+            }
+            fx.tell_user(
+                invitee,
+                Event::Invited(Invited {
+                    cursor: String::new(),
+                    invite: Invite {
+                        folder_id: folder_id.clone(),
+                        label: folder.label.clone(),
+                        from: username.clone(),
+                        role: *role,
+                        created_ms: now,
+                    },
+                }),
+            );
+            Ok(Applied::Done)
+        }
+        Change::InviteAccept {
+            username,
+            folder_id,
+        } => {
+            let Some((role, MemberStatus::Invited)) = query::membership(tx, folder_id, username)?
+            else {
+                return Err(not_found(format!("no invitation to folder {folder_id}")));
+            };
+            tx.execute(
+                "UPDATE members SET status = 'active' WHERE folder_id = ?1 AND username = ?2",
+                params![folder_id, username],
+            )?;
+            member_event(fx, folder_id, username, MemberChange::Joined, role, true);
+            let folder = query::folder(tx, folder_id)?.expect("a membership has a folder");
+            Ok(Applied::Folder(query::folder_info(&folder, role)))
+        }
+        Change::InviteDecline {
+            username,
+            folder_id,
+        } => {
+            let Some((_, MemberStatus::Invited)) = query::membership(tx, folder_id, username)?
+            else {
+                return Err(not_found(format!("no invitation to folder {folder_id}")));
+            };
+            remove_member(tx, folder_id, username)?;
+            Ok(Applied::Done)
+        }
+        Change::FolderUnshare {
+            username,
+            folder_id,
+            member,
+            epoch,
+            keys,
+        } => {
+            let (folder, _) = require(tx, username, folder_id, Need::Manage)?;
+            let (role, _) = query::membership(tx, folder_id, member)?.ok_or_else(|| {
+                not_found(format!("{member} is not a member of \"{}\"", folder.label))
+            })?;
+            if role == Role::Owner {
+                return Err(forbidden("the owner cannot be removed from their folder"));
+            }
+            if *epoch != folder.epoch + 1 {
+                return Err(conflict(format!(
+                    "the folder is at key epoch {}; an unshare must bring epoch {}",
+                    folder.epoch,
+                    folder.epoch + 1
+                )));
+            }
+            let remaining: BTreeSet<String> = query::members(tx, folder_id)?
+                .into_iter()
+                .map(|m| m.username)
+                .filter(|name| name != member)
+                .collect();
+            let given: BTreeSet<String> = keys.iter().map(|k| k.username.clone()).collect();
+            if given.len() != keys.len() || given != remaining {
+                return Err(bad_request(format!(
+                    "the new key must be wrapped for exactly the remaining members: {}",
+                    remaining.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            remove_member(tx, folder_id, member)?;
+            for key in keys {
+                tx.execute(
+                    "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, ?3, ?4)",
+                    params![folder_id, key.username, *epoch as i64, key.wrapped_key.as_bytes()],
+                )?;
+            }
+            tx.execute(
+                "UPDATE folders SET epoch = ?2 WHERE folder_id = ?1",
+                params![folder_id, *epoch as i64],
+            )?;
+            member_event(fx, folder_id, member, MemberChange::Removed, role, true);
+            fx.tell_folder(
+                folder_id,
+                Event::KeyRotated(KeyRotated {
+                    cursor: String::new(),
+                    folder_id: folder_id.clone(),
+                    epoch: *epoch,
+                }),
+            );
+            let folder = query::folder(tx, folder_id)?.expect("still there");
+            Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)))
+        }
+        Change::FolderSetRole {
+            username,
+            folder_id,
+            member,
+            role,
+        } => {
+            let (folder, _) = require(tx, username, folder_id, Need::Manage)?;
+            let (current, _) = query::membership(tx, folder_id, member)?.ok_or_else(|| {
+                not_found(format!("{member} is not a member of \"{}\"", folder.label))
+            })?;
+            if current == Role::Owner || *role == Role::Owner {
+                return Err(forbidden(
+                    "the owner's role cannot change, and there is one owner",
+                ));
+            }
+            tx.execute(
+                "UPDATE members SET role = ?3 WHERE folder_id = ?1 AND username = ?2",
+                params![folder_id, member, role_str(*role)],
+            )?;
+            member_event(
+                fx,
+                folder_id,
+                member,
+                MemberChange::RoleChanged,
+                *role,
+                true,
+            );
+            Ok(Applied::Done)
+        }
+        Change::FolderLeave {
+            username,
+            folder_id,
+        } => {
+            let (_, role) = require(tx, username, folder_id, Need::Read)?;
+            if role == Role::Owner {
+                return Err(forbidden("the owner cannot leave their folder"));
+            }
+            remove_member(tx, folder_id, username)?;
+            member_event(fx, folder_id, username, MemberChange::Left, role, true);
+            Ok(Applied::Done)
+        }
+        Change::UploadBegin(record) => upload_begin(tx, now, record),
+        Change::ChunkReceived {
+            username,
+            upload_id,
+            index,
+            hash,
+            size,
+        } => {
+            let upload = open_upload(tx, username, upload_id, now)?;
+            let expected = chunk_at(&upload.chunks, *index).ok_or_else(|| {
+                bad_request(format!(
+                    "chunk index {index} is past the upload's {} chunks",
+                    upload.chunk_count
+                ))
+            })?;
+            if expected != hash.0 {
+                return Err(Error::refused(
+                    ErrorCode::ChecksumMismatch,
+                    format!("chunk {index} is not the chunk the upload announced"),
+                ));
+            }
+            tx.execute(
+                "UPDATE upload_refs SET received = 1 WHERE upload_id = ?1 AND hash = ?2",
+                params![upload_id, &hash.0[..]],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
+                params![&hash.0[..], *size as i64, now as i64],
+            )?;
+            Ok(Applied::Done)
+        }
+        Change::UploadCommit {
+            username,
+            upload_id,
+        } => upload_commit(tx, ctx, now, username, upload_id, fx),
+        Change::UploadAbort {
+            username,
+            upload_id,
+        } => {
+            let upload = open_upload(tx, username, upload_id, now)?;
+            drop_upload(tx, &upload.upload_id)?;
+            Ok(Applied::Done)
+        }
+        Change::Delete {
+            username,
+            device_id,
+            folder_id,
+            path,
+            base,
+        } => {
+            require(tx, username, folder_id, Need::Write)?;
+            let current = live_entry(tx, folder_id, path)?;
+            check_base(&current, base.as_ref())?;
+            // A directory goes with everything below it, deepest first.
+            let mut doomed = descendants(tx, folder_id, path)?;
+            doomed.reverse();
+            doomed.push(current);
+            let mut last = None;
+            for entry in doomed {
+                let tomb = FileEntry {
+                    version: entry.version + 1,
+                    vv: bumped(&entry.vv, &ctx.node_id),
+                    size: 0,
+                    chunk_count: 0,
+                    modified_ms: now,
+                    device_id: device_id.clone(),
+                    deleted: true,
+                    ..entry
+                };
+                put_version(tx, ctx, &tomb, &[])?;
+                file_event(fx, &tomb, FileChange::Deleted, None);
+                last = Some(tomb);
+            }
+            Ok(Applied::Entry(last.expect("at least the path itself")))
+        }
+        Change::Move {
+            username,
+            device_id,
+            folder_id,
+            from,
+            to,
+            base,
+        } => {
+            require(tx, username, folder_id, Need::Write)?;
+            if from == to {
+                return Err(bad_request("a move needs a new path"));
+            }
+            if to.starts_with(&format!("{from}/")) {
+                return Err(bad_request("a directory cannot move inside itself"));
+            }
+            let current = live_entry(tx, folder_id, from)?;
+            check_base(&current, base.as_ref())?;
+            ensure_free(tx, folder_id, to)?;
+            make_parents(tx, ctx, now, folder_id, to, device_id, fx)?;
+            let mut moving = vec![current];
+            moving.extend(descendants(tx, folder_id, from)?);
+            let mut moved_root = None;
+            for entry in moving {
+                let new_path = format!("{to}{}", &entry.path[from.len()..]);
+                let (_, chunks) = query::version(tx, folder_id, &entry.path, entry.version)?
+                    .ok_or_else(|| Error::Db(rusqlite::Error::QueryReturnedNoRows))?;
+                let previous = query::entry(tx, folder_id, &new_path)?;
+                let arrived = FileEntry {
+                    path: new_path.clone(),
+                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    vv: bumped(&entry.vv, &ctx.node_id),
+                    modified_ms: now,
+                    device_id: device_id.clone(),
+                    ..entry.clone()
+                };
+                put_version(tx, ctx, &arrived, &chunks)?;
+                let left = FileEntry {
+                    version: entry.version + 1,
+                    vv: bumped(&entry.vv, &ctx.node_id),
+                    size: 0,
+                    chunk_count: 0,
+                    modified_ms: now,
+                    device_id: device_id.clone(),
+                    deleted: true,
+                    ..entry.clone()
+                };
+                put_version(tx, ctx, &left, &[])?;
+                file_event(fx, &arrived, FileChange::Moved, Some(entry.path.clone()));
+                moved_root.get_or_insert(arrived);
+            }
+            Ok(Applied::Entry(moved_root.expect("the path itself moved")))
+        }
+        Change::Mkdir {
+            username,
+            device_id,
+            folder_id,
+            path,
+        } => {
+            require(tx, username, folder_id, Need::Write)?;
+            if let Some(existing) = query::entry(tx, folder_id, path)?.filter(|e| !e.deleted) {
+                return if existing.kind == EntryKind::Dir {
+                    Ok(Applied::Entry(existing))
+                } else {
+                    Err(conflict(format!("{path} is a file")))
+                };
+            }
+            make_parents(tx, ctx, now, folder_id, path, device_id, fx)?;
+            Ok(Applied::Entry(make_dir(
+                tx, ctx, now, folder_id, path, device_id, fx,
+            )?))
+        }
+        Change::Restore {
+            username,
+            device_id,
+            folder_id,
+            path,
+            version,
+        } => {
+            require(tx, username, folder_id, Need::Write)?;
+            let (old, chunks) = query::version(tx, folder_id, path, *version)?
+                .ok_or_else(|| not_found(format!("no version {version} of {path}")))?;
+            if old.deleted {
+                return Err(bad_request(format!(
+                    "version {version} of {path} is a deletion"
+                )));
+            }
+            let latest = query::entry(tx, folder_id, path)?.expect("a version has an entry");
+            make_parents(tx, ctx, now, folder_id, path, device_id, fx)?;
+            let restored = FileEntry {
+                version: latest.version + 1,
+                vv: bumped(&latest.vv, &ctx.node_id),
+                modified_ms: now,
+                device_id: device_id.clone(),
+                ..old
+            };
+            put_version(tx, ctx, &restored, &chunks)?;
+            let how = if latest.deleted {
+                FileChange::Created
+            } else {
+                FileChange::Modified
+            };
+            file_event(fx, &restored, how, None);
+            Ok(Applied::Entry(restored))
+        }
+        Change::FileShare {
+            username,
+            share_id,
+            folder_id,
+            path,
+            recipient,
+            wrapped_key,
+        } => {
+            require(tx, username, folder_id, Need::Write)?;
+            let entry = live_entry(tx, folder_id, path)?;
+            if entry.kind != EntryKind::File {
+                return Err(bad_request(format!(
+                    "{path} is a directory; share the folder instead"
+                )));
+            }
+            if recipient == username {
+                return Err(bad_request("a file is shared with someone else"));
+            }
+            if query::user(tx, recipient)?.is_none() {
+                return Err(not_found(format!("no user {recipient}")));
+            }
+            tx.execute(
+                "INSERT INTO file_shares (share_id, folder_id, path, file_id, owner, recipient, wrapped_key, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    share_id,
+                    folder_id,
+                    path,
+                    &entry.file_id.0[..],
+                    username,
+                    recipient,
+                    wrapped_key.as_bytes(),
+                    now as i64
+                ],
+            )?;
+            Ok(Applied::Share(share_id.clone()))
+        }
+        Change::FileShareRevoke { username, share_id } => {
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT s.owner, f.owner FROM file_shares s JOIN folders f ON f.folder_id = s.folder_id \
+                     WHERE s.share_id = ?1",
+                    [share_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((sharer, folder_owner))
+                    if &sharer == username || &folder_owner == username =>
+                {
+                    tx.execute("DELETE FROM file_shares WHERE share_id = ?1", [share_id])?;
+                    Ok(Applied::Done)
+                }
+                _ => Err(not_found(format!("no share {share_id} of yours"))),
+            }
+        }
+        Change::Collect => collect(tx, ctx, now),
+    }
+}
+
+fn end_session(fx: &mut Effects, username: &str, session_id: &str, reason: EndReason) {
+    fx.tell_user(
+        username,
+        Event::SessionEnded(SessionEnded {
+            session_id: session_id.to_owned(),
+            reason,
+        }),
+    );
+}
+
+/// Revokes every live session matching `filter` (with `?1` bound to `value`).
+fn revoke_sessions(
+    tx: &Connection,
+    fx: &mut Effects,
+    filter: &str,
+    value: &str,
+    username: &str,
+    reason: EndReason,
+) -> Result<()> {
+    let ids: Vec<String> = tx
+        .prepare(&format!(
+            "SELECT session_id FROM sessions WHERE revoked = 0 AND {filter}"
+        ))?
+        .query_map([value], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in ids {
+        tx.execute(
+            "UPDATE sessions SET revoked = 1 WHERE session_id = ?1",
+            [&id],
+        )?;
+        end_session(fx, username, &id, reason);
+    }
+    Ok(())
+}
+
+fn remove_member(tx: &Connection, folder_id: &str, username: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM members WHERE folder_id = ?1 AND username = ?2",
+        params![folder_id, username],
+    )?;
+    tx.execute(
+        "DELETE FROM folder_keys WHERE folder_id = ?1 AND username = ?2",
+        params![folder_id, username],
+    )?;
+    Ok(())
+}
+
+/// A membership change, told to the folder — and to the member concerned when
+/// they are no longer in it to hear (`tell_member`).
+fn member_event(
+    fx: &mut Effects,
+    folder_id: &str,
+    member: &str,
+    change: MemberChange,
+    role: Role,
+    tell_member: bool,
+) {
+    let event = Event::MemberChanged(MemberChanged {
+        cursor: String::new(),
+        folder_id: folder_id.to_owned(),
+        username: member.to_owned(),
+        change,
+        role,
+    });
+    if tell_member {
+        fx.tell_folder_and_user(folder_id, member, event);
+    } else {
+        fx.tell_folder(folder_id, event);
+    }
+}
+
+fn file_event(fx: &mut Effects, entry: &FileEntry, change: FileChange, from: Option<String>) {
+    fx.tell_folder(
+        &entry.folder_id,
+        Event::FileChanged(FileChanged {
+            cursor: String::new(),
+            folder_id: entry.folder_id.clone(),
+            change,
+            path: entry.path.clone(),
+            from,
+            entry: summary(entry),
+            device_id: entry.device_id.clone(),
+        }),
+    );
+}
+
+fn bumped(vv: &VersionVector, node: &str) -> VersionVector {
+    let mut next = vv.clone();
+    next.increment(node);
+    next
+}
+
+fn chunk_at(chunks: &[u8], index: u32) -> Option<[u8; 32]> {
+    let start = index as usize * 32;
+    chunks
+        .get(start..start + 32)
+        .map(|c| c.try_into().expect("32 bytes"))
+}
+
+fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
+    chunks
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect()
+}
+
+/// The live (not deleted) entry at `path`.
+fn live_entry(tx: &Connection, folder_id: &str, path: &str) -> Result<FileEntry> {
+    query::entry(tx, folder_id, path)?
+        .filter(|e| !e.deleted)
+        .ok_or_else(|| not_found(format!("no {path} in this folder")))
+}
+
+/// Refuses when the client's base version is not the current one.
+fn check_base(current: &FileEntry, base: Option<&VersionVector>) -> Result<()> {
+    match base {
+        Some(base) if base.compare(&current.vv) != Causality::Equal => Err(conflict(format!(
+            "{} changed since the version you started from (it is at version {})",
+            current.path, current.version
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Live entries strictly below `path`, in path order.
+fn descendants(tx: &Connection, folder_id: &str, path: &str) -> Result<Vec<FileEntry>> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE folder_id = ?1 AND deleted = 0 \
+         AND path > ?2 AND path < ?3 ORDER BY path"
+    ))?;
+    // Every path below "a" sorts between "a/" and "a0" ('0' follows '/').
+    let rows = stmt.query_map(
+        params![folder_id, format!("{path}/"), format!("{path}0")],
+        query::entry_from_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Refuses when `path` is taken by a live entry.
+fn ensure_free(tx: &Connection, folder_id: &str, path: &str) -> Result<()> {
+    match query::entry(tx, folder_id, path)? {
+        Some(e) if !e.deleted => Err(conflict(format!("{path} already exists"))),
+        _ => Ok(()),
+    }
+}
+
+fn make_dir(
+    tx: &Connection,
+    ctx: &WriterContext,
+    now: u64,
+    folder_id: &str,
+    path: &str,
+    device_id: &Option<String>,
+    fx: &mut Effects,
+) -> Result<FileEntry> {
+    let previous = query::entry(tx, folder_id, path)?;
+    let dir = FileEntry {
+        folder_id: folder_id.to_owned(),
+        path: path.to_owned(),
+        kind: EntryKind::Dir,
+        file_id: FileId::default(),
+        version: previous.as_ref().map_or(1, |p| p.version + 1),
+        vv: bumped(&previous.map(|p| p.vv).unwrap_or_default(), &ctx.node_id),
+        size: 0,
+        chunk_size: 0,
+        chunk_count: 0,
+        epoch: 0,
+        wrapped_file_key: Blob::default(),
+        meta: Blob::default(),
+        modified_ms: now,
+        device_id: device_id.clone(),
+        deleted: false,
+    };
+    put_version(tx, ctx, &dir, &[])?;
+    file_event(fx, &dir, FileChange::Created, None);
+    Ok(dir)
+}
+
+/// Creates the missing ancestor directories of `path`; refuses when one of them is a file.
+fn make_parents(
+    tx: &Connection,
+    ctx: &WriterContext,
+    now: u64,
+    folder_id: &str,
+    path: &str,
+    device_id: &Option<String>,
+    fx: &mut Effects,
+) -> Result<()> {
+    let mut ancestors = Vec::new();
+    let mut dir = paths::parent(path);
+    while !dir.is_empty() {
+        ancestors.push(dir);
+        dir = paths::parent(dir);
+    }
+    for dir in ancestors.into_iter().rev() {
+        match query::entry(tx, folder_id, dir)? {
+            Some(e) if !e.deleted && e.kind == EntryKind::Dir => {}
+            Some(e) if !e.deleted => return Err(conflict(format!("{dir} is a file"))),
+            _ => {
+                make_dir(tx, ctx, now, folder_id, dir, device_id, fx)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a new version of a path: the version row, the latest entry, the
+/// chunk references, and the pruning of versions beyond the kept history.
+fn put_version(
+    tx: &Connection,
+    ctx: &WriterContext,
+    entry: &FileEntry,
+    chunks: &[u8],
+) -> Result<()> {
+    let values = params![
+        entry.folder_id,
+        entry.path,
+        kind_str(entry.kind),
+        &entry.file_id.0[..],
+        entry.version as i64,
+        vv_json(&entry.vv),
+        entry.size as i64,
+        entry.chunk_size as i64,
+        entry.chunk_count as i64,
+        entry.epoch as i64,
+        entry.wrapped_file_key.as_bytes(),
+        entry.meta.as_bytes(),
+        entry.modified_ms as i64,
+        entry.device_id,
+        entry.deleted as i64,
+    ];
+    tx.execute(
+        &format!(
+            "INSERT INTO versions ({ENTRY_COLUMNS}, chunks) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        ),
+        rusqlite::params_from_iter(
+            values
+                .iter()
+                .copied()
+                .chain(std::iter::once(&chunks as &dyn rusqlite::ToSql)),
+        ),
+    )?;
+    tx.execute(
+        &format!(
+            "INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}, parent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        ),
+        rusqlite::params_from_iter(
+            values.iter().copied().chain(std::iter::once(
+                &paths::parent(&entry.path) as &dyn rusqlite::ToSql
+            )),
+        ),
+    )?;
+    for hash in distinct(chunks) {
+        tx.execute(
+            "INSERT INTO chunk_refs (hash, folder_id, refs) VALUES (?1, ?2, 1) \
+             ON CONFLICT (hash, folder_id) DO UPDATE SET refs = refs + 1",
+            params![&hash[..], entry.folder_id],
+        )?;
+    }
+    // Keep the newest `keep_versions` versions; release the chunks of the rest.
+    let pruned: Vec<(i64, Vec<u8>)> = tx
+        .prepare(
+            "SELECT version, chunks FROM versions WHERE folder_id = ?1 AND path = ?2 \
+             ORDER BY version DESC LIMIT -1 OFFSET ?3",
+        )?
+        .query_map(
+            params![entry.folder_id, entry.path, ctx.keep_versions as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    for (version, chunks) in pruned {
+        tx.execute(
+            "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+            params![entry.folder_id, entry.path, version],
+        )?;
+        for hash in distinct(&chunks) {
+            release_chunk(tx, &entry.folder_id, &hash)?;
+        }
+    }
+    Ok(())
+}
+
+fn release_chunk(tx: &Connection, folder_id: &str, hash: &[u8; 32]) -> Result<()> {
+    let refs: Option<i64> = tx
+        .query_row(
+            "SELECT refs FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
+            params![&hash[..], folder_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match refs {
+        Some(n) if n > 1 => tx.execute(
+            "UPDATE chunk_refs SET refs = refs - 1 WHERE hash = ?1 AND folder_id = ?2",
+            params![&hash[..], folder_id],
+        )?,
+        _ => tx.execute(
+            "DELETE FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
+            params![&hash[..], folder_id],
+        )?,
+    };
+    Ok(())
+}
+
+/// An upload row.
+struct UploadRow {
+    upload_id: String,
+    folder_id: String,
+    path: String,
+    device_id: Option<String>,
+    file_id: Vec<u8>,
+    size: u64,
+    chunk_size: u32,
+    chunk_count: u32,
+    epoch: u64,
+    wrapped_file_key: Vec<u8>,
+    meta: Vec<u8>,
+    base: Option<VersionVector>,
+    chunks: Vec<u8>,
+    expires_ms: u64,
+    committed_version: Option<u64>,
+}
+
+fn upload_row(tx: &Connection, upload_id: &str, username: &str) -> Result<Option<UploadRow>> {
+    Ok(tx
+        .query_row(
+            "SELECT upload_id, folder_id, path, device_id, file_id, size, chunk_size, chunk_count, epoch, \
+             wrapped_file_key, meta, base, chunks, expires_ms, committed_version \
+             FROM uploads WHERE upload_id = ?1 AND username = ?2",
+            params![upload_id, username],
+            |r| {
+                Ok(UploadRow {
+                    upload_id: r.get(0)?,
+                    folder_id: r.get(1)?,
+                    path: r.get(2)?,
+                    device_id: r.get(3)?,
+                    file_id: r.get(4)?,
+                    size: r.get::<_, i64>(5)? as u64,
+                    chunk_size: r.get::<_, i64>(6)? as u32,
+                    chunk_count: r.get::<_, i64>(7)? as u32,
+                    epoch: r.get::<_, i64>(8)? as u64,
+                    wrapped_file_key: r.get(9)?,
+                    meta: r.get(10)?,
+                    base: r
+                        .get::<_, Option<String>>(11)?
+                        .and_then(|b| serde_json::from_str(&b).ok()),
+                    chunks: r.get(12)?,
+                    expires_ms: r.get::<_, i64>(13)? as u64,
+                    committed_version: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// A live, uncommitted upload of `username`.
+fn open_upload(tx: &Connection, username: &str, upload_id: &str, now: u64) -> Result<UploadRow> {
+    match upload_row(tx, upload_id, username)? {
+        Some(u) if u.expires_ms > now && u.committed_version.is_none() => Ok(u),
+        Some(u) if u.committed_version.is_some() => {
+            Err(conflict(format!("upload {upload_id} is already committed")))
+        }
+        _ => Err(not_found(format!("no upload {upload_id} in progress"))),
+    }
+}
+
+fn drop_upload(tx: &Connection, upload_id: &str) -> Result<()> {
+    tx.execute("DELETE FROM upload_refs WHERE upload_id = ?1", [upload_id])?;
+    tx.execute("DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
+    Ok(())
+}
+
+/// Which chunks of an upload are still missing: neither received for it nor
+/// already held by its folder.
+pub(crate) fn missing_chunks(
+    tx: &Connection,
+    upload_id: &str,
+    folder_id: &str,
+    chunks: &[u8],
+) -> Result<Vec<u32>> {
+    let mut have = tx.prepare(
+        "SELECT EXISTS (SELECT 1 FROM upload_refs WHERE upload_id = ?1 AND hash = ?3 AND received = 1) \
+             OR EXISTS (SELECT 1 FROM chunk_refs WHERE folder_id = ?2 AND hash = ?3)",
+    )?;
+    let mut missing = Vec::new();
+    for (i, hash) in chunks.chunks_exact(32).enumerate() {
+        if !have.query_row(params![upload_id, folder_id, hash], |r| r.get::<_, bool>(0))? {
+            missing.push(i as u32);
+        }
+    }
+    Ok(missing)
+}
+
+fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> {
+    let (folder, _) = require(tx, &u.username, &u.folder_id, Need::Write)?;
+    if u.epoch != folder.epoch {
+        return Err(conflict(format!(
+            "the folder key was rotated: uploads use epoch {}, not {}",
+            folder.epoch, u.epoch
+        )));
+    }
+    if let Some(existing) = query::entry(tx, &u.folder_id, &u.path)?.filter(|e| !e.deleted)
+        && existing.kind == EntryKind::Dir
+    {
+        return Err(conflict(format!("{} is a directory", u.path)));
+    }
+    // The same upload begun again (a client resuming without its id) finds the
+    // one in progress.
+    let resumed: Option<(String, u64)> = tx
+        .query_row(
+            "SELECT upload_id, expires_ms FROM uploads WHERE upload_key = ?1 AND username = ?2 \
+             AND committed_version IS NULL AND expires_ms > ?3",
+            params![&u.upload_key.0[..], u.username, now as i64],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?;
+    let (upload_id, expires_ms) = match resumed {
+        Some(found) => found,
+        None => {
+            // A committed or expired upload with the same key makes way.
+            let stale: Vec<String> = tx
+                .prepare("SELECT upload_id FROM uploads WHERE upload_key = ?1")?
+                .query_map([&u.upload_key.0[..]], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in stale {
+                drop_upload(tx, &id)?;
+            }
+            tx.execute(
+                "INSERT INTO uploads (upload_id, upload_key, username, device_id, folder_id, path, file_id, size, \
+                 chunk_size, chunk_count, epoch, wrapped_file_key, meta, base, chunks, created_ms, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                params![
+                    u.upload_id,
+                    &u.upload_key.0[..],
+                    u.username,
+                    u.device_id,
+                    u.folder_id,
+                    u.path,
+                    &u.file_id.0[..],
+                    u.size as i64,
+                    u.chunk_size as i64,
+                    u.chunk_count as i64,
+                    u.epoch as i64,
+                    u.wrapped_file_key.as_bytes(),
+                    u.meta.as_bytes(),
+                    u.base.as_ref().map(vv_json),
+                    u.chunks.as_bytes(),
+                    now as i64,
+                    u.expires_ms as i64
+                ],
+            )?;
+            for hash in distinct(u.chunks.as_bytes()) {
+                tx.execute(
+                    "INSERT INTO upload_refs (hash, upload_id) VALUES (?1, ?2)",
+                    params![&hash[..], u.upload_id],
+                )?;
+            }
+            (u.upload_id.clone(), u.expires_ms)
+        }
+    };
+    Ok(Applied::Upload(UploadState {
+        missing: missing_chunks(tx, &upload_id, &u.folder_id, u.chunks.as_bytes())?,
+        upload_id,
+        chunk_count: u.chunk_count,
+        expires_ms,
+    }))
+}
+
+fn upload_commit(
+    tx: &Connection,
+    ctx: &WriterContext,
+    now: u64,
+    username: &str,
+    upload_id: &str,
+    fx: &mut Effects,
+) -> Result<Applied> {
+    // Committing again what was committed answers with the same version: a
+    // client that lost the first answer may retry without making two.
+    if let Some(done) = upload_row(tx, upload_id, username)?
+        && let Some(version) = done.committed_version
+    {
+        let (entry, _) =
+            query::version(tx, &done.folder_id, &done.path, version)?.ok_or_else(|| {
+                conflict(format!(
+                    "upload {upload_id} was committed, and that version is gone"
+                ))
+            })?;
+        return Ok(Applied::Entry(entry));
+    }
+    let upload = open_upload(tx, username, upload_id, now)?;
+    let (folder, _) = require(tx, username, &upload.folder_id, Need::Write)?;
+    let missing = missing_chunks(tx, upload_id, &upload.folder_id, &upload.chunks)?;
+    if !missing.is_empty() {
+        return Err(bad_request(format!(
+            "{} of {} chunks have not arrived (first missing: {})",
+            missing.len(),
+            upload.chunk_count,
+            missing[0]
+        )));
+    }
+    if upload.epoch != folder.epoch {
+        return Err(conflict(format!(
+            "the folder key was rotated to epoch {} during the upload; encrypt again",
+            folder.epoch
+        )));
+    }
+    let path = upload.path.clone();
+    let base = upload.base.clone();
+    let current = query::entry(tx, &upload.folder_id, &path)?;
+    match (&current, &base) {
+        (Some(c), _) if !c.deleted && c.kind == EntryKind::Dir => {
+            return Err(conflict(format!("{path} is a directory")));
+        }
+        (Some(c), Some(b)) if b.compare(&c.vv) != Causality::Equal => {
+            return Err(conflict(format!(
+                "{path} changed since the version the upload started from (it is at version {})",
+                c.version
+            )));
+        }
+        (Some(c), None) if !c.deleted => {
+            return Err(conflict(format!(
+                "{path} already exists (at version {})",
+                c.version
+            )));
+        }
+        (None, Some(b)) if *b != VersionVector::new() => {
+            return Err(conflict(format!("{path} no longer exists")));
+        }
+        _ => {}
+    }
+    make_parents(
+        tx,
+        ctx,
+        now,
+        &upload.folder_id,
+        &path,
+        &upload.device_id,
+        fx,
+    )?;
+    let entry = FileEntry {
+        folder_id: upload.folder_id.clone(),
+        path,
+        kind: EntryKind::File,
+        file_id: FileId(upload.file_id.clone().try_into().unwrap_or_default()),
+        version: current.as_ref().map_or(1, |c| c.version + 1),
+        vv: bumped(
+            &current.as_ref().map(|c| c.vv.clone()).unwrap_or_default(),
+            &ctx.node_id,
+        ),
+        size: upload.size,
+        chunk_size: upload.chunk_size,
+        chunk_count: upload.chunk_count,
+        epoch: upload.epoch,
+        wrapped_file_key: Blob(upload.wrapped_file_key.clone()),
+        meta: Blob(upload.meta.clone()),
+        modified_ms: now,
+        device_id: upload.device_id.clone(),
+        deleted: false,
+    };
+    put_version(tx, ctx, &entry, &upload.chunks)?;
+    tx.execute("DELETE FROM upload_refs WHERE upload_id = ?1", [upload_id])?;
+    tx.execute(
+        "UPDATE uploads SET committed_version = ?2 WHERE upload_id = ?1",
+        params![upload_id, entry.version as i64],
+    )?;
+    let how = match &current {
+        Some(c) if !c.deleted => FileChange::Modified,
+        _ => FileChange::Created,
+    };
+    file_event(fx, &entry, how, None);
+    Ok(Applied::Entry(entry))
+}
+
+/// Most chunk files one collection deletes; the rest wait for the next round.
+const COLLECT_LIMIT: u32 = 1000;
+
+/// Expires uploads and deletes chunks nothing refers to any more. Runs in the
+/// writer, so no upload can begin referring to a chunk between the moment it
+/// is found unreferenced and the moment its file goes.
+fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
+    let expired: Vec<String> = tx
+        .prepare("SELECT upload_id FROM uploads WHERE expires_ms <= ?1")?
+        .query_map([now as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in expired {
+        drop_upload(tx, &id)?;
+    }
+    let garbage: Vec<Vec<u8>> = tx
+        .prepare(
+            "SELECT hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = c.hash) \
+             AND NOT EXISTS (SELECT 1 FROM upload_refs u WHERE u.hash = c.hash) LIMIT ?1",
+        )?
+        .query_map([COLLECT_LIMIT], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for hash in &garbage {
+        if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
+            ctx.chunks.remove(&h)?;
+        }
+        tx.execute("DELETE FROM chunks WHERE hash = ?1", [hash])?;
+    }
+    Ok(Applied::Collected(garbage.len()))
+}

@@ -1,0 +1,224 @@
+//! The database schema and its versioned migrations.
+//!
+//! `user_version` holds the schema version. Opening a database applies every
+//! migration above its version, each in its own transaction; a database
+//! written by a newer build (a version above [`CURRENT`]) is refused rather
+//! than misread.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// The schema version this build writes.
+pub(crate) const CURRENT: i64 = 1;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: the first schema.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE users (
+    username            TEXT PRIMARY KEY,
+    login_hash          TEXT NOT NULL,
+    role                TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+    disabled            INTEGER NOT NULL DEFAULT 0,
+    public_key          BLOB NOT NULL,
+    wrapped_private_key BLOB NOT NULL,
+    kdf                 TEXT NOT NULL,
+    created_ms          INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE devices (
+    device_id  TEXT PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(username),
+    name       TEXT NOT NULL,
+    mac        TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (username, name),
+    UNIQUE (username, mac)
+) STRICT;
+
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(username),
+    device_id  TEXT,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    revoked    INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX sessions_by_user ON sessions(username);
+
+CREATE TABLE folders (
+    folder_id  TEXT PRIMARY KEY,
+    label      TEXT NOT NULL,
+    owner      TEXT NOT NULL REFERENCES users(username),
+    epoch      INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (owner, label)
+) STRICT;
+
+CREATE TABLE members (
+    folder_id  TEXT NOT NULL REFERENCES folders(folder_id),
+    username   TEXT NOT NULL REFERENCES users(username),
+    role       TEXT NOT NULL CHECK (role IN ('owner', 'editor', 'viewer')),
+    status     TEXT NOT NULL CHECK (status IN ('invited', 'active')),
+    invited_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (folder_id, username)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX members_by_user ON members(username);
+
+CREATE TABLE folder_keys (
+    folder_id   TEXT NOT NULL REFERENCES folders(folder_id),
+    username    TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    PRIMARY KEY (folder_id, username, epoch)
+) STRICT, WITHOUT ROWID;
+
+-- The latest version of every path.
+CREATE TABLE entries (
+    folder_id        TEXT NOT NULL REFERENCES folders(folder_id),
+    path             TEXT NOT NULL,
+    parent           TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('file', 'dir')),
+    file_id          BLOB NOT NULL,
+    version          INTEGER NOT NULL,
+    vv               TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    chunk_size       INTEGER NOT NULL,
+    chunk_count      INTEGER NOT NULL,
+    epoch            INTEGER NOT NULL,
+    wrapped_file_key BLOB NOT NULL,
+    meta             BLOB NOT NULL,
+    modified_ms      INTEGER NOT NULL,
+    device_id        TEXT,
+    deleted          INTEGER NOT NULL,
+    PRIMARY KEY (folder_id, path)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX entries_by_parent ON entries(folder_id, parent, path);
+
+-- Every kept version of every path, with its chunk list (32 bytes per chunk).
+CREATE TABLE versions (
+    folder_id        TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    kind             TEXT NOT NULL,
+    file_id          BLOB NOT NULL,
+    vv               TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    chunk_size       INTEGER NOT NULL,
+    chunk_count      INTEGER NOT NULL,
+    epoch            INTEGER NOT NULL,
+    wrapped_file_key BLOB NOT NULL,
+    meta             BLOB NOT NULL,
+    modified_ms      INTEGER NOT NULL,
+    device_id        TEXT,
+    deleted          INTEGER NOT NULL,
+    chunks           BLOB NOT NULL,
+    PRIMARY KEY (folder_id, path, version)
+) STRICT, WITHOUT ROWID;
+
+-- Content-addressed chunks, and who holds them: versions of a folder, or
+-- uploads in progress. A chunk with neither is garbage.
+CREATE TABLE chunks (
+    hash       BLOB PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE chunk_refs (
+    hash      BLOB NOT NULL,
+    folder_id TEXT NOT NULL,
+    refs      INTEGER NOT NULL CHECK (refs > 0),
+    PRIMARY KEY (hash, folder_id)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE upload_refs (
+    hash      BLOB NOT NULL,
+    upload_id TEXT NOT NULL,
+    received  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hash, upload_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX upload_refs_by_upload ON upload_refs(upload_id);
+
+CREATE TABLE uploads (
+    upload_id        TEXT PRIMARY KEY,
+    upload_key       BLOB NOT NULL UNIQUE,
+    username         TEXT NOT NULL,
+    device_id        TEXT,
+    folder_id        TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    file_id          BLOB NOT NULL,
+    size             INTEGER NOT NULL,
+    chunk_size       INTEGER NOT NULL,
+    chunk_count      INTEGER NOT NULL,
+    epoch            INTEGER NOT NULL,
+    wrapped_file_key BLOB NOT NULL,
+    meta             BLOB NOT NULL,
+    base             TEXT,
+    chunks           BLOB NOT NULL,
+    created_ms       INTEGER NOT NULL,
+    expires_ms       INTEGER NOT NULL,
+    committed_version INTEGER
+) STRICT;
+CREATE INDEX uploads_by_expiry ON uploads(expires_ms);
+
+CREATE TABLE file_shares (
+    share_id    TEXT PRIMARY KEY,
+    folder_id   TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    file_id     BLOB NOT NULL,
+    owner       TEXT NOT NULL,
+    recipient   TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX file_shares_by_recipient ON file_shares(recipient);
+
+-- The change log: every state change, appended in the transaction that makes
+-- it. Replication will ship it.
+CREATE TABLE changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin      TEXT NOT NULL,
+    hlc_wall    INTEGER NOT NULL,
+    hlc_logical INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL
+) STRICT;
+
+-- What subscribers are told about each change, and who is told: the active
+-- members of `folder_id`, and `username`. An event's id is its cursor.
+CREATE TABLE events (
+    event_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq       INTEGER NOT NULL REFERENCES changes(seq),
+    folder_id TEXT,
+    username  TEXT,
+    body      TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_by_folder ON events(folder_id, event_id);
+CREATE INDEX events_by_user ON events(username, event_id);
+"#,
+];
+
+const _: () = assert!(MIGRATIONS.len() as i64 == CURRENT);
+
+/// Brings the database to [`CURRENT`], refusing one from a newer build.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > CURRENT {
+        return Err(StoreError::NewerSchema {
+            found,
+            supported: CURRENT,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
