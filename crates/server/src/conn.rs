@@ -11,13 +11,14 @@ use coffer_net::{Stream, tls};
 use coffer_proto::event::{CaughtUp, MemberChanged};
 use coffer_proto::{DecodeError, Event, Frame, Header, Limits, Request, Response};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Server;
 use crate::dispatch::{Reply, Session};
 use crate::error::Result;
-use crate::handlers::format_cursor;
+use crate::handlers::{format_cursor, store_chunk};
 use crate::store::{StoredEvent, query};
 
 /// Events read from the database per round while catching up.
@@ -42,6 +43,7 @@ fn timeouts(server: &Server, open: bool) -> Timeouts {
 enum Input {
     Frame(Result<Option<coffer_proto::RawFrame>, ConnError>),
     Event(Result<Arc<StoredEvent>, RecvError>),
+    Stored(Result<(u64, Reply), tokio::task::JoinError>),
     Shutdown,
 }
 
@@ -51,8 +53,12 @@ enum Next {
     Close,
 }
 
+/// Chunks of one connection stored at once: hashing and fsyncs overlap, and
+/// the writer commits their receipts together.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
 pub(crate) async fn serve<S: Stream>(
-    server: &Server,
+    server: Arc<Server>,
     stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -64,10 +70,14 @@ pub(crate) async fn serve<S: Stream>(
             return;
         }
     };
+    let server = &server;
     let mut conn = Connection::new(tls, Limits::default(), timeouts(server, false));
     let mut session = Session::new(peer);
     let mut events = server.store.events();
     let mut pusher = Pusher::default();
+    // Chunk uploads being stored; their answers go out as they finish, each
+    // with its request's id.
+    let mut storing: JoinSet<(u64, Reply)> = JoinSet::new();
     loop {
         if session.catch_up {
             session.catch_up = false;
@@ -83,12 +93,21 @@ pub(crate) async fn serve<S: Stream>(
         let input = tokio::select! {
             // Shutdown closes connections between requests, never during one.
             _ = shutdown.cancelled() => Input::Shutdown,
-            read = conn.read_frame() => Input::Frame(read),
+            // With the window full, answer a chunk before reading the next one.
+            read = conn.read_frame(), if storing.len() < CHUNKS_IN_FLIGHT => Input::Frame(read),
+            Some(stored) = storing.join_next(), if !storing.is_empty() => Input::Stored(stored),
             event = events.recv(), if session.signed_in.is_some() => Input::Event(event),
         };
         let next = match input {
             Input::Shutdown => Next::Close,
-            Input::Frame(read) => request(server, &mut conn, &mut session, read).await,
+            Input::Frame(read) => {
+                request(server, &mut conn, &mut session, &mut storing, read).await
+            }
+            Input::Stored(Ok((_, reply))) => send(&mut conn, reply).await,
+            Input::Stored(Err(e)) => {
+                warn!(error = %e, "storing a chunk failed inside the server");
+                Next::Close
+            }
             Input::Event(Ok(event)) => {
                 match pusher.push(server, &mut conn, &mut session, &event).await {
                     Ok(next) => next,
@@ -110,14 +129,33 @@ pub(crate) async fn serve<S: Stream>(
             break;
         }
     }
+    // Chunks already being stored finish and are answered, if the client is still there.
+    while let Some(Ok((_, reply))) = storing.join_next().await {
+        if let Next::Close = send(&mut conn, reply).await {
+            break;
+        }
+    }
     let _ = conn.shutdown().await;
 }
 
-/// Reads and answers one request.
+async fn send<S: Stream>(conn: &mut Connection<S>, reply: Reply) -> Next {
+    if let Err(e) = conn.send(&reply.frame).await {
+        debug!(error = %e, "could not answer");
+        return Next::Close;
+    }
+    if reply.close {
+        Next::Close
+    } else {
+        Next::Continue
+    }
+}
+
+/// Reads and answers one request — or, for a chunk, starts storing it.
 async fn request<S: Stream>(
-    server: &Server,
+    server: &Arc<Server>,
     conn: &mut Connection<S>,
     session: &mut Session,
+    storing: &mut JoinSet<(u64, Reply)>,
     read: Result<Option<coffer_proto::RawFrame>, ConnError>,
 ) -> Next {
     let raw = match read {
@@ -149,33 +187,63 @@ async fn request<S: Stream>(
     };
     let id = header.id;
     let was_open = session.open();
-    let reply = match Frame::<Request>::from_header(header, raw.body) {
-        Ok(request) => {
-            debug!(
-                id,
-                kind = coffer_proto::Message::kind(&request.msg),
-                "request"
-            );
-            session.handle(server, request).await
-        }
+    let request = match Frame::<Request>::from_header(header, raw.body) {
+        Ok(request) => request,
         // The frame was well-formed; only its content is wrong. Answer it and
         // keep the connection (unless it never said hello).
-        Err(e) => Reply {
-            close: !was_open,
-            frame: Frame::new(id, Response::error(e.code(), e.to_string())),
-        },
+        Err(e) => {
+            let reply = Reply {
+                close: !was_open,
+                frame: Frame::new(id, Response::error(e.code(), e.to_string())),
+            };
+            return send(conn, reply).await;
+        }
     };
-    if let Err(e) = conn.send(&reply.frame).await {
-        debug!(error = %e, "could not answer");
-        return Next::Close;
+    debug!(
+        id,
+        kind = coffer_proto::Message::kind(&request.msg),
+        "request"
+    );
+    if let Request::UploadChunk(chunk) = request.msg {
+        return match session.chunk_job(server, id, chunk, request.body).await {
+            Ok(job) => {
+                let server = server.clone();
+                storing.spawn(async move {
+                    let reply = match store_chunk(&server, job).await {
+                        Ok((msg, body)) => Reply {
+                            frame: Frame::with_body(id, msg, body),
+                            close: false,
+                        },
+                        Err(e) => Reply::error(id, &e, false),
+                    };
+                    (id, reply)
+                });
+                Next::Continue
+            }
+            Err(reply) => send(conn, reply).await,
+        };
     }
-    if reply.close {
-        return Next::Close;
+    // Any other request sees the connection's chunks already stored: a commit
+    // sent after its chunks finds them.
+    while let Some(stored) = storing.join_next().await {
+        match stored {
+            Ok((_, reply)) => {
+                if let Next::Close = send(conn, reply).await {
+                    return Next::Close;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "storing a chunk failed inside the server");
+                return Next::Close;
+            }
+        }
     }
+    let reply = session.handle(server, request).await;
+    let next = send(conn, reply).await;
     if !was_open && session.open() {
         conn.set_timeouts(timeouts(server, true));
     }
-    Next::Continue
+    next
 }
 
 async fn reply_and_close<S: Stream>(conn: &mut Connection<S>, id: u64, error: DecodeError) {

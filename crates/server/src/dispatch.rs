@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use coffer_proto::request::UploadChunk;
 use coffer_proto::response::Welcome;
 use coffer_proto::types::UserRole;
 use coffer_proto::{ErrorCode, Frame, Limits, Message, PROTOCOL_VERSION, Request, Response};
@@ -17,6 +18,7 @@ use crate::Server;
 use crate::access::{self, Need, Requirement};
 use crate::error::{Error, Result, forbidden, not_found, unauthorized};
 use crate::handlers;
+use crate::store::one;
 use crate::store::query;
 
 /// Who a connection is signed in as.
@@ -122,6 +124,30 @@ impl Session {
         }
     }
 
+    /// Checks a chunk upload so that it can be stored concurrently with the
+    /// connection's other chunks; on failure, the reply to send instead.
+    pub(crate) async fn chunk_job(
+        &mut self,
+        server: &Server,
+        id: u64,
+        chunk: UploadChunk,
+        body: Bytes,
+    ) -> Result<handlers::ChunkJob, Reply> {
+        let request = Request::UploadChunk(chunk);
+        if !self.said_hello {
+            return Err(self.hello(server, id, request));
+        }
+        if let Err(e) = self.authorize(server, &request).await {
+            return Err(Reply::error(id, &e, false));
+        }
+        let Request::UploadChunk(chunk) = request else {
+            unreachable!("built above")
+        };
+        handlers::prepare_chunk(server, self, chunk, body)
+            .await
+            .map_err(|e| Reply::error(id, &e, false))
+    }
+
     fn hello(&mut self, server: &Server, id: u64, msg: Request) -> Reply {
         let refuse = |message: String| Reply {
             frame: Frame::new(id, Response::error(ErrorCode::BadRequest, message)),
@@ -210,7 +236,8 @@ fn check(conn: &rusqlite::Connection, username: &str, role: UserRole, need: Chec
             access::require(conn, username, &folder_id, need).map(|_| ())
         }
         Check::Share(share_id) => {
-            let found: bool = conn.query_row(
+            let found: bool = one(
+                conn,
                 "SELECT EXISTS (SELECT 1 FROM file_shares WHERE share_id = ?1 AND recipient = ?2)",
                 [&share_id, username],
                 |r| r.get(0),
@@ -222,13 +249,13 @@ fn check(conn: &rusqlite::Connection, username: &str, role: UserRole, need: Chec
             }
         }
         Check::Upload(upload_id) => {
-            let folder_id: Option<String> = conn
-                .query_row(
-                    "SELECT folder_id FROM uploads WHERE upload_id = ?1 AND username = ?2",
-                    [&upload_id, username],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let folder_id: Option<String> = one(
+                conn,
+                "SELECT folder_id FROM uploads WHERE upload_id = ?1 AND username = ?2",
+                [&upload_id, username],
+                |r| r.get(0),
+            )
+            .optional()?;
             let folder_id = folder_id.ok_or_else(|| not_found(format!("no upload {upload_id}")))?;
             access::require(conn, username, &folder_id, Need::Write).map(|_| ())
         }

@@ -246,7 +246,7 @@ impl Server {
             let shutdown = shutdown.clone();
             tracker.spawn(
                 async move {
-                    conn::serve(&server, stream, peer, shutdown).await;
+                    conn::serve(server, stream, peer, shutdown).await;
                     drop(permit);
                 }
                 .instrument(info_span!("conn", %peer)),

@@ -24,6 +24,7 @@ use crate::chunks::ReadError;
 use crate::dispatch::{Session, UploadInUse};
 use crate::error::{Error, Result, bad_request, not_found};
 use crate::store::change::{UploadRecord, UploadState, missing_chunks};
+use crate::store::one;
 use crate::store::{Applied, Change, query};
 
 /// Entries per listing page unless the client asks for fewer.
@@ -64,7 +65,7 @@ pub(super) async fn list(server: &Server, r: List) -> Answer {
             } else {
                 "parent = ?2"
             };
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {} FROM entries WHERE folder_id = ?1 AND {scope} AND path > ?3 \
                  AND (deleted = 0 OR ?4) ORDER BY path LIMIT ?5",
                 query::ENTRY_COLUMNS
@@ -139,7 +140,7 @@ pub(super) async fn history(server: &Server, r: PathRef) -> Answer {
     let versions = server
         .store
         .read(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {} FROM versions WHERE folder_id = ?1 AND path = ?2 ORDER BY version DESC",
                 query::ENTRY_COLUMNS
             ))?;
@@ -348,14 +349,14 @@ async fn upload_in_use(
     let found = server
         .store
         .read(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT chunks, chunk_size FROM uploads WHERE upload_id = ?1 AND username = ?2 \
+            Ok(one(
+                conn,
+                "SELECT chunks, chunk_size FROM uploads WHERE upload_id = ?1 AND username = ?2 \
                      AND committed_version IS NULL",
-                    params![id, me],
-                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u32)),
-                )
-                .optional()?)
+                params![id, me],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u32)),
+            )
+            .optional()?)
         })
         .await?
         .ok_or_else(|| not_found(format!("no upload {upload_id} in progress")))?;
@@ -373,8 +374,7 @@ pub(super) async fn upload_resume(server: &Server, session: &mut Session, r: Upl
     let state = server
         .store
         .read(move |conn| {
-            let row: Option<(String, i64, Vec<u8>, i64)> = conn
-                .query_row(
+            let row: Option<(String, i64, Vec<u8>, i64)> = one(conn,
                     "SELECT folder_id, chunk_count, chunks, expires_ms FROM uploads \
                      WHERE upload_id = ?1 AND username = ?2 AND committed_version IS NULL AND expires_ms > ?3",
                     params![r.upload_id, me, now as i64],
@@ -398,13 +398,28 @@ fn checksum(message: String) -> Error {
     Error::refused(ErrorCode::ChecksumMismatch, message)
 }
 
-pub(super) async fn upload_chunk(
+/// A checked chunk, ready to be hashed and stored — by any task: chunks of
+/// one connection are stored concurrently.
+#[derive(Debug)]
+pub(crate) struct ChunkJob {
+    username: String,
+    upload_id: String,
+    index: u32,
+    hash: Sha256,
+    md5: Option<String>,
+    body: Bytes,
+}
+
+/// The checks a chunk passes before its bytes are touched: the upload is the
+/// caller's, the index is in range, the size fits, and the announced hash is
+/// the one the upload's chunk list holds at that index.
+pub(crate) async fn prepare_chunk(
     server: &Server,
     session: &mut Session,
     r: UploadChunk,
     body: Bytes,
-) -> Answer {
-    let me = session.user()?.username.clone();
+) -> Result<ChunkJob> {
+    let username = session.user()?.username.clone();
     let upload = upload_in_use(server, session, &r.upload_id).await?;
     let index = r.index;
     let start = index as usize * 32;
@@ -429,9 +444,27 @@ pub(super) async fn upload_chunk(
             "chunk {index} is not the chunk the upload announced"
         )));
     }
-    let md5 = r.md5.clone();
+    Ok(ChunkJob {
+        username,
+        upload_id: r.upload_id,
+        index,
+        hash: r.sha256,
+        md5: r.md5,
+        body,
+    })
+}
+
+/// Verifies a chunk's bytes, stores them durably and records their receipt.
+pub(crate) async fn store_chunk(server: &Server, job: ChunkJob) -> Answer {
+    let ChunkJob {
+        username,
+        upload_id,
+        index,
+        hash,
+        md5,
+        body,
+    } = job;
     let chunks = server.chunks.clone();
-    let hash = r.sha256;
     let size = body.len() as u64;
     // Hash the bytes, then store them durably: both off the async threads.
     blocking(move || {
@@ -454,17 +487,14 @@ pub(super) async fn upload_chunk(
     server
         .store
         .write(Change::ChunkReceived {
-            username: me,
-            upload_id: r.upload_id.clone(),
+            username,
+            upload_id: upload_id.clone(),
             index,
             hash,
             size,
         })
         .await?;
-    answer(Response::ChunkAck(ChunkAck {
-        upload_id: r.upload_id,
-        index,
-    }))
+    answer(Response::ChunkAck(ChunkAck { upload_id, index }))
 }
 
 pub(super) async fn upload_commit(server: &Server, session: &mut Session, r: UploadRef) -> Answer {
@@ -511,7 +541,7 @@ pub(super) async fn chunk_get(server: &Server, session: &Session, r: ChunkGet) -
             let held = server
                 .store
                 .read(move |conn| {
-                    Ok(conn.query_row(
+                    Ok(one(conn,
                         "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2)",
                         params![&hash.0[..], folder_id],
                         |r| r.get::<_, bool>(0),

@@ -16,10 +16,11 @@ use crate::error::{Error, Result};
 use crate::store::{Applied, Change};
 
 pub(crate) use account::format_cursor;
+pub(crate) use file::{ChunkJob, prepare_chunk, store_chunk};
 
 mod account;
 mod device;
-mod file;
+pub(crate) mod file;
 mod folder;
 mod share;
 
@@ -82,7 +83,9 @@ pub(crate) async fn route(
         R::Restore(r) => file::restore(server, session, r).await,
         R::UploadBegin(r) => file::upload_begin(server, session, r, body).await,
         R::UploadResume(r) => file::upload_resume(server, session, r).await,
-        R::UploadChunk(r) => file::upload_chunk(server, session, r, body).await,
+        R::UploadChunk(r) => {
+            file::store_chunk(server, file::prepare_chunk(server, session, r, body).await?).await
+        }
         R::UploadCommit(r) => file::upload_commit(server, session, r).await,
         R::UploadAbort(r) => file::upload_abort(server, session, r).await,
         R::Download(r) => file::download(server, r).await,

@@ -11,6 +11,7 @@ use super::{Answer, answer, unexpected};
 use crate::Server;
 use crate::dispatch::Session;
 use crate::error::{Result, bad_request, not_found};
+use crate::store::one;
 use crate::store::{Applied, Change, query};
 
 pub(super) async fn create(server: &Server, session: &Session, r: FileShare) -> Answer {
@@ -50,7 +51,7 @@ pub(super) async fn list(server: &Server, session: &Session) -> Answer {
     let shares = server
         .store
         .read(move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT s.share_id, s.owner, s.path, COALESCE(e.size, 0), s.created_ms FROM file_shares s \
                  LEFT JOIN entries e ON e.folder_id = s.folder_id AND e.path = s.path AND e.file_id = s.file_id \
                  AND e.deleted = 0 WHERE s.recipient = ?1 ORDER BY s.created_ms DESC, s.share_id",
@@ -81,8 +82,7 @@ async fn shared_file(
     server
         .store
         .read(move |conn| {
-            let share: Option<(String, String, Vec<u8>, Vec<u8>)> = conn
-                .query_row(
+            let share: Option<(String, String, Vec<u8>, Vec<u8>)> = one(conn,
                     "SELECT folder_id, path, file_id, wrapped_key FROM file_shares WHERE share_id = ?1 AND recipient = ?2",
                     params![id, me],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),

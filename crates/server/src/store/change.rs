@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use super::{exec, one};
 use coffer_proto::event::{
     Change as FileChange, EndReason, Event, FileChanged, Invited, KeyRotated, MemberChange,
     MemberChanged, SessionEnded,
@@ -304,19 +305,19 @@ pub(crate) fn apply_batch(
 ) -> rusqlite::Result<(Vec<Result<Applied>>, Vec<StoredEvent>)> {
     let mut tx = conn.transaction()?;
     let now = ctx.clock.now_ms();
-    let mut hlc = tx
-        .query_row(
-            "SELECT hlc_wall, hlc_logical FROM changes ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(Hlc {
-                    wall_ms: r.get::<_, i64>(0)? as u64,
-                    logical: r.get::<_, i64>(1)? as u32,
-                })
-            },
-        )
-        .optional()?
-        .unwrap_or_default();
+    let mut hlc = one(
+        &tx,
+        "SELECT hlc_wall, hlc_logical FROM changes ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(Hlc {
+                wall_ms: r.get::<_, i64>(0)? as u64,
+                logical: r.get::<_, i64>(1)? as u32,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default();
     let mut results = Vec::with_capacity(changes.len());
     let mut recorded = Vec::new();
     for change in changes {
@@ -326,7 +327,8 @@ pub(crate) fn apply_batch(
             Ok(applied) => {
                 if !matches!(change, Change::Collect) {
                     hlc = tick(hlc, now);
-                    sp.execute(
+                    exec(
+                        &sp,
                         "INSERT INTO changes (origin, hlc_wall, hlc_logical, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![
                             ctx.node_id,
@@ -339,9 +341,15 @@ pub(crate) fn apply_batch(
                     let seq = sp.last_insert_rowid();
                     let mut events = Vec::with_capacity(effects.events.len());
                     for (folder_id, username, event) in effects.events {
-                        sp.execute(
+                        exec(
+                            &sp,
                             "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
-                            params![seq, folder_id, username, serde_json::to_string(&event).expect("events serialize")],
+                            params![
+                                seq,
+                                folder_id,
+                                username,
+                                serde_json::to_string(&event).expect("events serialize")
+                            ],
                         )?;
                         events.push(StoredEvent {
                             id: sp.last_insert_rowid(),
@@ -384,14 +392,16 @@ fn apply(
             if query::user(tx, username)?.is_some() {
                 return Err(conflict(format!("the username {username} is taken")));
             }
-            let first: bool =
-                tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))?;
+            let first: bool = one(tx, "SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| {
+                r.get(0)
+            })?;
             let role = match admin {
                 Some(admin) if admin == username => UserRole::Admin,
                 None if first => UserRole::Admin,
                 _ => UserRole::User,
             };
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO users (username, login_hash, role, public_key, wrapped_private_key, kdf, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -425,9 +435,16 @@ fn apply(
             {
                 return Err(not_found(format!("no device {device_id} of {username}")));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO sessions (session_id, username, device_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![session_id, username, device_id, now as i64, *expires_ms as i64],
+                params![
+                    session_id,
+                    username,
+                    device_id,
+                    now as i64,
+                    *expires_ms as i64
+                ],
             )?;
             Ok(Applied::Done)
         }
@@ -435,7 +452,8 @@ fn apply(
             session_id,
             expires_ms,
         } => {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE sessions SET expires_ms = ?2 WHERE session_id = ?1 AND revoked = 0",
                 params![session_id, *expires_ms as i64],
             )?;
@@ -451,7 +469,8 @@ fn apply(
             username,
             session_id,
         } => {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE sessions SET revoked = 1 WHERE session_id = ?1 AND username = ?2 AND revoked = 0",
                 params![session_id, username],
             )?;
@@ -465,7 +484,8 @@ fn apply(
             if query::user(tx, username)?.is_none() {
                 return Err(not_found(format!("no user {username}")));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE users SET disabled = ?2 WHERE username = ?1",
                 params![username, *disabled as i64],
             )?;
@@ -487,7 +507,8 @@ fn apply(
             wrapped_private_key,
             kdf,
         } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE users SET public_key = ?2, wrapped_private_key = ?3, kdf = ?4 WHERE username = ?1",
                 params![
                     username,
@@ -505,24 +526,26 @@ fn apply(
             name,
             mac,
         } => {
-            let taken: Option<String> = tx
-                .query_row(
-                    "SELECT CASE WHEN name = ?2 THEN 'name' ELSE 'MAC address' END FROM devices \
+            let taken: Option<String> = one(
+                &tx,
+                "SELECT CASE WHEN name = ?2 THEN 'name' ELSE 'MAC address' END FROM devices \
                      WHERE username = ?1 AND (name = ?2 OR mac = ?3)",
-                    params![username, name, mac],
-                    |r| r.get(0),
-                )
-                .optional()?;
+                params![username, name, mac],
+                |r| r.get(0),
+            )
+            .optional()?;
             if let Some(what) = taken {
                 return Err(conflict(format!(
                     "{username} already has a device with this {what}"
                 )));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO devices (device_id, username, name, mac, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![device_id, username, name, mac, now as i64],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE sessions SET device_id = ?2 WHERE session_id = ?1 AND device_id IS NULL",
                 params![session_id, device_id],
             )?;
@@ -540,7 +563,8 @@ fn apply(
         } => {
             let device = query::device(tx, username, device_id)?
                 .ok_or_else(|| not_found(format!("no device {device_id}")))?;
-            let clash: bool = tx.query_row(
+            let clash: bool = one(
+                &tx,
                 "SELECT EXISTS (SELECT 1 FROM devices WHERE username = ?1 AND name = ?2 AND device_id <> ?3)",
                 params![username, name, device_id],
                 |r| r.get(0),
@@ -550,7 +574,8 @@ fn apply(
                     "{username} already has a device named {name:?}"
                 )));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE devices SET name = ?2 WHERE device_id = ?1",
                 params![device_id, name],
             )?;
@@ -574,7 +599,7 @@ fn apply(
                 username,
                 EndReason::DeviceRemoved,
             )?;
-            tx.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])?;
+            exec(tx, "DELETE FROM devices WHERE device_id = ?1", [device_id])?;
             Ok(Applied::Done)
         }
         Change::FolderCreate {
@@ -583,7 +608,8 @@ fn apply(
             label,
             wrapped_key,
         } => {
-            let clash: bool = tx.query_row(
+            let clash: bool = one(
+                &tx,
                 "SELECT EXISTS (SELECT 1 FROM folders WHERE owner = ?1 AND label = ?2)",
                 params![username, label],
                 |r| r.get(0),
@@ -593,16 +619,19 @@ fn apply(
                     "{username} already has a folder labelled {label:?}"
                 )));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO folders (folder_id, label, owner, epoch, created_ms) VALUES (?1, ?2, ?3, 1, ?4)",
                 params![folder_id, label, username, now as i64],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO members (folder_id, username, role, status, invited_by, created_ms) \
                  VALUES (?1, ?2, 'owner', 'active', ?2, ?3)",
                 params![folder_id, username, now as i64],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, 1, ?3)",
                 params![folder_id, username, wrapped_key.as_bytes()],
             )?;
@@ -649,15 +678,22 @@ fn apply(
                     folder.epoch
                 )));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO members (folder_id, username, role, status, invited_by, created_ms) \
                  VALUES (?1, ?2, ?3, 'invited', ?4, ?5)",
                 params![folder_id, invitee, role_str(*role), username, now as i64],
             )?;
             for key in keys {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, ?3, ?4)",
-                    params![folder_id, invitee, key.epoch as i64, key.wrapped_key.as_bytes()],
+                    params![
+                        folder_id,
+                        invitee,
+                        key.epoch as i64,
+                        key.wrapped_key.as_bytes()
+                    ],
                 )?;
             }
             fx.tell_user(
@@ -683,7 +719,8 @@ fn apply(
             else {
                 return Err(not_found(format!("no invitation to folder {folder_id}")));
             };
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE members SET status = 'active' WHERE folder_id = ?1 AND username = ?2",
                 params![folder_id, username],
             )?;
@@ -737,12 +774,19 @@ fn apply(
             }
             remove_member(tx, folder_id, member)?;
             for key in keys {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO folder_keys (folder_id, username, epoch, wrapped_key) VALUES (?1, ?2, ?3, ?4)",
-                    params![folder_id, key.username, *epoch as i64, key.wrapped_key.as_bytes()],
+                    params![
+                        folder_id,
+                        key.username,
+                        *epoch as i64,
+                        key.wrapped_key.as_bytes()
+                    ],
                 )?;
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE folders SET epoch = ?2 WHERE folder_id = ?1",
                 params![folder_id, *epoch as i64],
             )?;
@@ -773,7 +817,8 @@ fn apply(
                     "the owner's role cannot change, and there is one owner",
                 ));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE members SET role = ?3 WHERE folder_id = ?1 AND username = ?2",
                 params![folder_id, member, role_str(*role)],
             )?;
@@ -820,11 +865,13 @@ fn apply(
                     format!("chunk {index} is not the chunk the upload announced"),
                 ));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE upload_refs SET received = 1 WHERE upload_id = ?1 AND hash = ?2",
                 params![upload_id, &hash.0[..]],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
                 params![&hash.0[..], *size as i64, now as i64],
             )?;
@@ -999,7 +1046,8 @@ fn apply(
             if query::user(tx, recipient)?.is_none() {
                 return Err(not_found(format!("no user {recipient}")));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO file_shares (share_id, folder_id, path, file_id, owner, recipient, wrapped_key, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
@@ -1016,8 +1064,7 @@ fn apply(
             Ok(Applied::Share(share_id.clone()))
         }
         Change::FileShareRevoke { username, share_id } => {
-            let row: Option<(String, String)> = tx
-                .query_row(
+            let row: Option<(String, String)> = one(&tx,
                     "SELECT s.owner, f.owner FROM file_shares s JOIN folders f ON f.folder_id = s.folder_id \
                      WHERE s.share_id = ?1",
                     [share_id],
@@ -1028,7 +1075,11 @@ fn apply(
                 Some((sharer, folder_owner))
                     if &sharer == username || &folder_owner == username =>
                 {
-                    tx.execute("DELETE FROM file_shares WHERE share_id = ?1", [share_id])?;
+                    exec(
+                        tx,
+                        "DELETE FROM file_shares WHERE share_id = ?1",
+                        [share_id],
+                    )?;
                     Ok(Applied::Done)
                 }
                 _ => Err(not_found(format!("no share {share_id} of yours"))),
@@ -1058,13 +1109,14 @@ fn revoke_sessions(
     reason: EndReason,
 ) -> Result<()> {
     let ids: Vec<String> = tx
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT session_id FROM sessions WHERE revoked = 0 AND {filter}"
         ))?
         .query_map([value], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in ids {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE sessions SET revoked = 1 WHERE session_id = ?1",
             [&id],
         )?;
@@ -1074,11 +1126,13 @@ fn revoke_sessions(
 }
 
 fn remove_member(tx: &Connection, folder_id: &str, username: &str) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM members WHERE folder_id = ?1 AND username = ?2",
         params![folder_id, username],
     )?;
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM folder_keys WHERE folder_id = ?1 AND username = ?2",
         params![folder_id, username],
     )?;
@@ -1164,7 +1218,7 @@ fn check_base(current: &FileEntry, base: Option<&VersionVector>) -> Result<()> {
 
 /// Live entries strictly below `path`, in path order.
 fn descendants(tx: &Connection, folder_id: &str, path: &str) -> Result<Vec<FileEntry>> {
-    let mut stmt = tx.prepare(&format!(
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT {ENTRY_COLUMNS} FROM entries WHERE folder_id = ?1 AND deleted = 0 \
          AND path > ?2 AND path < ?3 ORDER BY path"
     ))?;
@@ -1269,7 +1323,8 @@ fn put_version(
         entry.device_id,
         entry.deleted as i64,
     ];
-    tx.execute(
+    exec(
+        tx,
         &format!(
             "INSERT INTO versions ({ENTRY_COLUMNS}, chunks) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
@@ -1281,7 +1336,8 @@ fn put_version(
                 .chain(std::iter::once(&chunks as &dyn rusqlite::ToSql)),
         ),
     )?;
-    tx.execute(
+    exec(
+        tx,
         &format!(
             "INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}, parent) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
@@ -1293,7 +1349,8 @@ fn put_version(
         ),
     )?;
     for hash in distinct(chunks) {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO chunk_refs (hash, folder_id, refs) VALUES (?1, ?2, 1) \
              ON CONFLICT (hash, folder_id) DO UPDATE SET refs = refs + 1",
             params![&hash[..], entry.folder_id],
@@ -1301,7 +1358,7 @@ fn put_version(
     }
     // Keep the newest `keep_versions` versions; release the chunks of the rest.
     let pruned: Vec<(i64, Vec<u8>)> = tx
-        .prepare(
+        .prepare_cached(
             "SELECT version, chunks FROM versions WHERE folder_id = ?1 AND path = ?2 \
              ORDER BY version DESC LIMIT -1 OFFSET ?3",
         )?
@@ -1311,7 +1368,8 @@ fn put_version(
         )?
         .collect::<rusqlite::Result<_>>()?;
     for (version, chunks) in pruned {
-        tx.execute(
+        exec(
+            tx,
             "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
             params![entry.folder_id, entry.path, version],
         )?;
@@ -1323,19 +1381,21 @@ fn put_version(
 }
 
 fn release_chunk(tx: &Connection, folder_id: &str, hash: &[u8; 32]) -> Result<()> {
-    let refs: Option<i64> = tx
-        .query_row(
-            "SELECT refs FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
-            params![&hash[..], folder_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let refs: Option<i64> = one(
+        &tx,
+        "SELECT refs FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
+        params![&hash[..], folder_id],
+        |r| r.get(0),
+    )
+    .optional()?;
     match refs {
-        Some(n) if n > 1 => tx.execute(
+        Some(n) if n > 1 => exec(
+            tx,
             "UPDATE chunk_refs SET refs = refs - 1 WHERE hash = ?1 AND folder_id = ?2",
             params![&hash[..], folder_id],
         )?,
-        _ => tx.execute(
+        _ => exec(
+            tx,
             "DELETE FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
             params![&hash[..], folder_id],
         )?,
@@ -1363,8 +1423,7 @@ struct UploadRow {
 }
 
 fn upload_row(tx: &Connection, upload_id: &str, username: &str) -> Result<Option<UploadRow>> {
-    Ok(tx
-        .query_row(
+    Ok(one(&tx,
             "SELECT upload_id, folder_id, path, device_id, file_id, size, chunk_size, chunk_count, epoch, \
              wrapped_file_key, meta, base, chunks, expires_ms, committed_version \
              FROM uploads WHERE upload_id = ?1 AND username = ?2",
@@ -1406,8 +1465,12 @@ fn open_upload(tx: &Connection, username: &str, upload_id: &str, now: u64) -> Re
 }
 
 fn drop_upload(tx: &Connection, upload_id: &str) -> Result<()> {
-    tx.execute("DELETE FROM upload_refs WHERE upload_id = ?1", [upload_id])?;
-    tx.execute("DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
+    exec(
+        tx,
+        "DELETE FROM upload_refs WHERE upload_id = ?1",
+        [upload_id],
+    )?;
+    exec(tx, "DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
     Ok(())
 }
 
@@ -1419,7 +1482,7 @@ pub(crate) fn missing_chunks(
     folder_id: &str,
     chunks: &[u8],
 ) -> Result<Vec<u32>> {
-    let mut have = tx.prepare(
+    let mut have = tx.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM upload_refs WHERE upload_id = ?1 AND hash = ?3 AND received = 1) \
              OR EXISTS (SELECT 1 FROM chunk_refs WHERE folder_id = ?2 AND hash = ?3)",
     )?;
@@ -1447,26 +1510,27 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
     }
     // The same upload begun again (a client resuming without its id) finds the
     // one in progress.
-    let resumed: Option<(String, u64)> = tx
-        .query_row(
-            "SELECT upload_id, expires_ms FROM uploads WHERE upload_key = ?1 AND username = ?2 \
+    let resumed: Option<(String, u64)> = one(
+        &tx,
+        "SELECT upload_id, expires_ms FROM uploads WHERE upload_key = ?1 AND username = ?2 \
              AND committed_version IS NULL AND expires_ms > ?3",
-            params![&u.upload_key.0[..], u.username, now as i64],
-            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-        )
-        .optional()?;
+        params![&u.upload_key.0[..], u.username, now as i64],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+    )
+    .optional()?;
     let (upload_id, expires_ms) = match resumed {
         Some(found) => found,
         None => {
             // A committed or expired upload with the same key makes way.
             let stale: Vec<String> = tx
-                .prepare("SELECT upload_id FROM uploads WHERE upload_key = ?1")?
+                .prepare_cached("SELECT upload_id FROM uploads WHERE upload_key = ?1")?
                 .query_map([&u.upload_key.0[..]], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for id in stale {
                 drop_upload(tx, &id)?;
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO uploads (upload_id, upload_key, username, device_id, folder_id, path, file_id, size, \
                  chunk_size, chunk_count, epoch, wrapped_file_key, meta, base, chunks, created_ms, expires_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
@@ -1491,7 +1555,8 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
                 ],
             )?;
             for hash in distinct(u.chunks.as_bytes()) {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO upload_refs (hash, upload_id) VALUES (?1, ?2)",
                     params![&hash[..], u.upload_id],
                 )?;
@@ -1599,8 +1664,13 @@ fn upload_commit(
         deleted: false,
     };
     put_version(tx, ctx, &entry, &upload.chunks)?;
-    tx.execute("DELETE FROM upload_refs WHERE upload_id = ?1", [upload_id])?;
-    tx.execute(
+    exec(
+        tx,
+        "DELETE FROM upload_refs WHERE upload_id = ?1",
+        [upload_id],
+    )?;
+    exec(
+        tx,
         "UPDATE uploads SET committed_version = ?2 WHERE upload_id = ?1",
         params![upload_id, entry.version as i64],
     )?;
@@ -1620,14 +1690,14 @@ const COLLECT_LIMIT: u32 = 1000;
 /// is found unreferenced and the moment its file goes.
 fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
     let expired: Vec<String> = tx
-        .prepare("SELECT upload_id FROM uploads WHERE expires_ms <= ?1")?
+        .prepare_cached("SELECT upload_id FROM uploads WHERE expires_ms <= ?1")?
         .query_map([now as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in expired {
         drop_upload(tx, &id)?;
     }
     let garbage: Vec<Vec<u8>> = tx
-        .prepare(
+        .prepare_cached(
             "SELECT hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = c.hash) \
              AND NOT EXISTS (SELECT 1 FROM upload_refs u WHERE u.hash = c.hash) LIMIT ?1",
         )?
@@ -1637,7 +1707,7 @@ fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
         if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
             ctx.chunks.remove(&h)?;
         }
-        tx.execute("DELETE FROM chunks WHERE hash = ?1", [hash])?;
+        exec(tx, "DELETE FROM chunks WHERE hash = ?1", [hash])?;
     }
     Ok(Applied::Collected(garbage.len()))
 }

@@ -1,5 +1,6 @@
 //! Reading the state: row shapes and the queries handlers and the writer share.
 
+use super::one;
 use coffer_proto::response::{DeviceInfo, FolderInfo, Invite, Member, SessionSummary, UserSummary};
 use coffer_proto::types::{
     Blob, EntryKind, EntrySummary, EpochKey, FileEntry, FileId, MemberStatus, Role, UserRole,
@@ -107,13 +108,13 @@ pub(crate) fn summary(entry: &FileEntry) -> EntrySummary {
 
 /// The latest version of `path`, tombstone or not.
 pub(crate) fn entry(conn: &Connection, folder_id: &str, path: &str) -> Result<Option<FileEntry>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE folder_id = ?1 AND path = ?2"),
-            params![folder_id, path],
-            entry_from_row,
-        )
-        .optional()?)
+    Ok(one(
+        conn,
+        &format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE folder_id = ?1 AND path = ?2"),
+        params![folder_id, path],
+        entry_from_row,
+    )
+    .optional()?)
 }
 
 /// One kept version of `path`, with its chunk list.
@@ -123,8 +124,7 @@ pub(crate) fn version(
     path: &str,
     version: u64,
 ) -> Result<Option<(FileEntry, Vec<u8>)>> {
-    Ok(conn
-        .query_row(
+    Ok(one(conn,
             &format!("SELECT {ENTRY_COLUMNS}, chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3"),
             params![folder_id, path, version as i64],
             |row| Ok((entry_from_row(row)?, row.get::<_, Vec<u8>>(15)?)),
@@ -145,29 +145,30 @@ pub(crate) struct UserRow {
 }
 
 pub(crate) fn user(conn: &Connection, username: &str) -> Result<Option<UserRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT username, login_hash, role, disabled, public_key, wrapped_private_key, kdf \
+    Ok(one(
+        conn,
+        "SELECT username, login_hash, role, disabled, public_key, wrapped_private_key, kdf \
              FROM users WHERE username = ?1",
-            [username],
-            |row| {
-                Ok(UserRow {
-                    username: row.get(0)?,
-                    login_hash: row.get(1)?,
-                    role: parse_user_role(&row.get::<_, String>(2)?),
-                    disabled: row.get::<_, i64>(3)? != 0,
-                    public_key: row.get(4)?,
-                    wrapped_private_key: row.get(5)?,
-                    kdf: row.get(6)?,
-                })
-            },
-        )
-        .optional()?)
+        [username],
+        |row| {
+            Ok(UserRow {
+                username: row.get(0)?,
+                login_hash: row.get(1)?,
+                role: parse_user_role(&row.get::<_, String>(2)?),
+                disabled: row.get::<_, i64>(3)? != 0,
+                public_key: row.get(4)?,
+                wrapped_private_key: row.get(5)?,
+                kdf: row.get(6)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 pub(crate) fn users(conn: &Connection) -> Result<Vec<UserSummary>> {
-    let mut stmt =
-        conn.prepare("SELECT username, role, disabled, created_ms FROM users ORDER BY username")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT username, role, disabled, created_ms FROM users ORDER BY username",
+    )?;
     let rows = stmt.query_map([], |row| {
         Ok(UserSummary {
             username: row.get(0)?,
@@ -190,8 +191,7 @@ pub(crate) struct SessionRow {
 }
 
 pub(crate) fn session(conn: &Connection, session_id: &str) -> Result<Option<SessionRow>> {
-    Ok(conn
-        .query_row(
+    Ok(one(conn,
             "SELECT session_id, username, device_id, expires_ms, revoked FROM sessions WHERE session_id = ?1",
             [session_id],
             |row| {
@@ -213,7 +213,7 @@ pub(crate) fn sessions(
     now_ms: u64,
     current: &str,
 ) -> Result<Vec<SessionSummary>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT session_id, device_id, created_ms, expires_ms FROM sessions \
          WHERE username = ?1 AND revoked = 0 AND expires_ms > ?2 ORDER BY created_ms, session_id",
     )?;
@@ -244,8 +244,7 @@ pub(crate) fn device(
     username: &str,
     device_id: &str,
 ) -> Result<Option<DeviceInfo>> {
-    Ok(conn
-        .query_row(
+    Ok(one(conn,
             "SELECT device_id, name, mac, created_ms FROM devices WHERE username = ?1 AND device_id = ?2",
             [username, device_id],
             device_from_row,
@@ -254,7 +253,7 @@ pub(crate) fn device(
 }
 
 pub(crate) fn devices(conn: &Connection, username: &str) -> Result<Vec<DeviceInfo>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT device_id, name, mac, created_ms FROM devices WHERE username = ?1 ORDER BY name",
     )?;
     let rows = stmt.query_map([username], device_from_row)?;
@@ -272,21 +271,21 @@ pub(crate) struct FolderRow {
 }
 
 pub(crate) fn folder(conn: &Connection, folder_id: &str) -> Result<Option<FolderRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT folder_id, label, owner, epoch, created_ms FROM folders WHERE folder_id = ?1",
-            [folder_id],
-            |row| {
-                Ok(FolderRow {
-                    folder_id: row.get(0)?,
-                    label: row.get(1)?,
-                    owner: row.get(2)?,
-                    epoch: row.get::<_, i64>(3)? as u64,
-                    created_ms: row.get::<_, i64>(4)? as u64,
-                })
-            },
-        )
-        .optional()?)
+    Ok(one(
+        conn,
+        "SELECT folder_id, label, owner, epoch, created_ms FROM folders WHERE folder_id = ?1",
+        [folder_id],
+        |row| {
+            Ok(FolderRow {
+                folder_id: row.get(0)?,
+                label: row.get(1)?,
+                owner: row.get(2)?,
+                epoch: row.get::<_, i64>(3)? as u64,
+                created_ms: row.get::<_, i64>(4)? as u64,
+            })
+        },
+    )
+    .optional()?)
 }
 
 /// A membership: role and whether the invitation was accepted.
@@ -295,20 +294,20 @@ pub(crate) fn membership(
     folder_id: &str,
     username: &str,
 ) -> Result<Option<(Role, MemberStatus)>> {
-    Ok(conn
-        .query_row(
-            "SELECT role, status FROM members WHERE folder_id = ?1 AND username = ?2",
-            [folder_id, username],
-            |row| {
-                let status = if row.get::<_, String>(1)? == "active" {
-                    MemberStatus::Active
-                } else {
-                    MemberStatus::Invited
-                };
-                Ok((parse_role(&row.get::<_, String>(0)?), status))
-            },
-        )
-        .optional()?)
+    Ok(one(
+        conn,
+        "SELECT role, status FROM members WHERE folder_id = ?1 AND username = ?2",
+        [folder_id, username],
+        |row| {
+            let status = if row.get::<_, String>(1)? == "active" {
+                MemberStatus::Active
+            } else {
+                MemberStatus::Invited
+            };
+            Ok((parse_role(&row.get::<_, String>(0)?), status))
+        },
+    )
+    .optional()?)
 }
 
 pub(crate) fn folder_info(row: &FolderRow, role: Role) -> FolderInfo {
@@ -323,7 +322,7 @@ pub(crate) fn folder_info(row: &FolderRow, role: Role) -> FolderInfo {
 }
 
 pub(crate) fn folders(conn: &Connection, username: &str) -> Result<Vec<FolderInfo>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT f.folder_id, f.label, f.owner, f.epoch, f.created_ms, m.role FROM folders f \
          JOIN members m ON m.folder_id = f.folder_id \
          WHERE m.username = ?1 AND m.status = 'active' ORDER BY f.label, f.folder_id",
@@ -342,7 +341,7 @@ pub(crate) fn folders(conn: &Connection, username: &str) -> Result<Vec<FolderInf
 }
 
 pub(crate) fn members(conn: &Connection, folder_id: &str) -> Result<Vec<Member>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT username, role, status FROM members WHERE folder_id = ?1 ORDER BY username",
     )?;
     let rows = stmt.query_map([folder_id], |row| {
@@ -364,7 +363,7 @@ pub(crate) fn folder_keys(
     folder_id: &str,
     username: &str,
 ) -> Result<Vec<EpochKey>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT epoch, wrapped_key FROM folder_keys WHERE folder_id = ?1 AND username = ?2 ORDER BY epoch",
     )?;
     let rows = stmt.query_map([folder_id, username], |row| {
@@ -377,7 +376,7 @@ pub(crate) fn folder_keys(
 }
 
 pub(crate) fn invites(conn: &Connection, username: &str) -> Result<Vec<Invite>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT f.folder_id, f.label, m.invited_by, m.role, m.created_ms FROM members m \
          JOIN folders f ON f.folder_id = m.folder_id \
          WHERE m.username = ?1 AND m.status = 'invited' ORDER BY m.created_ms, f.folder_id",
@@ -402,7 +401,7 @@ pub(crate) fn events_after(
     after: i64,
     limit: u32,
 ) -> Result<Vec<super::StoredEvent>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT event_id, folder_id, username, body FROM events WHERE event_id > ?1 AND (username = ?2 \
          OR folder_id IN (SELECT folder_id FROM members WHERE username = ?2 AND status = 'active')) \
          ORDER BY event_id LIMIT ?3",
@@ -433,17 +432,19 @@ pub(crate) fn events_after(
 
 /// The newest event id.
 pub(crate) fn last_event(conn: &Connection) -> Result<i64> {
-    Ok(
-        conn.query_row("SELECT COALESCE(MAX(event_id), 0) FROM events", [], |r| {
-            r.get(0)
-        })?,
-    )
+    Ok(one(
+        conn,
+        "SELECT COALESCE(MAX(event_id), 0) FROM events",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Folders `username` is an active member of.
 pub(crate) fn member_folders(conn: &Connection, username: &str) -> Result<Vec<String>> {
-    let mut stmt =
-        conn.prepare("SELECT folder_id FROM members WHERE username = ?1 AND status = 'active'")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT folder_id FROM members WHERE username = ?1 AND status = 'active'",
+    )?;
     let rows = stmt.query_map([username], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
