@@ -92,7 +92,9 @@ message_family! {
         Restore(Restore) = "restore",
 
         /// Starts (or finds) an upload. Body: the chunk list, 32 bytes (SHA-256
-        /// of each sealed chunk) per chunk. Answered by `upload`.
+        /// of each sealed chunk) per chunk — and, with `commit`, the sealed
+        /// chunks themselves after it. Answered by `upload`, or by `entry` with
+        /// `commit`.
         UploadBegin(UploadBegin) = "upload_begin" + body,
         /// Asks which chunks an upload still lacks; answered by `upload`.
         UploadResume(UploadRef) = "upload_resume",
@@ -397,6 +399,11 @@ pub struct UploadBegin {
     /// moved on since. Absent for a path the client believes new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<VersionVector>,
+    /// A whole small file in one request: the body carries the sealed chunks
+    /// after the chunk list, in order (their sizes follow from `size` and
+    /// `chunk_size`), and the upload is committed at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commit: bool,
 }
 
 /// Names an upload.

@@ -1,4 +1,7 @@
-//! Server throughput, end to end over TLS on loopback, in-process:
+//! Server throughput, end to end over TLS on loopback. The server is the real
+//! `coffer-server` binary pinned to CPU 0; this client runs pinned to CPU 1,
+//! so the figures are what one server core sustains (when `taskset` is
+//! missing, both share the machine and the bench says so).
 //!
 //! - **chunk ingest**: 1 MiB chunks of a large upload, pipelined, verified
 //!   (SHA-256) and stored durably (temp file, fsync, rename, directory fsync,
@@ -18,16 +21,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coffer_net::conn::{Connection, Timeouts};
-use coffer_net::{Listener, Net, SystemClock, TokioNet, tls};
+use coffer_net::{Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::{
     FolderCreate, Hello, Login, Register, UploadBegin, UploadChunk, UploadRef,
 };
 use coffer_proto::types::{Blob, FileId, Kdf, LoginSecret, Sha256};
 use coffer_proto::{Frame, Limits, PROTOCOL_VERSION, Request, Response};
-use coffer_server::{Config, Server};
 use rustls_pki_types::ServerName;
 use sha2::Digest;
-use tokio_util::sync::CancellationToken;
 
 type Conn = Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
@@ -119,10 +120,7 @@ fn begin(
     chunk_size: u32,
     size: u64,
 ) -> (Request, Bytes) {
-    let list: Vec<u8> = chunks
-        .iter()
-        .flat_map(|c| sha2::Sha256::digest(c))
-        .collect();
+    let list: Vec<u8> = chunks.iter().flat_map(sha2::Sha256::digest).collect();
     let request = Request::UploadBegin(UploadBegin {
         folder_id: folder_id.into(),
         path: path.into(),
@@ -138,6 +136,7 @@ fn begin(
         wrapped_file_key: Blob(vec![3; 81]),
         meta: Blob(vec![4; 120]),
         base: None,
+        commit: false,
     });
     (request, Bytes::from(list))
 }
@@ -230,13 +229,15 @@ async fn ingest(addr: SocketAddr, ca: &Path, folder_id: &str, file: &str, count:
     (count as f64 * f64::from(chunk_size)) / elapsed.as_secs_f64() / 1e6
 }
 
-/// `clients` connections each commit `files` 4 KiB files; returns files/s.
+/// `clients` connections each commit `files` 4 KiB files — in one request each
+/// when `inline`, else as begin, chunk, commit; returns files/s.
 async fn small_files(
     addr: SocketAddr,
     ca: &Path,
     folder_id: &str,
     clients: usize,
     files: usize,
+    inline: bool,
 ) -> f64 {
     let mut conns = Vec::new();
     for _ in 0..clients {
@@ -248,40 +249,41 @@ async fn small_files(
         let folder_id = folder_id.to_owned();
         tasks.push(tokio::spawn(async move {
             for f in 0..files {
-                let chunk = pseudo_random(4096 + 49, (c * 100_000 + f) as u64);
+                let seed = (c * 100_000 + f) as u64 + u64::from(inline) * 1_000_000;
+                let chunk = pseudo_random(4096 + 49, seed);
+                let path = format!("small-{inline}/{c}/{f}.txt");
                 let chunks = vec![chunk];
-                let (request, list) = begin(
-                    &folder_id,
-                    &format!("small/{c}/{f}.txt"),
-                    &chunks,
-                    65_536,
-                    4096,
-                );
+                let (mut request, list) = begin(&folder_id, &path, &chunks, 65_536, 4096);
+                if inline {
+                    if let Request::UploadBegin(b) = &mut request {
+                        b.commit = true;
+                    }
+                    let body = [&list[..], &chunks[0][..]].concat();
+                    let answer = call(&mut conn, 1, request, Bytes::from(body)).await;
+                    assert!(matches!(answer.msg, Response::Entry(_)));
+                    continue;
+                }
                 let Response::Upload(upload) = call(&mut conn, 1, request, list).await.msg else {
                     panic!()
                 };
                 let hash = Sha256(sha2::Sha256::digest(&chunks[0]).into());
+                let chunk = Request::UploadChunk(UploadChunk {
+                    upload_id: upload.upload_id.clone(),
+                    index: 0,
+                    sha256: hash,
+                    md5: None,
+                });
                 call(
                     &mut conn,
                     2,
-                    Request::UploadChunk(UploadChunk {
-                        upload_id: upload.upload_id.clone(),
-                        index: 0,
-                        sha256: hash,
-                        md5: None,
-                    }),
+                    chunk,
                     Bytes::from(chunks.into_iter().next().unwrap()),
                 )
                 .await;
-                call(
-                    &mut conn,
-                    3,
-                    Request::UploadCommit(UploadRef {
-                        upload_id: upload.upload_id,
-                    }),
-                    Bytes::new(),
-                )
-                .await;
+                let commit = Request::UploadCommit(UploadRef {
+                    upload_id: upload.upload_id,
+                });
+                call(&mut conn, 3, commit, Bytes::new()).await;
             }
         }));
     }
@@ -291,30 +293,60 @@ async fn small_files(
     (clients * files) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Pins this process to `cpu`; false when the machine has too few CPUs.
+fn pin_self(cpu: usize) -> bool {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).is_ok()
+        && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok()
+}
+
 fn main() {
+    let pinned = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok()
+        && std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2
+        && pin_self(1);
+    // A disk-backed directory, as a server would have (not tmpfs).
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
+            .unwrap();
+    let binary = env!("CARGO_BIN_EXE_coffer-server");
+    let mut args: Vec<String> = Vec::new();
+    let program = if pinned {
+        args.extend(["-c".into(), "0".into(), binary.into()]);
+        "taskset"
+    } else {
+        binary
+    };
+    args.extend(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--bcrypt-cost",
+            "4",
+            "--data",
+            dir.path().to_str().unwrap(),
+        ]
+        .map(str::to_owned),
+    );
+    let server = coffer_conformance::Process::start(Path::new(program), args).unwrap();
+    let addr = server.addr();
+    let ca = dir.path().join("tls/ca.pem");
+    println!(
+        "{}",
+        if pinned {
+            "server pinned to CPU 0, client to CPU 1"
+        } else {
+            "NOT PINNED: server and client share every CPU"
+        }
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        // A disk-backed directory, as a server would have (not tmpfs).
-        let dir = tempfile::tempdir_in(
-            std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()),
-        )
-        .unwrap();
-        let config = Config {
-            data: dir.path().to_owned(),
-            bcrypt_cost: 4,
-            ..Config::default()
-        };
-        let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
-        let ca = server.ca_path().unwrap().to_owned();
-        let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(server.run(listener, shutdown.clone()));
-
         let mut admin = signed_in(addr, &ca, "bench", true).await;
         let Response::Folder(folder) = call(
             &mut admin,
@@ -331,18 +363,24 @@ fn main() {
             panic!()
         };
 
-        let one = ingest(addr, &ca, &folder.folder_id, "one.bin", 256).await;
-        println!("chunk ingest, 1 connection, 256 x 1 MiB: {one:.0} MB/s");
-        let (a, b) = tokio::join!(
-            ingest(addr, &ca, &folder.folder_id, "two-a.bin", 128),
-            ingest(addr, &ca, &folder.folder_id, "two-b.bin", 128),
-        );
-        println!(
-            "chunk ingest, 2 connections, 2 x 128 x 1 MiB: {:.0} MB/s",
-            a + b
-        );
-        let rate = small_files(addr, &ca, &folder.folder_id, 32, 100).await;
-        println!("small-file commits, 32 clients x 100 files of 4 KiB: {rate:.0} files/s");
-        shutdown.cancel();
+        // `-- ingest` or `-- small` runs one half (cargo passes `--bench` too).
+        let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+        let wants = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+        if wants("ingest") {
+            let one = ingest(addr, &ca, &folder.folder_id, "one.bin", 256).await;
+            println!("chunk ingest, 1 connection, 256 x 1 MiB: {one:.0} MB/s");
+            let (a, b) = tokio::join!(
+                ingest(addr, &ca, &folder.folder_id, "two-a.bin", 128),
+                ingest(addr, &ca, &folder.folder_id, "two-b.bin", 128),
+            );
+            println!("chunk ingest, 2 connections, 2 x 128 x 1 MiB: {:.0} MB/s", a + b);
+        }
+        if wants("small") {
+            let rate = small_files(addr, &ca, &folder.folder_id, 32, 100, false).await;
+            println!("small-file commits, 32 clients x 100 x 4 KiB, begin + chunk + commit: {rate:.0} files/s");
+            let rate = small_files(addr, &ca, &folder.folder_id, 32, 100, true).await;
+            println!("small-file commits, 32 clients x 100 x 4 KiB, one request each: {rate:.0} files/s");
+        }
     });
+    drop(server);
 }

@@ -43,7 +43,7 @@ fn timeouts(server: &Server, open: bool) -> Timeouts {
 enum Input {
     Frame(Result<Option<coffer_proto::RawFrame>, ConnError>),
     Event(Result<Arc<StoredEvent>, RecvError>),
-    Stored(Result<(u64, Reply), tokio::task::JoinError>),
+    Stored(Result<(usize, Box<Reply>), tokio::task::JoinError>),
     Shutdown,
 }
 
@@ -53,9 +53,11 @@ enum Next {
     Close,
 }
 
-/// Chunks of one connection stored at once: hashing and fsyncs overlap, and
-/// the writer commits their receipts together.
-const CHUNKS_IN_FLIGHT: usize = 8;
+/// Bytes of one connection's chunks being stored at once (16 chunks of the
+/// default size): hashing and fsyncs overlap, and the writer commits their
+/// receipts together. It bounds what a connection holds in memory beyond its
+/// read buffer.
+const CHUNK_BYTES_IN_FLIGHT: usize = 16 << 20;
 
 pub(crate) async fn serve<S: Stream>(
     server: Arc<Server>,
@@ -77,7 +79,8 @@ pub(crate) async fn serve<S: Stream>(
     let mut pusher = Pusher::default();
     // Chunk uploads being stored; their answers go out as they finish, each
     // with its request's id.
-    let mut storing: JoinSet<(u64, Reply)> = JoinSet::new();
+    let mut storing: JoinSet<(usize, Box<Reply>)> = JoinSet::new();
+    let mut in_flight = 0usize;
     loop {
         if session.catch_up {
             session.catch_up = false;
@@ -94,16 +97,20 @@ pub(crate) async fn serve<S: Stream>(
             // Shutdown closes connections between requests, never during one.
             _ = shutdown.cancelled() => Input::Shutdown,
             // With the window full, answer a chunk before reading the next one.
-            read = conn.read_frame(), if storing.len() < CHUNKS_IN_FLIGHT => Input::Frame(read),
+            read = conn.read_frame(), if in_flight < CHUNK_BYTES_IN_FLIGHT => Input::Frame(read),
             Some(stored) = storing.join_next(), if !storing.is_empty() => Input::Stored(stored),
             event = events.recv(), if session.signed_in.is_some() => Input::Event(event),
         };
         let next = match input {
             Input::Shutdown => Next::Close,
             Input::Frame(read) => {
-                request(server, &mut conn, &mut session, &mut storing, read).await
+                let storing = (&mut storing, &mut in_flight);
+                request(server, &mut conn, &mut session, storing, read).await
             }
-            Input::Stored(Ok((_, reply))) => send(&mut conn, reply).await,
+            Input::Stored(Ok((size, reply))) => {
+                in_flight -= size;
+                send(&mut conn, *reply).await
+            }
             Input::Stored(Err(e)) => {
                 warn!(error = %e, "storing a chunk failed inside the server");
                 Next::Close
@@ -131,7 +138,7 @@ pub(crate) async fn serve<S: Stream>(
     }
     // Chunks already being stored finish and are answered, if the client is still there.
     while let Some(Ok((_, reply))) = storing.join_next().await {
-        if let Next::Close = send(&mut conn, reply).await {
+        if let Next::Close = send(&mut conn, *reply).await {
             break;
         }
     }
@@ -155,7 +162,7 @@ async fn request<S: Stream>(
     server: &Arc<Server>,
     conn: &mut Connection<S>,
     session: &mut Session,
-    storing: &mut JoinSet<(u64, Reply)>,
+    (storing, in_flight): (&mut JoinSet<(usize, Box<Reply>)>, &mut usize),
     read: Result<Option<coffer_proto::RawFrame>, ConnError>,
 ) -> Next {
     let raw = match read {
@@ -205,8 +212,10 @@ async fn request<S: Stream>(
         "request"
     );
     if let Request::UploadChunk(chunk) = request.msg {
+        let size = request.body.len();
         return match session.chunk_job(server, id, chunk, request.body).await {
             Ok(job) => {
+                *in_flight += size;
                 let server = server.clone();
                 storing.spawn(async move {
                     let reply = match store_chunk(&server, job).await {
@@ -216,7 +225,7 @@ async fn request<S: Stream>(
                         },
                         Err(e) => Reply::error(id, &e, false),
                     };
-                    (id, reply)
+                    (size, Box::new(reply))
                 });
                 Next::Continue
             }
@@ -227,8 +236,9 @@ async fn request<S: Stream>(
     // sent after its chunks finds them.
     while let Some(stored) = storing.join_next().await {
         match stored {
-            Ok((_, reply)) => {
-                if let Next::Close = send(conn, reply).await {
+            Ok((size, reply)) => {
+                *in_flight -= size;
+                if let Next::Close = send(conn, *reply).await {
                     return Next::Close;
                 }
             }

@@ -220,6 +220,16 @@ pub(super) async fn mkdir(server: &Server, session: &Session, r: PathRef) -> Ans
     entry_answer(server, change).await
 }
 
+/// The sealed size of each chunk of a file: its plaintext share plus the envelope.
+fn sealed_sizes(size: u64, chunk_size: u32, chunk_count: u32) -> Vec<u64> {
+    (0..u64::from(chunk_count))
+        .map(|i| {
+            (size - i * u64::from(chunk_size)).min(u64::from(chunk_size))
+                + u64::from(CHUNK_OVERHEAD)
+        })
+        .collect()
+}
+
 /// The bitmap of missing chunks an `upload` answer carries.
 fn missing_bitmap(chunk_count: u32, missing: &[u32]) -> Bytes {
     let mut bits = vec![0u8; (chunk_count as usize).div_ceil(8)];
@@ -268,12 +278,23 @@ pub(super) async fn upload_begin(
             format!("a file has at most {MAX_CHUNKS_PER_FILE} chunks"),
         ));
     }
-    if body.len() != r.chunk_count as usize * 32 {
+    let list_len = r.chunk_count as usize * 32;
+    let sizes = sealed_sizes(r.size, r.chunk_size, r.chunk_count);
+    let expected_body = if r.commit {
+        list_len + sizes.iter().sum::<u64>() as usize
+    } else {
+        list_len
+    };
+    if body.len() != expected_body {
         return Err(bad_request(format!(
-            "the chunk list has {} bytes; {} chunks need {}",
+            "the body has {} bytes; {} chunks need {expected_body}{}",
             body.len(),
             r.chunk_count,
-            r.chunk_count as usize * 32
+            if r.commit {
+                " (list and sealed chunks)"
+            } else {
+                ""
+            }
         )));
     }
     if r.wrapped_file_key.0.is_empty() || r.wrapped_file_key.0.len() > MAX_WRAPPED_FILE_KEY {
@@ -316,15 +337,44 @@ pub(super) async fn upload_begin(
         wrapped_file_key: r.wrapped_file_key,
         meta: r.meta,
         base: r.base,
-        chunks: body.to_vec().into(),
+        chunks: body[..list_len].to_vec().into(),
         expires_ms: server.clock.now_ms() + server.config.upload_ttl.as_millis() as u64,
     };
+    if r.commit {
+        // Every chunk is checked and stored before the change that commits them.
+        let (list, chunks) = (body.slice(..list_len), body.slice(list_len..));
+        let store = server.chunks.clone();
+        let sizes_for_check = sizes.clone();
+        blocking(move || {
+            let mut at = 0;
+            for (i, (hash, size)) in list.chunks_exact(32).zip(&sizes_for_check).enumerate() {
+                let chunk = &chunks[at..at + *size as usize];
+                at += *size as usize;
+                if sha2::Sha256::digest(chunk)[..] != *hash {
+                    return Err(checksum(format!(
+                        "chunk {i}: the bytes do not match their SHA-256"
+                    )));
+                }
+                store.put(hash.try_into().expect("32 bytes"), chunk)?;
+            }
+            Ok(())
+        })
+        .await?;
+        return entry_answer(
+            server,
+            Change::UploadInline {
+                upload: record,
+                sizes,
+            },
+        )
+        .await;
+    }
     match server.store.write(Change::UploadBegin(record)).await? {
         Applied::Upload(state) => {
             session.uploads.insert(
                 state.upload_id.clone(),
                 Arc::new(UploadInUse {
-                    chunks: body,
+                    chunks: body.slice(..list_len),
                     chunk_size: r.chunk_size,
                 }),
             );

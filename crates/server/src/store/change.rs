@@ -143,6 +143,13 @@ pub(crate) enum Change {
         folder_id: String,
     },
     UploadBegin(UploadRecord),
+    /// A whole small file at once: begun, its chunks (already stored) received,
+    /// and committed.
+    UploadInline {
+        upload: UploadRecord,
+        /// Size of each sealed chunk, in order.
+        sizes: Vec<u64>,
+    },
     ChunkReceived {
         username: String,
         upload_id: String,
@@ -223,6 +230,7 @@ impl Change {
             Change::FolderSetRole { .. } => "folder_set_role",
             Change::FolderLeave { .. } => "folder_leave",
             Change::UploadBegin(_) => "upload_begin",
+            Change::UploadInline { .. } => "upload_inline",
             Change::ChunkReceived { .. } => "chunk_received",
             Change::UploadCommit { .. } => "upload_commit",
             Change::UploadAbort { .. } => "upload_abort",
@@ -527,7 +535,7 @@ fn apply(
             mac,
         } => {
             let taken: Option<String> = one(
-                &tx,
+                tx,
                 "SELECT CASE WHEN name = ?2 THEN 'name' ELSE 'MAC address' END FROM devices \
                      WHERE username = ?1 AND (name = ?2 OR mac = ?3)",
                 params![username, name, mac],
@@ -564,7 +572,7 @@ fn apply(
             let device = query::device(tx, username, device_id)?
                 .ok_or_else(|| not_found(format!("no device {device_id}")))?;
             let clash: bool = one(
-                &tx,
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM devices WHERE username = ?1 AND name = ?2 AND device_id <> ?3)",
                 params![username, name, device_id],
                 |r| r.get(0),
@@ -609,7 +617,7 @@ fn apply(
             wrapped_key,
         } => {
             let clash: bool = one(
-                &tx,
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM folders WHERE owner = ?1 AND label = ?2)",
                 params![username, label],
                 |r| r.get(0),
@@ -845,6 +853,15 @@ fn apply(
             Ok(Applied::Done)
         }
         Change::UploadBegin(record) => upload_begin(tx, now, record),
+        Change::UploadInline { upload, sizes } => {
+            let Applied::Upload(state) = upload_begin(tx, now, upload)? else {
+                unreachable!("upload_begin answers with the upload")
+            };
+            for (hash, size) in upload.chunks.as_bytes().chunks_exact(32).zip(sizes) {
+                receive_chunk(tx, now, &state.upload_id, hash, *size)?;
+            }
+            upload_commit(tx, ctx, now, &upload.username, &state.upload_id, fx)
+        }
         Change::ChunkReceived {
             username,
             upload_id,
@@ -865,16 +882,7 @@ fn apply(
                     format!("chunk {index} is not the chunk the upload announced"),
                 ));
             }
-            exec(
-                tx,
-                "UPDATE upload_refs SET received = 1 WHERE upload_id = ?1 AND hash = ?2",
-                params![upload_id, &hash.0[..]],
-            )?;
-            exec(
-                tx,
-                "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
-                params![&hash.0[..], *size as i64, now as i64],
-            )?;
+            receive_chunk(tx, now, upload_id, &hash.0, *size)?;
             Ok(Applied::Done)
         }
         Change::UploadCommit {
@@ -1064,7 +1072,7 @@ fn apply(
             Ok(Applied::Share(share_id.clone()))
         }
         Change::FileShareRevoke { username, share_id } => {
-            let row: Option<(String, String)> = one(&tx,
+            let row: Option<(String, String)> = one(tx,
                     "SELECT s.owner, f.owner FROM file_shares s JOIN folders f ON f.folder_id = s.folder_id \
                      WHERE s.share_id = ?1",
                     [share_id],
@@ -1382,7 +1390,7 @@ fn put_version(
 
 fn release_chunk(tx: &Connection, folder_id: &str, hash: &[u8; 32]) -> Result<()> {
     let refs: Option<i64> = one(
-        &tx,
+        tx,
         "SELECT refs FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2",
         params![&hash[..], folder_id],
         |r| r.get(0),
@@ -1423,7 +1431,7 @@ struct UploadRow {
 }
 
 fn upload_row(tx: &Connection, upload_id: &str, username: &str) -> Result<Option<UploadRow>> {
-    Ok(one(&tx,
+    Ok(one(tx,
             "SELECT upload_id, folder_id, path, device_id, file_id, size, chunk_size, chunk_count, epoch, \
              wrapped_file_key, meta, base, chunks, expires_ms, committed_version \
              FROM uploads WHERE upload_id = ?1 AND username = ?2",
@@ -1462,6 +1470,21 @@ fn open_upload(tx: &Connection, username: &str, upload_id: &str, now: u64) -> Re
         }
         _ => Err(not_found(format!("no upload {upload_id} in progress"))),
     }
+}
+
+/// Records that a chunk of an upload has arrived (and is stored).
+fn receive_chunk(tx: &Connection, now: u64, upload_id: &str, hash: &[u8], size: u64) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE upload_refs SET received = 1 WHERE upload_id = ?1 AND hash = ?2",
+        params![upload_id, hash],
+    )?;
+    exec(
+        tx,
+        "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
+        params![hash, size as i64, now as i64],
+    )?;
+    Ok(())
 }
 
 fn drop_upload(tx: &Connection, upload_id: &str) -> Result<()> {
@@ -1511,7 +1534,7 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
     // The same upload begun again (a client resuming without its id) finds the
     // one in progress.
     let resumed: Option<(String, u64)> = one(
-        &tx,
+        tx,
         "SELECT upload_id, expires_ms FROM uploads WHERE upload_key = ?1 AND username = ?2 \
              AND committed_version IS NULL AND expires_ms > ?3",
         params![&u.upload_key.0[..], u.username, now as i64],

@@ -584,3 +584,57 @@ async fn pruned_versions_and_expired_uploads_release_their_chunks() {
         .await;
     assert_eq!(alice.get(id, "v.txt", &key).await.unwrap(), content(300, 3));
 }
+
+#[tokio::test]
+async fn a_small_file_goes_in_one_request() {
+    let s = Harness::start().await;
+    let mut alice = s.user("alice").await;
+    let (f, key) = alice.folder("f").await;
+    let id = f.folder_id.as_str();
+    let data = content(100_000, 5);
+    let entry = alice
+        .put_inline(&TestFile::new(id, "small/one.bin", &data, &key))
+        .await
+        .unwrap();
+    assert_eq!((entry.version, entry.chunk_count), (1, 2));
+    assert_eq!(alice.get(id, "small/one.bin", &key).await.unwrap(), data);
+    // The same rules as a chunked upload: an existing path needs its base.
+    let e = alice
+        .put_inline(&TestFile::new(id, "small/one.bin", &data, &key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    // Bytes that do not match the list, and a body of the wrong length.
+    let file = TestFile::new(id, "bad.bin", &data, &key);
+    let (mut request, chunks) = file.upload_request();
+    if let Request::UploadBegin(begin) = &mut request {
+        begin.commit = true;
+    }
+    let list: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| coffer_crypto::content_address(c))
+        .collect();
+    let mut flipped = [list.clone(), chunks.concat()].concat();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let e = error(
+        alice
+            .conn
+            .call_with(request.clone(), Bytes::from(flipped))
+            .await
+            .msg,
+    );
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+    let short = [list, chunks.concat()].concat()[..100].to_vec();
+    let e = error(alice.conn.call_with(request, Bytes::from(short)).await.msg);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    alice.refused(list_request(id), ErrorCode::NotFound).await;
+}
+
+fn list_request(id: &str) -> Request {
+    Request::Stat(Stat {
+        folder_id: id.into(),
+        path: "bad.bin".into(),
+        version: None,
+    })
+}

@@ -385,6 +385,25 @@ impl Client {
             .msg
     }
 
+    /// Uploads a small file in one request (`commit: true`).
+    pub async fn put_inline(&mut self, file: &TestFile<'_>) -> Result<FileEntry, ErrorBody> {
+        let (mut request, chunks) = file.upload_request();
+        if let Request::UploadBegin(begin) = &mut request {
+            begin.commit = true;
+        }
+        let mut body: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| coffer_crypto::content_address(c))
+            .collect();
+        for chunk in &chunks {
+            body.extend_from_slice(chunk);
+        }
+        match self.conn.call_with(request, Bytes::from(body)).await.msg {
+            Response::Entry(entry) => Ok(entry),
+            other => Err(error(other)),
+        }
+    }
+
     /// Uploads a file completely and commits it; returns the committed entry.
     pub async fn put(&mut self, file: &TestFile<'_>) -> Result<FileEntry, ErrorBody> {
         let (answer, chunks) = self.begin(file).await;
@@ -550,6 +569,7 @@ impl<'a> TestFile<'a> {
             wrapped_file_key: Blob(wrapped),
             meta: Blob(meta),
             base: self.base.clone(),
+            commit: false,
         });
         (request, chunks)
     }
