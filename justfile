@@ -17,9 +17,11 @@ sim:
 conformance:
     cargo test -p coffer-conformance -- --nocapture
 
-# Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256.
+# Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256; the
+# server's chunk ingest and small-file commits (server pinned to one core).
 bench:
     cargo bench -p coffer-crypto --bench envelope
+    cargo bench -p coffer-server --bench ingest
 
 # A local cluster on loopback: three servers behind a balancer, one CA. Ctrl-C stops it.
 up:

@@ -249,7 +249,7 @@ impl Server {
                     conn::serve(server, stream, peer, shutdown).await;
                     drop(permit);
                 }
-                .instrument(info_span!("conn", %peer)),
+                .instrument(info_span!("conn", %peer, user = tracing::field::Empty)),
             );
         }
         tracker.close();

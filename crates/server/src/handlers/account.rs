@@ -119,6 +119,8 @@ async fn bind(
         .read(move |conn| Ok(query::user(conn, &name)?.map(|u| u.role)))
         .await?
         .unwrap_or(UserRole::User);
+    // Every later line of this connection's log says who it is.
+    tracing::Span::current().record("user", username.as_str());
     session.signed_in = Some(SignedIn {
         session_id: session_id.clone(),
         username: username.clone(),

@@ -372,3 +372,72 @@ async fn keys_are_stored_opaque_and_private_keys_go_to_their_owner_only() {
     );
     let _ = hello();
 }
+
+/// Everything the server logs, at the most verbose level, while users
+/// register, log in, use tokens and upload: no token, login secret or key
+/// material appears in it.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = Harness::start().await;
+    let mut alice = s.user("alice").await;
+    let token = alice.token();
+    let mut other = s.client().await;
+    other
+        .conn
+        .call(Request::Auth(Auth {
+            token: token.clone(),
+        }))
+        .await;
+    let wrong = LoginSecret(Sha256([0x5a; 32]));
+    other.conn.call(login("alice", wrong)).await;
+    let (f, key) = alice.folder("f").await;
+    alice
+        .put(&super::support::TestFile::new(
+            &f.folder_id,
+            "a.txt",
+            b"plaintext",
+            &key,
+        ))
+        .await
+        .unwrap();
+
+    let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("request"),
+        "the log is not empty: {} bytes",
+        log.len()
+    );
+    let identity = Identity::new("alice");
+    let forbidden = [
+        token.expose().to_owned(),
+        token.expose().split('.').nth(2).unwrap().to_owned(),
+        identity.secret().0.to_hex(),
+        wrong.0.to_hex(),
+        identity.password.clone(),
+    ];
+    for secret in forbidden {
+        assert!(!log.contains(&secret), "a secret reached the log");
+    }
+}
