@@ -95,12 +95,36 @@ impl Process {
     /// Starts `program` with `args` and waits (up to 30 s) for its
     /// `listening on ADDR` line.
     pub fn start(program: &Path, args: Vec<String>) -> Result<Process, ProcessError> {
+        Self::start_with(program, args, &[], None)
+    }
+
+    /// Like [`Process::start`], with extra environment variables and stderr
+    /// (the log) appended to `log` instead of discarded.
+    pub fn start_with(
+        program: &Path,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Process, ProcessError> {
         let name = program.display().to_string();
+        let stderr = match log {
+            None => Stdio::null(),
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .map_err(|source| ProcessError::Spawn {
+                    program: name.clone(),
+                    source,
+                })?,
+        };
         let mut child = Command::new(program)
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .map_err(|source| ProcessError::Spawn {
                 program: name.clone(),

@@ -373,37 +373,51 @@ async fn keys_are_stored_opaque_and_private_keys_go_to_their_owner_only() {
     let _ = hello();
 }
 
-/// Everything the server logs, at the most verbose level, while users
-/// register, log in, use tokens and upload: no token, login secret or key
-/// material appears in it.
+/// Everything the server binary logs, at the most verbose level and as JSON,
+/// while users register, log in, use tokens and upload: no token, login
+/// secret or password appears in it.
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use std::path::Path;
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    use coffer_conformance::Process;
 
-    let s = Harness::start().await;
-    let mut alice = s.user("alice").await;
+    use super::support::{Client, Conn, TestFile};
+
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("server.log");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--bcrypt-cost",
+        "4",
+        "--log-format",
+        "json",
+        "--data",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([data.path().join("d").display().to_string()])
+    .collect();
+    let server = Process::start_with(
+        Path::new(env!("CARGO_BIN_EXE_coffer-server")),
+        args,
+        &[("COFFER_LOG", "trace")],
+        Some(&log_path),
+    )
+    .unwrap();
+    let ca = data.path().join("d/tls/ca.pem");
+    let client = async || {
+        let mut conn = Conn::open(server.addr(), &ca).await;
+        conn.call(hello()).await;
+        Client { conn, user: None }
+    };
+    let identity = Identity::new("alice");
+    let mut alice = client().await;
+    alice.ok(identity.register()).await;
+    alice.login(Identity::new("alice")).await;
     let token = alice.token();
-    let mut other = s.client().await;
+    let mut other = client().await;
     other
         .conn
         .call(Request::Auth(Auth {
@@ -414,30 +428,24 @@ async fn secrets_never_reach_the_logs() {
     other.conn.call(login("alice", wrong)).await;
     let (f, key) = alice.folder("f").await;
     alice
-        .put(&super::support::TestFile::new(
-            &f.folder_id,
-            "a.txt",
-            b"plaintext",
-            &key,
-        ))
+        .put(&TestFile::new(&f.folder_id, "a.txt", b"plaintext", &key))
         .await
         .unwrap();
+    drop((alice, other, server));
 
-    let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
-        log.contains("request"),
-        "the log is not empty: {} bytes",
-        log.len()
+        log.contains("upload_commit"),
+        "the log records requests: {log}"
     );
-    let identity = Identity::new("alice");
-    let forbidden = [
+    let secrets = [
         token.expose().to_owned(),
         token.expose().split('.').nth(2).unwrap().to_owned(),
         identity.secret().0.to_hex(),
         wrong.0.to_hex(),
         identity.password.clone(),
     ];
-    for secret in forbidden {
+    for secret in secrets {
         assert!(!log.contains(&secret), "a secret reached the log");
     }
 }
