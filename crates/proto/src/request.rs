@@ -93,16 +93,19 @@ message_family! {
 
         /// Starts (or finds) an upload. Body: the chunk list, 32 bytes (SHA-256
         /// of each sealed chunk) per chunk — and, with `commit`, the sealed
-        /// chunks themselves after it. Answered by `upload`, or by `entry` with
-        /// `commit`.
+        /// chunks themselves after it; or empty for a *streamed* upload, whose
+        /// hashes come with its chunks. Answered by `upload`, or by `entry`
+        /// with `commit`.
         UploadBegin(UploadBegin) = "upload_begin" + body,
         /// Asks which chunks an upload still lacks; answered by `upload`.
         UploadResume(UploadRef) = "upload_resume",
-        /// One sealed chunk. Body: the chunk. Answered by `chunk_ack`, or by an
-        /// error with code `checksum_mismatch`.
+        /// One sealed chunk. Body: the chunk — or empty, to name by its hash a
+        /// chunk the folder already holds (an unchanged chunk of an earlier
+        /// version). Answered by `chunk_ack`, or by an error with code
+        /// `checksum_mismatch`.
         UploadChunk(UploadChunk) = "upload_chunk" + body,
         /// Commits an upload whose chunks have all arrived; answered by `entry`.
-        UploadCommit(UploadRef) = "upload_commit",
+        UploadCommit(UploadCommit) = "upload_commit",
         /// Abandons an upload; answered by `ok`.
         UploadAbort(UploadRef) = "upload_abort",
         /// A file's manifest; answered by `manifest`.
@@ -393,7 +396,8 @@ pub struct UploadBegin {
     pub epoch: u64,
     /// The file key wrapped under the folder key.
     pub wrapped_file_key: Blob,
-    /// Encrypted metadata.
+    /// Encrypted metadata; may be empty for a streamed upload, which then
+    /// gives it at commit.
     pub meta: Blob,
     /// The version the client last saw: commit fails with `conflict` if the path
     /// moved on since. Absent for a path the client believes new.
@@ -412,6 +416,18 @@ pub struct UploadBegin {
 pub struct UploadRef {
     /// The upload.
     pub upload_id: String,
+}
+
+/// Commits an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct UploadCommit {
+    /// The upload.
+    pub upload_id: String,
+    /// Encrypted metadata, when it was not known at begin (a streamed upload
+    /// learns the file's plaintext SHA-256 only at its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Blob>,
 }
 
 /// One chunk of an upload.

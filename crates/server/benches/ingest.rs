@@ -23,7 +23,7 @@ use bytes::Bytes;
 use coffer_net::conn::{Connection, Timeouts};
 use coffer_net::{Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::{
-    FolderCreate, Hello, Login, Register, UploadBegin, UploadChunk, UploadRef,
+    FolderCreate, Hello, Login, Register, UploadBegin, UploadChunk, UploadCommit,
 };
 use coffer_proto::types::{Blob, FileId, Kdf, LoginSecret, Sha256};
 use coffer_proto::{Frame, Limits, PROTOCOL_VERSION, Request, Response};
@@ -214,8 +214,9 @@ async fn ingest(addr: SocketAddr, ca: &Path, folder_id: &str, file: &str, count:
     writer
         .send(&Frame::new(
             99_999,
-            Request::UploadCommit(UploadRef {
+            Request::UploadCommit(UploadCommit {
                 upload_id: upload.upload_id,
+                meta: None,
             }),
         ))
         .await
@@ -280,8 +281,9 @@ async fn small_files(
                     Bytes::from(chunks.into_iter().next().unwrap()),
                 )
                 .await;
-                let commit = Request::UploadCommit(UploadRef {
+                let commit = Request::UploadCommit(UploadCommit {
                     upload_id: upload.upload_id,
+                    meta: None,
                 });
                 call(&mut conn, 3, commit, Bytes::new()).await;
             }

@@ -91,9 +91,8 @@ pub(crate) fn requirement(request: &Request) -> Requirement<'_> {
         R::History(r) => Requirement::Folder(&r.folder_id, Need::Read),
         R::Restore(r) => Requirement::Folder(&r.folder_id, Need::Write),
         R::UploadBegin(r) => Requirement::Folder(&r.folder_id, Need::Write),
-        R::UploadResume(u) | R::UploadCommit(u) | R::UploadAbort(u) => {
-            Requirement::Upload(&u.upload_id)
-        }
+        R::UploadCommit(c) => Requirement::Upload(&c.upload_id),
+        R::UploadResume(u) | R::UploadAbort(u) => Requirement::Upload(&u.upload_id),
         R::UploadChunk(c) => Requirement::Upload(&c.upload_id),
         R::ChunkGet(c) => match &c.scope {
             Scope::Folder(folder_id) => Requirement::Folder(folder_id, Need::Read),

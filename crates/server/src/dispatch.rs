@@ -29,12 +29,14 @@ pub(crate) struct SignedIn {
     pub(crate) device_id: Option<String>,
 }
 
-/// An upload's chunk list, kept by the connection that sends its chunks so that
-/// each chunk is checked without reading the list again.
+/// What a connection sending an upload's chunks keeps of it, so that each chunk
+/// is checked without reading the upload again.
 #[derive(Debug)]
 pub(crate) struct UploadInUse {
-    pub(crate) chunks: Bytes,
+    pub(crate) chunk_count: u32,
     pub(crate) chunk_size: u32,
+    /// The chunk list, when this connection began a listed upload.
+    pub(crate) announced: Option<Bytes>,
 }
 
 /// The state of one connection's conversation.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use coffer_proto::limits::{CHUNK_OVERHEAD, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE};
 use coffer_proto::request::{
-    ChunkGet, Delete, List, Move, PathRef, Restore, Stat, UploadBegin, UploadChunk, UploadRef,
+    ChunkGet, Delete, List, Move, PathRef, Restore, Stat, UploadBegin, UploadChunk, UploadCommit,
+    UploadRef,
 };
 use coffer_proto::response::{
     ChunkAck, ChunkInfo, History, Listing, Manifest, Upload, VersionInfo,
@@ -285,7 +286,9 @@ pub(super) async fn upload_begin(
     } else {
         list_len
     };
-    if body.len() != expected_body {
+    // An empty body begins a streamed upload: hashes come with the chunks.
+    let streamed = body.is_empty() && !r.commit && r.chunk_count > 0;
+    if body.len() != expected_body && !streamed {
         return Err(bad_request(format!(
             "the body has {} bytes; {} chunks need {expected_body}{}",
             body.len(),
@@ -337,7 +340,7 @@ pub(super) async fn upload_begin(
         wrapped_file_key: r.wrapped_file_key,
         meta: r.meta,
         base: r.base,
-        chunks: body[..list_len].to_vec().into(),
+        chunks: body[..if streamed { 0 } else { list_len }].to_vec().into(),
         expires_ms: server.clock.now_ms() + server.config.upload_ttl.as_millis() as u64,
     };
     if r.commit {
@@ -374,8 +377,9 @@ pub(super) async fn upload_begin(
             session.uploads.insert(
                 state.upload_id.clone(),
                 Arc::new(UploadInUse {
-                    chunks: body.slice(..list_len),
+                    chunk_count: r.chunk_count,
                     chunk_size: r.chunk_size,
+                    announced: (!streamed).then(|| body.slice(..list_len)),
                 }),
             );
             upload_answer(state)
@@ -384,8 +388,8 @@ pub(super) async fn upload_begin(
     }
 }
 
-/// The chunk list of an upload of the caller's, from the connection's cache or
-/// the database.
+/// An upload of the caller's in progress, from the connection's cache or the
+/// database.
 async fn upload_in_use(
     server: &Server,
     session: &mut Session,
@@ -396,23 +400,24 @@ async fn upload_in_use(
     }
     let me = session.user()?.username.clone();
     let id = upload_id.to_owned();
-    let found = server
+    let (chunk_count, chunk_size) = server
         .store
         .read(move |conn| {
             Ok(one(
                 conn,
-                "SELECT chunks, chunk_size FROM uploads WHERE upload_id = ?1 AND username = ?2 \
-                     AND committed_version IS NULL",
+                "SELECT chunk_count, chunk_size FROM uploads WHERE upload_id = ?1 AND username = ?2 \
+                 AND committed_version IS NULL",
                 params![id, me],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u32)),
+                |r| Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u32)),
             )
             .optional()?)
         })
         .await?
         .ok_or_else(|| not_found(format!("no upload {upload_id} in progress")))?;
     let upload = Arc::new(UploadInUse {
-        chunks: Bytes::from(found.0),
-        chunk_size: found.1,
+        chunk_count,
+        chunk_size,
+        announced: None,
     });
     session.uploads.insert(upload_id.to_owned(), upload.clone());
     Ok(upload)
@@ -424,17 +429,18 @@ pub(super) async fn upload_resume(server: &Server, session: &mut Session, r: Upl
     let state = server
         .store
         .read(move |conn| {
-            let row: Option<(String, i64, Vec<u8>, i64)> = one(conn,
-                    "SELECT folder_id, chunk_count, chunks, expires_ms FROM uploads \
-                     WHERE upload_id = ?1 AND username = ?2 AND committed_version IS NULL AND expires_ms > ?3",
-                    params![r.upload_id, me, now as i64],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-                )
-                .optional()?;
-            let (folder_id, chunk_count, chunks, expires_ms) =
+            let row: Option<(i64, i64)> = one(
+                conn,
+                "SELECT chunk_count, expires_ms FROM uploads \
+                 WHERE upload_id = ?1 AND username = ?2 AND committed_version IS NULL AND expires_ms > ?3",
+                params![r.upload_id, me, now as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+            let (chunk_count, expires_ms) =
                 row.ok_or_else(|| not_found(format!("no upload {} in progress", r.upload_id)))?;
             Ok(UploadState {
-                missing: missing_chunks(conn, &r.upload_id, &folder_id, &chunks)?,
+                missing: missing_chunks(conn, &r.upload_id, chunk_count as u32)?,
                 upload_id: r.upload_id,
                 chunk_count: chunk_count as u32,
                 expires_ms: expires_ms as u64,
@@ -472,13 +478,12 @@ pub(crate) async fn prepare_chunk(
     let username = session.user()?.username.clone();
     let upload = upload_in_use(server, session, &r.upload_id).await?;
     let index = r.index;
-    let start = index as usize * 32;
-    let Some(announced) = upload.chunks.get(start..start + 32) else {
+    if index >= upload.chunk_count {
         return Err(bad_request(format!(
             "chunk index {index} is past the upload's {} chunks",
-            upload.chunks.len() / 32
+            upload.chunk_count
         )));
-    };
+    }
     if body.len() > (upload.chunk_size + CHUNK_OVERHEAD) as usize {
         return Err(Error::refused(
             ErrorCode::TooLarge,
@@ -489,7 +494,12 @@ pub(crate) async fn prepare_chunk(
             ),
         ));
     }
-    if announced != r.sha256.0 {
+    // Refuse a chunk that is not the announced one before storing its bytes.
+    // (The store checks again when recording the receipt, for uploads this
+    // connection did not begin.)
+    if let Some(list) = &upload.announced
+        && list[index as usize * 32..index as usize * 32 + 32] != r.sha256.0
+    {
         return Err(checksum(format!(
             "chunk {index} is not the chunk the upload announced"
         )));
@@ -514,26 +524,29 @@ pub(crate) async fn store_chunk(server: &Server, job: ChunkJob) -> Answer {
         md5,
         body,
     } = job;
-    let chunks = server.chunks.clone();
-    let size = body.len() as u64;
-    // Hash the bytes, then store them durably: both off the async threads.
-    blocking(move || {
-        if sha2::Sha256::digest(&body)[..] != hash.0[..] {
-            return Err(checksum(format!(
-                "chunk {index}: the bytes do not match their SHA-256"
-            )));
-        }
-        if let Some(md5) = md5
-            && !hex::encode(Md5::digest(&body)).eq_ignore_ascii_case(&md5)
-        {
-            return Err(checksum(format!(
-                "chunk {index}: the bytes do not match their MD5"
-            )));
-        }
-        chunks.put(&hash.0, &body)?;
-        Ok(())
-    })
-    .await?;
+    // An empty body names a chunk the folder already holds: nothing to store.
+    let size = (!body.is_empty()).then_some(body.len() as u64);
+    if size.is_some() {
+        let chunks = server.chunks.clone();
+        // Hash the bytes, then store them durably: both off the async threads.
+        blocking(move || {
+            if sha2::Sha256::digest(&body)[..] != hash.0[..] {
+                return Err(checksum(format!(
+                    "chunk {index}: the bytes do not match their SHA-256"
+                )));
+            }
+            if let Some(md5) = md5
+                && !hex::encode(Md5::digest(&body)).eq_ignore_ascii_case(&md5)
+            {
+                return Err(checksum(format!(
+                    "chunk {index}: the bytes do not match their MD5"
+                )));
+            }
+            chunks.put(&hash.0, &body)?;
+            Ok(())
+        })
+        .await?;
+    }
     server
         .store
         .write(Change::ChunkReceived {
@@ -547,10 +560,22 @@ pub(crate) async fn store_chunk(server: &Server, job: ChunkJob) -> Answer {
     answer(Response::ChunkAck(ChunkAck { upload_id, index }))
 }
 
-pub(super) async fn upload_commit(server: &Server, session: &mut Session, r: UploadRef) -> Answer {
+pub(super) async fn upload_commit(
+    server: &Server,
+    session: &mut Session,
+    r: UploadCommit,
+) -> Answer {
+    if let Some(meta) = &r.meta
+        && (meta.0.is_empty() || meta.0.len() > MAX_META)
+    {
+        return Err(bad_request(format!(
+            "encrypted metadata has 1 to {MAX_META} bytes"
+        )));
+    }
     let change = Change::UploadCommit {
         username: session.user()?.username.clone(),
         upload_id: r.upload_id.clone(),
+        meta: r.meta,
     };
     let answer = entry_answer(server, change).await;
     if answer.is_ok() {

@@ -46,7 +46,7 @@ pub(crate) struct UploadRecord {
     pub(crate) wrapped_file_key: Blob,
     pub(crate) meta: Blob,
     pub(crate) base: Option<VersionVector>,
-    /// 32 bytes per chunk.
+    /// The chunk list, 32 bytes per chunk; empty for a streamed upload.
     pub(crate) chunks: Blob,
     pub(crate) expires_ms: u64,
 }
@@ -155,11 +155,14 @@ pub(crate) enum Change {
         upload_id: String,
         index: u32,
         hash: Sha256,
-        size: u64,
+        /// Bytes received; `None` when the chunk was named by reference.
+        size: Option<u64>,
     },
     UploadCommit {
         username: String,
         upload_id: String,
+        /// Metadata given at commit (streamed uploads).
+        meta: Option<Blob>,
     },
     UploadAbort {
         username: String,
@@ -857,10 +860,16 @@ fn apply(
             let Applied::Upload(state) = upload_begin(tx, now, upload)? else {
                 unreachable!("upload_begin answers with the upload")
             };
-            for (hash, size) in upload.chunks.as_bytes().chunks_exact(32).zip(sizes) {
-                receive_chunk(tx, now, &state.upload_id, hash, *size)?;
+            for (index, (hash, size)) in upload
+                .chunks
+                .as_bytes()
+                .chunks_exact(32)
+                .zip(sizes)
+                .enumerate()
+            {
+                receive_chunk(tx, now, &state.upload_id, index as u32, hash, Some(*size))?;
             }
-            upload_commit(tx, ctx, now, &upload.username, &state.upload_id, fx)
+            upload_commit(tx, ctx, now, &upload.username, &state.upload_id, None, fx)
         }
         Change::ChunkReceived {
             username,
@@ -870,25 +879,27 @@ fn apply(
             size,
         } => {
             let upload = open_upload(tx, username, upload_id, now)?;
-            let expected = chunk_at(&upload.chunks, *index).ok_or_else(|| {
-                bad_request(format!(
+            if *index >= upload.chunk_count {
+                return Err(bad_request(format!(
                     "chunk index {index} is past the upload's {} chunks",
                     upload.chunk_count
-                ))
-            })?;
-            if expected != hash.0 {
-                return Err(Error::refused(
-                    ErrorCode::ChecksumMismatch,
-                    format!("chunk {index} is not the chunk the upload announced"),
-                ));
+                )));
             }
-            receive_chunk(tx, now, upload_id, &hash.0, *size)?;
+            // Named by reference (no bytes sent): only a chunk this folder
+            // already holds.
+            if size.is_none() && !folder_holds(tx, &upload.folder_id, &hash.0)? {
+                return Err(not_found(format!(
+                    "chunk {index} is not held by this folder; send its bytes"
+                )));
+            }
+            receive_chunk(tx, now, upload_id, *index, &hash.0, *size)?;
             Ok(Applied::Done)
         }
         Change::UploadCommit {
             username,
             upload_id,
-        } => upload_commit(tx, ctx, now, username, upload_id, fx),
+            meta,
+        } => upload_commit(tx, ctx, now, username, upload_id, meta.as_ref(), fx),
         Change::UploadAbort {
             username,
             upload_id,
@@ -1192,13 +1203,6 @@ fn bumped(vv: &VersionVector, node: &str) -> VersionVector {
     next
 }
 
-fn chunk_at(chunks: &[u8], index: u32) -> Option<[u8; 32]> {
-    let start = index as usize * 32;
-    chunks
-        .get(start..start + 32)
-        .map(|c| c.try_into().expect("32 bytes"))
-}
-
 fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
     chunks
         .chunks_exact(32)
@@ -1425,40 +1429,39 @@ struct UploadRow {
     wrapped_file_key: Vec<u8>,
     meta: Vec<u8>,
     base: Option<VersionVector>,
-    chunks: Vec<u8>,
     expires_ms: u64,
     committed_version: Option<u64>,
 }
 
 fn upload_row(tx: &Connection, upload_id: &str, username: &str) -> Result<Option<UploadRow>> {
-    Ok(one(tx,
-            "SELECT upload_id, folder_id, path, device_id, file_id, size, chunk_size, chunk_count, epoch, \
-             wrapped_file_key, meta, base, chunks, expires_ms, committed_version \
-             FROM uploads WHERE upload_id = ?1 AND username = ?2",
-            params![upload_id, username],
-            |r| {
-                Ok(UploadRow {
-                    upload_id: r.get(0)?,
-                    folder_id: r.get(1)?,
-                    path: r.get(2)?,
-                    device_id: r.get(3)?,
-                    file_id: r.get(4)?,
-                    size: r.get::<_, i64>(5)? as u64,
-                    chunk_size: r.get::<_, i64>(6)? as u32,
-                    chunk_count: r.get::<_, i64>(7)? as u32,
-                    epoch: r.get::<_, i64>(8)? as u64,
-                    wrapped_file_key: r.get(9)?,
-                    meta: r.get(10)?,
-                    base: r
-                        .get::<_, Option<String>>(11)?
-                        .and_then(|b| serde_json::from_str(&b).ok()),
-                    chunks: r.get(12)?,
-                    expires_ms: r.get::<_, i64>(13)? as u64,
-                    committed_version: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-                })
-            },
-        )
-        .optional()?)
+    Ok(one(
+        tx,
+        "SELECT upload_id, folder_id, path, device_id, file_id, size, chunk_size, chunk_count, epoch, \
+         wrapped_file_key, meta, base, expires_ms, committed_version \
+         FROM uploads WHERE upload_id = ?1 AND username = ?2",
+        params![upload_id, username],
+        |r| {
+            Ok(UploadRow {
+                upload_id: r.get(0)?,
+                folder_id: r.get(1)?,
+                path: r.get(2)?,
+                device_id: r.get(3)?,
+                file_id: r.get(4)?,
+                size: r.get::<_, i64>(5)? as u64,
+                chunk_size: r.get::<_, i64>(6)? as u32,
+                chunk_count: r.get::<_, i64>(7)? as u32,
+                epoch: r.get::<_, i64>(8)? as u64,
+                wrapped_file_key: r.get(9)?,
+                meta: r.get(10)?,
+                base: r
+                    .get::<_, Option<String>>(11)?
+                    .and_then(|b| serde_json::from_str(&b).ok()),
+                expires_ms: r.get::<_, i64>(12)? as u64,
+                committed_version: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+            })
+        },
+    )
+    .optional()?)
 }
 
 /// A live, uncommitted upload of `username`.
@@ -1472,50 +1475,84 @@ fn open_upload(tx: &Connection, username: &str, upload_id: &str, now: u64) -> Re
     }
 }
 
-/// Records that a chunk of an upload has arrived (and is stored).
-fn receive_chunk(tx: &Connection, now: u64, upload_id: &str, hash: &[u8], size: u64) -> Result<()> {
+/// Whether a kept version of the folder refers to the chunk.
+fn folder_holds(tx: &Connection, folder_id: &str, hash: &[u8]) -> Result<bool> {
+    Ok(one(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1 AND folder_id = ?2)",
+        params![hash, folder_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Records that chunk `index` of an upload arrived (or, with `size` `None`,
+/// was named and is held by the folder). An index keeps the hash it first got.
+fn receive_chunk(
+    tx: &Connection,
+    now: u64,
+    upload_id: &str,
+    index: u32,
+    hash: &[u8],
+    size: Option<u64>,
+) -> Result<()> {
+    let known: Option<Vec<u8>> = one(
+        tx,
+        "SELECT hash FROM upload_chunks WHERE upload_id = ?1 AND idx = ?2",
+        params![upload_id, index],
+        |r| r.get(0),
+    )
+    .optional()?;
+    if let Some(known) = known
+        && known != hash
+    {
+        return Err(Error::refused(
+            ErrorCode::ChecksumMismatch,
+            format!("chunk {index} is not the chunk the upload has for that index"),
+        ));
+    }
     exec(
         tx,
-        "UPDATE upload_refs SET received = 1 WHERE upload_id = ?1 AND hash = ?2",
-        params![upload_id, hash],
+        "INSERT INTO upload_chunks (upload_id, idx, hash, received) VALUES (?1, ?2, ?3, 1) \
+         ON CONFLICT (upload_id, idx) DO UPDATE SET received = 1",
+        params![upload_id, index, hash],
     )?;
-    exec(
-        tx,
-        "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
-        params![hash, size as i64, now as i64],
-    )?;
+    if let Some(size) = size {
+        exec(
+            tx,
+            "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
+            params![hash, size as i64, now as i64],
+        )?;
+    }
     Ok(())
 }
 
 fn drop_upload(tx: &Connection, upload_id: &str) -> Result<()> {
     exec(
         tx,
-        "DELETE FROM upload_refs WHERE upload_id = ?1",
+        "DELETE FROM upload_chunks WHERE upload_id = ?1",
         [upload_id],
     )?;
     exec(tx, "DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
     Ok(())
 }
 
-/// Which chunks of an upload are still missing: neither received for it nor
-/// already held by its folder.
+/// Indices of an upload's chunks not yet received.
 pub(crate) fn missing_chunks(
     tx: &Connection,
     upload_id: &str,
-    folder_id: &str,
-    chunks: &[u8],
+    chunk_count: u32,
 ) -> Result<Vec<u32>> {
-    let mut have = tx.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM upload_refs WHERE upload_id = ?1 AND hash = ?3 AND received = 1) \
-             OR EXISTS (SELECT 1 FROM chunk_refs WHERE folder_id = ?2 AND hash = ?3)",
-    )?;
-    let mut missing = Vec::new();
-    for (i, hash) in chunks.chunks_exact(32).enumerate() {
-        if !have.query_row(params![upload_id, folder_id, hash], |r| r.get::<_, bool>(0))? {
-            missing.push(i as u32);
+    let mut received = vec![false; chunk_count as usize];
+    let mut stmt =
+        tx.prepare_cached("SELECT idx FROM upload_chunks WHERE upload_id = ?1 AND received = 1")?;
+    for idx in stmt.query_map([upload_id], |r| r.get::<_, i64>(0))? {
+        if let Some(slot) = received.get_mut(idx? as usize) {
+            *slot = true;
         }
     }
-    Ok(missing)
+    Ok((0..chunk_count)
+        .filter(|&i| !received[i as usize])
+        .collect())
 }
 
 fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> {
@@ -1531,12 +1568,12 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
     {
         return Err(conflict(format!("{} is a directory", u.path)));
     }
-    // The same upload begun again (a client resuming without its id) finds the
-    // one in progress.
+    // The same listed upload begun again (a client resuming without its id)
+    // finds the one in progress.
     let resumed: Option<(String, u64)> = one(
         tx,
         "SELECT upload_id, expires_ms FROM uploads WHERE upload_key = ?1 AND username = ?2 \
-             AND committed_version IS NULL AND expires_ms > ?3",
+         AND committed_version IS NULL AND expires_ms > ?3",
         params![&u.upload_key.0[..], u.username, now as i64],
         |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
     )
@@ -1555,8 +1592,8 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
             exec(
                 tx,
                 "INSERT INTO uploads (upload_id, upload_key, username, device_id, folder_id, path, file_id, size, \
-                 chunk_size, chunk_count, epoch, wrapped_file_key, meta, base, chunks, created_ms, expires_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 chunk_size, chunk_count, epoch, wrapped_file_key, meta, base, created_ms, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     u.upload_id,
                     &u.upload_key.0[..],
@@ -1572,23 +1609,25 @@ fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> 
                     u.wrapped_file_key.as_bytes(),
                     u.meta.as_bytes(),
                     u.base.as_ref().map(vv_json),
-                    u.chunks.as_bytes(),
                     now as i64,
                     u.expires_ms as i64
                 ],
             )?;
-            for hash in distinct(u.chunks.as_bytes()) {
+            // A listed upload announces its chunks; those the folder already
+            // holds count as received.
+            for (index, hash) in u.chunks.as_bytes().chunks_exact(32).enumerate() {
+                let held = folder_holds(tx, &u.folder_id, hash)?;
                 exec(
                     tx,
-                    "INSERT INTO upload_refs (hash, upload_id) VALUES (?1, ?2)",
-                    params![&hash[..], u.upload_id],
+                    "INSERT INTO upload_chunks (upload_id, idx, hash, received) VALUES (?1, ?2, ?3, ?4)",
+                    params![u.upload_id, index as i64, hash, held],
                 )?;
             }
             (u.upload_id.clone(), u.expires_ms)
         }
     };
     Ok(Applied::Upload(UploadState {
-        missing: missing_chunks(tx, &upload_id, &u.folder_id, u.chunks.as_bytes())?,
+        missing: missing_chunks(tx, &upload_id, u.chunk_count)?,
         upload_id,
         chunk_count: u.chunk_count,
         expires_ms,
@@ -1601,6 +1640,7 @@ fn upload_commit(
     now: u64,
     username: &str,
     upload_id: &str,
+    meta: Option<&Blob>,
     fx: &mut Effects,
 ) -> Result<Applied> {
     // Committing again what was committed answers with the same version: a
@@ -1618,7 +1658,7 @@ fn upload_commit(
     }
     let upload = open_upload(tx, username, upload_id, now)?;
     let (folder, _) = require(tx, username, &upload.folder_id, Need::Write)?;
-    let missing = missing_chunks(tx, upload_id, &upload.folder_id, &upload.chunks)?;
+    let missing = missing_chunks(tx, upload_id, upload.chunk_count)?;
     if !missing.is_empty() {
         return Err(bad_request(format!(
             "{} of {} chunks have not arrived (first missing: {})",
@@ -1627,6 +1667,15 @@ fn upload_commit(
             missing[0]
         )));
     }
+    let meta = match meta {
+        Some(meta) => meta.as_bytes().to_vec(),
+        None if upload.meta.is_empty() => {
+            return Err(bad_request(
+                "a streamed upload gives its metadata at commit",
+            ));
+        }
+        None => upload.meta.clone(),
+    };
     if upload.epoch != folder.epoch {
         return Err(conflict(format!(
             "the folder key was rotated to epoch {} during the upload; encrypt again",
@@ -1634,9 +1683,8 @@ fn upload_commit(
         )));
     }
     let path = upload.path.clone();
-    let base = upload.base.clone();
     let current = query::entry(tx, &upload.folder_id, &path)?;
-    match (&current, &base) {
+    match (&current, &upload.base) {
         (Some(c), _) if !c.deleted && c.kind == EntryKind::Dir => {
             return Err(conflict(format!("{path} is a directory")));
         }
@@ -1657,6 +1705,11 @@ fn upload_commit(
         }
         _ => {}
     }
+    let chunks: Vec<u8> = tx
+        .prepare_cached("SELECT hash FROM upload_chunks WHERE upload_id = ?1 ORDER BY idx")?
+        .query_map([upload_id], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .concat();
     make_parents(
         tx,
         ctx,
@@ -1681,15 +1734,15 @@ fn upload_commit(
         chunk_count: upload.chunk_count,
         epoch: upload.epoch,
         wrapped_file_key: Blob(upload.wrapped_file_key.clone()),
-        meta: Blob(upload.meta.clone()),
+        meta: Blob(meta),
         modified_ms: now,
         device_id: upload.device_id.clone(),
         deleted: false,
     };
-    put_version(tx, ctx, &entry, &upload.chunks)?;
+    put_version(tx, ctx, &entry, &chunks)?;
     exec(
         tx,
-        "DELETE FROM upload_refs WHERE upload_id = ?1",
+        "DELETE FROM upload_chunks WHERE upload_id = ?1",
         [upload_id],
     )?;
     exec(
@@ -1722,7 +1775,7 @@ fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
     let garbage: Vec<Vec<u8>> = tx
         .prepare_cached(
             "SELECT hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = c.hash) \
-             AND NOT EXISTS (SELECT 1 FROM upload_refs u WHERE u.hash = c.hash) LIMIT ?1",
+             AND NOT EXISTS (SELECT 1 FROM upload_chunks u WHERE u.hash = c.hash) LIMIT ?1",
         )?
         .query_map([COLLECT_LIMIT], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;

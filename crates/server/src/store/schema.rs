@@ -123,8 +123,9 @@ CREATE TABLE versions (
     PRIMARY KEY (folder_id, path, version)
 ) STRICT, WITHOUT ROWID;
 
--- Content-addressed chunks, and who holds them: versions of a folder, or
--- uploads in progress. A chunk with neither is garbage.
+-- Content-addressed chunks, and who holds them: versions of a folder
+-- (chunk_refs), or uploads in progress (upload_chunks). A chunk with neither
+-- is garbage.
 CREATE TABLE chunks (
     hash       BLOB PRIMARY KEY,
     size       INTEGER NOT NULL,
@@ -136,13 +137,16 @@ CREATE TABLE chunk_refs (
     refs      INTEGER NOT NULL CHECK (refs > 0),
     PRIMARY KEY (hash, folder_id)
 ) STRICT, WITHOUT ROWID;
-CREATE TABLE upload_refs (
-    hash      BLOB NOT NULL,
+-- The chunks of each upload in progress, by index: announced (a listed
+-- upload's begin) or received.
+CREATE TABLE upload_chunks (
     upload_id TEXT NOT NULL,
-    received  INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hash, upload_id)
+    idx       INTEGER NOT NULL,
+    hash      BLOB NOT NULL,
+    received  INTEGER NOT NULL,
+    PRIMARY KEY (upload_id, idx)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX upload_refs_by_upload ON upload_refs(upload_id);
+CREATE INDEX upload_chunks_by_hash ON upload_chunks(hash);
 
 CREATE TABLE uploads (
     upload_id        TEXT PRIMARY KEY,
@@ -159,7 +163,6 @@ CREATE TABLE uploads (
     wrapped_file_key BLOB NOT NULL,
     meta             BLOB NOT NULL,
     base             TEXT,
-    chunks           BLOB NOT NULL,
     created_ms       INTEGER NOT NULL,
     expires_ms       INTEGER NOT NULL,
     committed_version INTEGER

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coffer_proto::request::{
     ChunkGet, Delete, FileShare, List, Move, PathRef, Restore, ShareRef, Stat, UploadChunk,
-    UploadRef,
+    UploadCommit, UploadRef,
 };
 use coffer_proto::types::{Blob, EntryKind, Scope, Sha256};
 use coffer_proto::{ErrorCode, Request, Response};
@@ -77,8 +77,9 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
     let e = error(
         again
             .conn
-            .call(Request::UploadCommit(UploadRef {
+            .call(Request::UploadCommit(UploadCommit {
                 upload_id: upload.upload_id.clone(),
+                meta: None,
             }))
             .await,
     );
@@ -89,8 +90,9 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
             .send_chunk(&upload.upload_id, i, &chunks[i as usize])
             .await;
     }
-    let commit = Request::UploadCommit(UploadRef {
+    let commit = Request::UploadCommit(UploadCommit {
         upload_id: upload.upload_id.clone(),
+        meta: None,
     });
     let Response::Entry(entry) = again.ok(commit.clone()).await else {
         panic!()
@@ -576,8 +578,9 @@ async fn pruned_versions_and_expired_uploads_release_their_chunks() {
     eventually(|| chunk_files(&s.data) == 2).await;
     alice
         .refused(
-            Request::UploadCommit(UploadRef {
+            Request::UploadCommit(UploadCommit {
                 upload_id: upload.upload_id,
+                meta: None,
             }),
             ErrorCode::NotFound,
         )
@@ -637,4 +640,101 @@ fn list_request(id: &str) -> Request {
         path: "bad.bin".into(),
         version: None,
     })
+}
+
+#[tokio::test]
+async fn streamed_uploads_and_chunks_named_by_reference() {
+    use coffer_proto::request::UploadCommit;
+    let s = Harness::start().await;
+    let mut alice = s.user("alice").await;
+    let (f, key) = alice.folder("f").await;
+    let id = f.folder_id.as_str();
+    let v1_data = content(3 * 65_536, 1);
+    let v1 = TestFile::new(id, "doc.bin", &v1_data, &key);
+    let (mut request, chunks) = v1.upload_request();
+    let Request::UploadBegin(begin) = &mut request else {
+        panic!()
+    };
+    let meta = std::mem::take(&mut begin.meta);
+    // Streamed: no list, no metadata yet.
+    let answer = alice.conn.call_with(request, Bytes::new()).await;
+    let Response::Upload(upload) = answer.msg else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(missing_list(3, &answer.body), [0, 1, 2]);
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert!(matches!(
+            alice.send_chunk(&upload.upload_id, i as u32, chunk).await,
+            Response::ChunkAck(_)
+        ));
+    }
+    // An index keeps the chunk it got.
+    assert_eq!(
+        error(alice.send_chunk(&upload.upload_id, 0, &chunks[1]).await).code,
+        ErrorCode::ChecksumMismatch
+    );
+    let commit = |meta| {
+        Request::UploadCommit(UploadCommit {
+            upload_id: upload.upload_id.clone(),
+            meta,
+        })
+    };
+    alice.refused(commit(None), ErrorCode::BadRequest).await;
+    let Response::Entry(first) = alice.ok(commit(Some(meta))).await else {
+        panic!()
+    };
+    assert_eq!(alice.get(id, "doc.bin", &key).await.unwrap(), v1_data);
+
+    // Version 2 changes only the middle chunk: the others are named, not sent.
+    let mut v2_data = v1_data.clone();
+    v2_data[65_536 + 10] ^= 0xff;
+    let mut v2 = TestFile::new(id, "doc.bin", &v2_data, &key);
+    v2.base = Some(first.vv.clone());
+    let (mut request, v2_chunks) = v2.upload_request();
+    assert_eq!(
+        (
+            v2_chunks[0] == chunks[0],
+            v2_chunks[1] == chunks[1],
+            v2_chunks[2] == chunks[2]
+        ),
+        (true, false, true)
+    );
+    let Request::UploadBegin(begin) = &mut request else {
+        panic!()
+    };
+    let meta = std::mem::take(&mut begin.meta);
+    let Response::Upload(upload) = alice.conn.call_with(request, Bytes::new()).await.msg else {
+        panic!()
+    };
+    for i in [0u32, 2] {
+        let by_reference = Request::UploadChunk(UploadChunk {
+            upload_id: upload.upload_id.clone(),
+            index: i,
+            sha256: Sha256(coffer_crypto::content_address(&v2_chunks[i as usize])),
+            md5: None,
+        });
+        assert!(matches!(
+            alice.conn.call_with(by_reference, Bytes::new()).await.msg,
+            Response::ChunkAck(_)
+        ));
+    }
+    // A chunk the folder does not hold cannot be named: its bytes must come.
+    let unheld = Request::UploadChunk(UploadChunk {
+        upload_id: upload.upload_id.clone(),
+        index: 1,
+        sha256: Sha256(coffer_crypto::content_address(&v2_chunks[1])),
+        md5: None,
+    });
+    assert_eq!(
+        error(alice.conn.call_with(unheld, Bytes::new()).await.msg).code,
+        ErrorCode::NotFound
+    );
+    alice.send_chunk(&upload.upload_id, 1, &v2_chunks[1]).await;
+    alice
+        .ok(Request::UploadCommit(UploadCommit {
+            upload_id: upload.upload_id,
+            meta: Some(meta),
+        }))
+        .await;
+    assert_eq!(alice.get(id, "doc.bin", &key).await.unwrap(), v2_data);
 }

@@ -1,6 +1,6 @@
 //! Restarts on the same data directory, schema versions, shutdown mid-upload.
 
-use coffer_proto::request::UploadRef;
+use coffer_proto::request::{UploadCommit, UploadRef};
 use coffer_proto::{Request, Response};
 use coffer_server::{Server, StartError, StoreError};
 
@@ -62,8 +62,9 @@ async fn everything_survives_a_restart() {
             .await;
     }
     alice
-        .ok(Request::UploadCommit(UploadRef {
+        .ok(Request::UploadCommit(UploadCommit {
             upload_id: upload.upload_id,
+            meta: None,
         }))
         .await;
     assert_eq!(
@@ -165,8 +166,9 @@ async fn kill_dash_nine_loses_no_acknowledged_commit() {
                 }
                 if let Response::Entry(_) = alice
                     .conn
-                    .call(Request::UploadCommit(UploadRef {
+                    .call(Request::UploadCommit(UploadCommit {
                         upload_id: upload.upload_id,
+                        meta: None,
                     }))
                     .await
                 {

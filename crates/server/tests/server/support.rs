@@ -15,7 +15,7 @@ use coffer_net::conn::{Connection, Timeouts};
 use coffer_net::{Clock, Listener, Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::{
     DeviceRegister, FolderCreate, Hello, Login, PathRef, Register, Stat, UploadBegin, UploadChunk,
-    UploadRef,
+    UploadCommit,
 };
 use coffer_proto::response::{ErrorBody, FolderInfo, Session};
 use coffer_proto::types::{Blob, FileEntry, FileId, Kdf, LoginSecret, Sha256, VersionVector};
@@ -421,8 +421,9 @@ impl Client {
         }
         match self
             .conn
-            .call(Request::UploadCommit(UploadRef {
+            .call(Request::UploadCommit(UploadCommit {
                 upload_id: upload.upload_id,
+                meta: None,
             }))
             .await
         {
