@@ -184,7 +184,7 @@ impl Probe {
             addr,
             ..self.endpoint.clone()
         };
-        let mut client = Client::connect(&TokioNet, &endpoint).await?;
+        let client = Client::connect(&TokioNet, &endpoint).await?;
         Ok(client.ping().await?.node_id)
     }
 }

@@ -289,7 +289,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             let op = async |after_heal: bool| {
                 let start = now();
                 let attempt = async {
-                    let mut client = Client::connect(&TurmoilNet, &endpoint).await?;
+                    let client = Client::connect(&TurmoilNet, &endpoint).await?;
                     let pong = client.ping().await?;
                     Ok::<_, coffer_client::ClientError>(pong.node_id)
                 };

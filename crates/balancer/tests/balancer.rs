@@ -87,7 +87,7 @@ fn endpoint(addr: SocketAddr, ca: &Path) -> Endpoint {
 }
 
 /// Connects through the balancer; the welcome says which node answered.
-async fn land(addr: SocketAddr, ca: &Path) -> Client<tokio::net::TcpStream> {
+async fn land(addr: SocketAddr, ca: &Path) -> Client {
     Client::connect(&TokioNet, &endpoint(addr, ca))
         .await
         .unwrap()
@@ -99,7 +99,7 @@ async fn round_robin_spreads_thirty_connections_ten_ten_ten() {
     let (addr, balancer, _guard) = balance(c.servers.clone(), Strategy::RoundRobin).await;
     let mut landed = BTreeMap::new();
     for _ in 0..30 {
-        let mut client = land(addr, &c.ca).await;
+        let client = land(addr, &c.ca).await;
         // TLS end to end: the server's certificate verified through the balancer.
         assert!(client.ping().await.unwrap().ready);
         *landed.entry(client.welcome().node_id.clone()).or_insert(0) += 1;
@@ -162,7 +162,7 @@ async fn a_dead_backend_costs_no_client_connection() {
     let backends = vec![c.servers[0], dead, c.servers[2]];
     let (addr, balancer, _guard) = balance(backends, Strategy::RoundRobin).await;
     for _ in 0..9 {
-        let mut client = land(addr, &c.ca).await;
+        let client = land(addr, &c.ca).await;
         assert!(client.ping().await.unwrap().ready);
     }
     let stats = balancer.stats();

@@ -51,15 +51,41 @@ pub enum ClientError {
     /// The connection failed or the server sent something unreadable.
     #[error(transparent)]
     Conn(#[from] ConnError),
-    /// The server closed the connection before answering.
-    #[error("the server closed the connection")]
-    Closed,
+    /// The connection failed or closed before the answer came.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// No answer within the request deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
     /// The server answered with an error.
     #[error("{0}")]
     Server(ErrorBody),
     /// The server answered something that does not fit the request.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// Key material failed to open (a wrong password, or keys not for us).
+    #[error(transparent)]
+    Key(#[from] coffer_crypto::KeyError),
+    /// Downloaded content failed its integrity check; nothing was written.
+    #[error("{0}")]
+    Integrity(String),
+    /// Something named locally does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// A local file or directory could not be used.
+    #[error("{path}: {source}")]
+    Local {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The client's own state could not be used.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
 }
 
 impl ClientError {
@@ -71,18 +97,34 @@ impl ClientError {
             ClientError::Untrusted { .. } | ClientError::Certificate { .. } => {
                 ErrorCode::Unauthorized
             }
-            ClientError::Protocol(_) => ErrorCode::Internal,
+            ClientError::Protocol(_) | ClientError::Home(_) => ErrorCode::Internal,
+            ClientError::Key(coffer_crypto::KeyError::WrongPassword) => ErrorCode::Unauthorized,
+            ClientError::Key(_) | ClientError::Integrity(_) => ErrorCode::ChecksumMismatch,
+            ClientError::NotFound(_) => ErrorCode::NotFound,
+            ClientError::Usage(_) | ClientError::Local { .. } => ErrorCode::BadRequest,
             ClientError::Conn(ConnError::Decode(e)) => e.code(),
             ClientError::Connect { .. }
             | ClientError::ConnectTimeout { .. }
             | ClientError::Handshake { .. }
             | ClientError::Conn(_)
-            | ClientError::Closed => ErrorCode::Unavailable,
+            | ClientError::Lost(_)
+            | ClientError::Timeout(_) => ErrorCode::Unavailable,
         }
     }
 
     /// Whether retrying (after a pause, or on another server) may succeed.
     pub fn is_transient(&self) -> bool {
         self.code().is_transient()
+    }
+
+    /// Whether the request may have reached the server (as opposed to failing
+    /// before it was sent: no connection at all).
+    pub fn was_sent(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectTimeout { .. }
+                | ClientError::Handshake { .. }
+        )
     }
 }

@@ -4,14 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
-use coffer_net::{SystemClock, TokioNet, tls};
-use coffer_proto::ErrorCode;
-use rustls_pki_types::ServerName;
+use coffer_proto::types::Role;
+
+mod cli;
 
 /// Coffer: end-to-end encrypted file sharing and folder sync.
 #[derive(Debug, Parser)]
@@ -29,107 +26,245 @@ struct Cli {
     /// development server's is DATA/tls/ca.pem.
     #[arg(long, env = "COFFER_CA", global = true)]
     ca: Option<PathBuf>,
+    /// This device's state [default: ~/.coffer].
+    #[arg(long, env = "COFFER_HOME", global = true)]
+    home: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Read the password from the first line of standard input.
+    #[arg(long, global = true)]
+    password_stdin: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Creates an account (keys made here), logs in and registers this device.
+    Register {
+        /// The username: 3 to 32 of a-z, 0-9, '_', '.', '-'.
+        user: String,
+        /// This device's name [default: the host name].
+        #[arg(long)]
+        device: Option<String>,
+        /// This device's MAC address [default: the first network interface's].
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Logs in; registers this device if the home has none.
+    Login {
+        /// The username.
+        user: String,
+        /// This device's name [default: the host name].
+        #[arg(long)]
+        device: Option<String>,
+        /// This device's MAC address [default: the first network interface's].
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Ends the session and forgets the keys cached here.
+    Logout,
+    /// Who this device is signed in as.
+    Whoami,
+    /// Lists the account's sessions, or revokes one.
+    Sessions {
+        /// A session to revoke.
+        #[arg(long)]
+        revoke: Option<String>,
+    },
+    /// The account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Folders, members and sharing.
+    #[command(subcommand)]
+    Folder(FolderCommand),
+    /// Invitations waiting for you.
+    Invites,
+    /// Answers an invitation.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// Uploads a file: `put LOCAL FOLDER:PATH` (a PATH ending in / takes the file's name).
+    Put {
+        /// The local file.
+        local: PathBuf,
+        /// FOLDER:PATH — FOLDER is a folder id or label.
+        target: String,
+    },
+    /// Downloads a file: `get FOLDER:PATH LOCAL`, or `get shared:ID LOCAL`.
+    Get {
+        /// FOLDER:PATH, or shared:ID.
+        source: String,
+        /// A file to write, or a directory to write into.
+        local: PathBuf,
+        /// An older version, from `history`.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Lists a folder or a directory in it: `ls FOLDER[:DIR]`.
+    Ls {
+        /// FOLDER or FOLDER:DIR.
+        target: String,
+        /// Everything below, not just the directory.
+        #[arg(long, short)]
+        recursive: bool,
+    },
+    /// Deletes a file or directory (kept in history).
+    Rm {
+        /// FOLDER:PATH.
+        target: String,
+    },
+    /// Moves or renames within a folder: `mv FOLDER:SRC FOLDER:DST`.
+    Mv {
+        /// FOLDER:SRC.
+        source: String,
+        /// FOLDER:DST.
+        destination: String,
+    },
+    /// Creates a directory (and its parents).
+    Mkdir {
+        /// FOLDER:DIR.
+        target: String,
+    },
+    /// The versions of a path, newest first.
+    History {
+        /// FOLDER:PATH.
+        target: String,
+    },
+    /// Makes an older version the newest.
+    Restore {
+        /// FOLDER:PATH.
+        target: String,
+        /// The version, from `history`.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Shares one file, read-only, with a user.
+    Share {
+        /// FOLDER:PATH.
+        target: String,
+        /// The recipient.
+        user: String,
+    },
+    /// Files shared with you (`coffer get shared:ID LOCAL` fetches one).
+    Shared,
     /// Checks that the server answers and is ready; prints its node and the round trip.
     Ping,
 }
 
-/// A failure with the code it is reported under.
-struct Failure {
-    code: ErrorCode,
-    message: String,
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Lists the account's devices.
+    List,
+    /// Renames this device.
+    Rename {
+        /// The new name.
+        name: String,
+    },
+    /// Removes a device (by name or id) and ends its sessions.
+    Remove {
+        /// The device.
+        name: String,
+    },
 }
 
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let message = match &e {
-            // The server's own words already carry the code.
-            ClientError::Server(body) => body.message.clone(),
-            other => other.to_string(),
-        };
-        Failure {
-            code: e.code(),
-            message,
+#[derive(Debug, Subcommand)]
+enum FolderCommand {
+    /// Creates a folder; prints its id.
+    Create {
+        /// Its label.
+        label: String,
+        /// Attach it to this local directory for sync.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Lists your folders.
+    List,
+    /// A folder and its members.
+    Info {
+        /// Folder id or label.
+        folder: String,
+    },
+    /// Invites a user (the folder's keys are wrapped for their public key).
+    Share {
+        /// Folder id or label.
+        folder: String,
+        /// The invitee.
+        user: String,
+        /// Their role.
+        #[arg(long, value_enum, default_value = "viewer")]
+        role: RoleArg,
+    },
+    /// Removes a member and rotates the folder key.
+    Unshare {
+        /// Folder id or label.
+        folder: String,
+        /// The member.
+        user: String,
+    },
+    /// Changes a member's role.
+    Role {
+        /// Folder id or label.
+        folder: String,
+        /// The member.
+        user: String,
+        /// The new role.
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// Attaches a folder to a local directory for sync.
+    Attach {
+        /// Folder id or label.
+        folder: String,
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Detaches a folder from its local directory.
+    Detach {
+        /// Folder id or label.
+        folder: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InviteCommand {
+    /// Accepts an invitation.
+    Accept {
+        /// Folder id or label.
+        folder: String,
+        /// Attach it to this local directory for sync.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Declines an invitation.
+    Decline {
+        /// Folder id or label.
+        folder: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Editor,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Editor => Role::Editor,
         }
     }
 }
 
-fn bad_request(message: impl Into<String>) -> Failure {
-    Failure {
-        code: ErrorCode::BadRequest,
-        message: message.into(),
-    }
-}
-
-async fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
-    let ca = cli
-        .ca
-        .as_ref()
-        .ok_or_else(|| bad_request("no CA given: pass --ca FILE or set COFFER_CA"))?;
-    let roots = tls::load_roots(ca).map_err(|e| bad_request(e.to_string()))?;
-    let config = tls::client_config(roots, None, Arc::new(SystemClock))
-        .map_err(|e| bad_request(e.to_string()))?;
-    let (host, _) = cli
-        .server
-        .rsplit_once(':')
-        .ok_or_else(|| bad_request(format!("--server {:?} is not HOST:PORT", cli.server)))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|_| bad_request(format!("{host:?} is not a valid server name")))?;
-    let addr = tokio::net::lookup_host(&cli.server)
-        .await
-        .map_err(|e| Failure {
-            code: ErrorCode::Unavailable,
-            message: format!("cannot resolve {}: {e}", cli.server),
-        })?
-        .next()
-        .ok_or_else(|| bad_request(format!("{} resolves to no address", cli.server)))?;
-    Ok(Endpoint {
-        addr,
-        name,
-        tls: config,
-        ca_label: ca.display().to_string(),
-        timeouts: ClientTimeouts::default(),
-    })
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let endpoint = endpoint(&cli).await?;
-    match cli.command {
-        Command::Ping => {
-            let mut client = Client::connect(&TokioNet, &endpoint).await?;
-            let started = Instant::now();
-            let pong = client.ping().await?;
-            let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
-            if cli.json {
-                let out = serde_json::json!({ "node_id": pong.node_id, "ready": pong.ready, "rtt_ms": rtt_ms });
-                println!("{out}");
-            } else {
-                let state = if pong.ready { "ready" } else { "not ready" };
-                println!("{} {state} ({rtt_ms:.1} ms)", pong.node_id);
-            }
-            if !pong.ready {
-                return Err(Failure {
-                    code: ErrorCode::Unavailable,
-                    message: format!("{} is not ready", pong.node_id),
-                });
-            }
-            Ok(())
-        }
-    }
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}: {}", failure.code, failure.message);

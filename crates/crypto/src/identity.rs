@@ -171,6 +171,30 @@ impl UserKeys {
         &self.public
     }
 
+    /// The private key as PKCS#8 DER, for a device's own key cache.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        let der = self
+            .private
+            .to_pkcs8_der()
+            .expect("an RSA private key always encodes");
+        Zeroizing::new(der.as_bytes().to_vec())
+    }
+
+    /// A key pair from PKCS#8 DER (a device's own key cache), refusing keys
+    /// that are not RSA-2048.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<UserKeys, KeyError> {
+        let private = RsaPrivateKey::from_pkcs8_der(der).map_err(|_| KeyError::Malformed {
+            what: "private key",
+        })?;
+        if private.size() * 8 != RSA_BITS {
+            return Err(KeyError::KeySize {
+                bits: private.size() * 8,
+                expected: RSA_BITS,
+            });
+        }
+        Ok(Self::from_private(private))
+    }
+
     /// Seals the private key (PKCS#8 DER) under the password key, bound to the username.
     pub fn wrap<R: CryptoRng + ?Sized>(
         &self,
@@ -208,17 +232,7 @@ impl UserKeys {
                 OpenError::Integrity { .. } => KeyError::WrongPassword,
                 other => KeyError::Open(other),
             })?;
-        let der = Zeroizing::new(der);
-        let private = RsaPrivateKey::from_pkcs8_der(&der).map_err(|_| KeyError::Malformed {
-            what: "private key",
-        })?;
-        if private.size() * 8 != RSA_BITS {
-            return Err(KeyError::KeySize {
-                bits: private.size() * 8,
-                expected: RSA_BITS,
-            });
-        }
-        Ok(Self::from_private(private))
+        Self::from_pkcs8_der(&Zeroizing::new(der))
     }
 
     fn decrypt<R: CryptoRng + ?Sized>(

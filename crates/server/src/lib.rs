@@ -35,7 +35,6 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub mod access;
 mod auth;
-mod blocking;
 mod chunks;
 pub mod config;
 mod conn;

@@ -12,10 +12,10 @@ use coffer_proto::{ErrorCode, Response, name};
 use super::{Answer, answer, unexpected};
 use crate::Server;
 use crate::auth::{self, Claims};
-use crate::blocking::blocking;
 use crate::dispatch::{Session, SignedIn};
 use crate::error::{Error, Result, bad_request, forbidden, not_found, unauthorized};
 use crate::store::{Applied, Change, query};
+use coffer_net::blocking;
 
 /// Largest public key accepted (an RSA-2048 SubjectPublicKeyInfo is 294 bytes).
 const MAX_PUBLIC_KEY: usize = 2048;

@@ -20,13 +20,13 @@ use sha2::Digest;
 
 use super::{Answer, answer, unexpected};
 use crate::Server;
-use crate::blocking::blocking;
 use crate::chunks::ReadError;
 use crate::dispatch::{Session, UploadInUse};
 use crate::error::{Error, Result, bad_request, not_found};
 use crate::store::change::{UploadRecord, UploadState, missing_chunks};
 use crate::store::one;
 use crate::store::{Applied, Change, query};
+use coffer_net::blocking;
 
 /// Entries per listing page unless the client asks for fewer.
 const DEFAULT_PAGE: u32 = 1000;

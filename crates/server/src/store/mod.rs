@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
-use crate::blocking::blocking;
 use crate::error::{Error, Result};
+use coffer_net::blocking;
 
 pub(crate) mod change;
 pub(crate) mod query;

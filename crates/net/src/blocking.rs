@@ -5,7 +5,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Runs `f` on the blocking pool when the runtime has worker threads to spare;
 /// on a current-thread runtime (tests and the simulation) runs it in place.
 /// The simulation thus never involves an OS thread, and stays deterministic.
-pub(crate) async fn blocking<T, F>(f: F) -> T
+pub async fn blocking<T, F>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

@@ -1,0 +1,165 @@
+//! A small pool of signed-in connections to one server (or balancer).
+//!
+//! Commands take one connection and pipeline on it; transfers spread their
+//! chunks over several. A connection that failed is replaced at next use, and
+//! a request that may safely run twice is retried with backoff when its
+//! connection is lost or the server is briefly unavailable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use coffer_net::Net;
+use coffer_proto::request::Auth;
+use coffer_proto::types::Token;
+use coffer_proto::{Frame, Message, Request, Response};
+use tokio::sync::Mutex;
+
+use crate::client::{Client, Endpoint};
+use crate::error::ClientError;
+
+/// Attempts of a retryable request before its error is reported.
+const ATTEMPTS: u32 = 5;
+/// First pause between attempts; doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether a request may be sent again without changing its effect: reads,
+/// and the upload steps the server makes idempotent.
+pub fn retryable(request: &Request) -> bool {
+    matches!(
+        request.kind(),
+        "ping"
+            | "auth"
+            | "whoami"
+            | "session_list"
+            | "user_list"
+            | "public_key_get"
+            | "private_key_get"
+            | "device_list"
+            | "folder_list"
+            | "folder_info"
+            | "folder_keys"
+            | "invite_list"
+            | "list"
+            | "stat"
+            | "history"
+            | "download"
+            | "chunk_get"
+            | "shared_list"
+            | "shared_download"
+            | "upload_resume"
+            | "upload_chunk"
+            | "upload_commit"
+    )
+}
+
+/// Connections to one server, signed in with one token.
+pub struct Pool<N: Net> {
+    net: N,
+    endpoint: Endpoint,
+    token: std::sync::Mutex<Option<Token>>,
+    links: Mutex<Vec<Arc<Client>>>,
+    size: usize,
+    next: AtomicUsize,
+}
+
+impl<N: Net> std::fmt::Debug for Pool<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("server", &self.endpoint.addr)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Net> Pool<N> {
+    /// A pool of at most `size` connections.
+    pub fn new(net: N, endpoint: Endpoint, size: usize) -> Self {
+        Pool {
+            net,
+            endpoint,
+            token: std::sync::Mutex::new(None),
+            links: Mutex::new(Vec::new()),
+            size: size.max(1),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Signs new connections in with `token` (existing ones keep their session).
+    pub fn set_token(&self, token: Option<Token>) {
+        *self.token.lock().expect("token lock") = token;
+    }
+
+    async fn open(&self) -> Result<Arc<Client>, ClientError> {
+        let client = Client::connect(&self.net, &self.endpoint).await?;
+        let token = self.token.lock().expect("token lock").clone();
+        if let Some(token) = token {
+            client.call(Request::Auth(Auth { token })).await?;
+        }
+        Ok(Arc::new(client))
+    }
+
+    /// Up to `n` live connections (at least one), opening as needed.
+    pub async fn links(&self, n: usize) -> Result<Vec<Arc<Client>>, ClientError> {
+        let want = n.clamp(1, self.size);
+        let mut links = self.links.lock().await;
+        links.retain(|l| !l.is_closed());
+        while links.len() < want {
+            match self.open().await {
+                Ok(link) => links.push(link),
+                Err(e) if links.is_empty() => return Err(e),
+                // Some connections are enough to go on with.
+                Err(_) => break,
+            }
+        }
+        Ok(links.iter().take(want).cloned().collect())
+    }
+
+    /// A live connection (in turn among those open).
+    pub async fn link(&self) -> Result<Arc<Client>, ClientError> {
+        let mut links = self.links.lock().await;
+        links.retain(|l| !l.is_closed());
+        if links.is_empty() {
+            links.push(self.open().await?);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % links.len();
+        Ok(links[i].clone())
+    }
+
+    /// Drops every connection (after a sign-in, say).
+    pub async fn reset(&self) {
+        self.links.lock().await.clear();
+    }
+
+    /// Sends a request, retrying one that may safely run twice when the
+    /// connection is lost or the server says it is briefly unavailable.
+    pub async fn call(
+        &self,
+        request: Request,
+        body: Bytes,
+    ) -> Result<Frame<Response>, ClientError> {
+        let again = retryable(&request);
+        let mut pause = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let result = match self.link().await {
+                Ok(link) => link.call_with_body(request.clone(), body.clone()).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if attempt < ATTEMPTS && e.is_transient() && (again || !e.was_sent()) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}

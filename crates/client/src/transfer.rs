@@ -1,0 +1,777 @@
+//! Moving files: `put` seals and streams a file, `get` fetches, verifies and
+//! writes one.
+//!
+//! **put** reads the file once, in order: each chunk is hashed into the file's
+//! plaintext SHA-256, sealed (AES-256-CFB + HMAC, a fresh random IV) on the
+//! blocking pool — several at once, on every core — and sent as a *streamed*
+//! upload over several connections, a bounded number in flight. The file key
+//! and upload id are kept in a [`Journal`] until the commit, so running `put`
+//! again on an unchanged file resumes: the server says which chunks it lacks
+//! and only those are sealed and sent. The commit carries the sealed
+//! metadata (plaintext SHA-256, size, mtime, mode) and the version the upload
+//! started from.
+//!
+//! **get** fetches chunks over several connections, verifies each chunk's tag
+//! and decrypts it on the blocking pool, writes them in order to a temporary
+//! file beside the destination while hashing, and renames it into place only if
+//! the whole file's SHA-256 and size match the sealed metadata. Whatever the
+//! server sends, nothing is written but that temporary file and the
+//! destination the caller named.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coffer_crypto::{ChunkCipher, FileKey, FileKeyContext, FileMeta, SecretKey, wrap_file_key};
+use coffer_net::{Net, blocking};
+use coffer_proto::limits::{
+    CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE,
+};
+use coffer_proto::request::{
+    ChunkGet, ShareRef, Stat, UploadBegin, UploadChunk, UploadCommit, UploadRef,
+};
+use coffer_proto::response::FolderInfo;
+use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Scope, Sha256};
+use coffer_proto::{ErrorCode, Request, Response, path as paths};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use rand::{Rng, RngExt};
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+use crate::home::{Home, PendingUpload};
+use crate::session::{Session, unexpected};
+
+/// Connections a transfer spreads its chunks over.
+pub const CONNECTIONS: usize = 4;
+/// Chunks sealed or fetched at once: what a transfer holds in memory.
+const IN_FLIGHT: usize = 8;
+
+/// Where `put` keeps what it needs to resume an upload.
+pub trait Journal {
+    /// The upload in progress to `folder_id:path`.
+    fn pending(&self, folder_id: &str, path: &str) -> Result<Option<PendingUpload>, ClientError>;
+    /// Remembers an upload.
+    fn save(&self, upload: &PendingUpload) -> Result<(), ClientError>;
+    /// Forgets an upload.
+    fn forget(&self, folder_id: &str, path: &str) -> Result<(), ClientError>;
+}
+
+impl Journal for Home {
+    fn pending(&self, folder_id: &str, path: &str) -> Result<Option<PendingUpload>, ClientError> {
+        Ok(self.pending_upload(folder_id, path)?)
+    }
+    fn save(&self, upload: &PendingUpload) -> Result<(), ClientError> {
+        Ok(self.save_upload(upload)?)
+    }
+    fn forget(&self, folder_id: &str, path: &str) -> Result<(), ClientError> {
+        Ok(self.forget_upload(folder_id, path)?)
+    }
+}
+
+/// A journal that keeps nothing: uploads do not resume across runs.
+#[derive(Debug, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn pending(&self, _: &str, _: &str) -> Result<Option<PendingUpload>, ClientError> {
+        Ok(None)
+    }
+    fn save(&self, _: &PendingUpload) -> Result<(), ClientError> {
+        Ok(())
+    }
+    fn forget(&self, _: &str, _: &str) -> Result<(), ClientError> {
+        Ok(())
+    }
+}
+
+/// Told how a transfer advances (a progress bar, or nothing).
+pub trait Progress {
+    /// The transfer's total size in bytes.
+    fn start(&self, total: u64);
+    /// `bytes` more are done.
+    fn advance(&self, bytes: u64);
+}
+
+/// Progress nobody watches.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// What `put` did.
+#[derive(Debug, Clone)]
+pub struct PutReport {
+    /// The committed version.
+    pub entry: FileEntry,
+    /// Plaintext SHA-256.
+    pub sha256: [u8; 32],
+    /// Whether an earlier, interrupted upload was resumed.
+    pub resumed: bool,
+    /// Chunks sent in this run.
+    pub chunks_sent: u32,
+    /// Bytes sent in this run (sealed chunk bytes).
+    pub bytes_sent: u64,
+}
+
+fn local(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Local {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The chunk size for a file of `size` bytes: the default, or larger for a
+/// file that would otherwise have too many chunks.
+pub fn chunk_size_for(size: u64) -> Result<u32, ClientError> {
+    let mut chunk = DEFAULT_CHUNK_SIZE;
+    while size.div_ceil(u64::from(chunk)) > u64::from(MAX_CHUNKS_PER_FILE) {
+        if chunk >= MAX_CHUNK_SIZE {
+            return Err(ClientError::Usage(format!(
+                "a file of {size} bytes is over the largest this version stores ({} bytes)",
+                u64::from(MAX_CHUNK_SIZE) * u64::from(MAX_CHUNKS_PER_FILE)
+            )));
+        }
+        chunk *= 2;
+    }
+    debug_assert!(chunk >= MIN_CHUNK_SIZE);
+    Ok(chunk)
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    }
+    #[cfg(not(unix))]
+    {
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64)
+    }
+}
+
+fn mode(meta: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// Finds what an unchanged upload still lacks, or `None` when it must start over.
+async fn resumable<N: Net>(
+    s: &Session<N>,
+    journal: &dyn Journal,
+    pending: PendingUpload,
+    expect: (&Path, u64, i64, u32, u64),
+) -> Result<Option<(PendingUpload, HashSet<u32>)>, ClientError> {
+    let (local_path, size, mtime, chunk_size, epoch) = expect;
+    let unchanged = pending.local == local_path
+        && pending.size == size
+        && pending.mtime_ns == mtime
+        && pending.chunk_size == chunk_size
+        && pending.epoch == epoch;
+    if unchanged {
+        let answer = s
+            .call_with_body(
+                Request::UploadResume(UploadRef {
+                    upload_id: pending.upload_id.clone(),
+                }),
+                Bytes::new(),
+            )
+            .await;
+        match answer {
+            Ok(frame) => {
+                if let Response::Upload(upload) = &frame.msg {
+                    let missing = (0..upload.chunk_count)
+                        .filter(|i| {
+                            frame
+                                .body
+                                .get(*i as usize / 8)
+                                .is_some_and(|b| b & (1 << (i % 8)) != 0)
+                        })
+                        .collect();
+                    return Ok(Some((pending, missing)));
+                }
+            }
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    } else {
+        // The file changed: its half-sent upload is of no use.
+        let _ = s
+            .call(Request::UploadAbort(UploadRef {
+                upload_id: pending.upload_id.clone(),
+            }))
+            .await;
+    }
+    journal.forget(&pending.folder_id, &pending.path)?;
+    Ok(None)
+}
+
+/// Begins a streamed upload of a new version of `path`.
+#[allow(clippy::too_many_arguments)]
+async fn begin<N: Net>(
+    s: &Session<N>,
+    folder: &FolderInfo,
+    path: &str,
+    local_path: &Path,
+    size: u64,
+    mtime: i64,
+    chunk_size: u32,
+) -> Result<(PendingUpload, HashSet<u32>), ClientError> {
+    // The version this upload replaces: its version vector is the base, and
+    // the file keeps its identity.
+    let current = match s
+        .call(Request::Stat(Stat {
+            folder_id: folder.folder_id.clone(),
+            path: path.to_owned(),
+            version: None,
+        }))
+        .await
+    {
+        Ok(Response::Entry(e)) if e.kind == EntryKind::Dir => {
+            return Err(ClientError::Usage(format!(
+                "{path} is a directory in \"{}\"",
+                folder.label
+            )));
+        }
+        Ok(Response::Entry(e)) => Some(e),
+        Ok(other) => return Err(unexpected("stat", &other)),
+        Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let folder_key = s.folder_key(&folder.folder_id, folder.epoch).await?;
+    let (file_id, file_key, wrapped) = {
+        let mut rng = s.rng();
+        let file_id = current
+            .as_ref()
+            .map_or_else(|| FileId(rng.random()), |c| c.file_id);
+        let file_key = FileKey::generate(&mut *rng);
+        let ctx = FileKeyContext {
+            folder_id: &folder.folder_id,
+            epoch: folder.epoch,
+            file_id: file_id.0,
+        };
+        let wrapped = wrap_file_key(&mut *rng, &folder_key, ctx, &file_key);
+        (file_id, file_key, wrapped)
+    };
+    let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
+    let base = current.map(|c| c.vv);
+    let request = Request::UploadBegin(UploadBegin {
+        folder_id: folder.folder_id.clone(),
+        path: path.to_owned(),
+        file_id,
+        size,
+        chunk_size,
+        chunk_count,
+        epoch: folder.epoch,
+        wrapped_file_key: Blob(wrapped.clone()),
+        meta: Blob::default(),
+        base: base.clone(),
+        commit: false,
+    });
+    let frame = s.call_with_body(request, Bytes::new()).await?;
+    let Response::Upload(upload) = frame.msg else {
+        return Err(unexpected("upload_begin", &frame.msg));
+    };
+    let pending = PendingUpload {
+        upload_id: upload.upload_id,
+        folder_id: folder.folder_id.clone(),
+        path: path.to_owned(),
+        local: local_path.to_owned(),
+        size,
+        mtime_ns: mtime,
+        file_id,
+        file_key: Zeroizing::new(*file_key.0.expose()),
+        wrapped_file_key: wrapped,
+        epoch: folder.epoch,
+        chunk_size,
+        base,
+    };
+    Ok((pending, (0..chunk_count).collect()))
+}
+
+/// Uploads `local_path` to `path` in `folder`, resuming an interrupted upload
+/// of the same unchanged file.
+pub async fn put<N: Net>(
+    s: &Session<N>,
+    journal: &dyn Journal,
+    local_path: &Path,
+    folder: &FolderInfo,
+    path: &str,
+    progress: &dyn Progress,
+) -> Result<PutReport, ClientError> {
+    paths::validate(path).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
+    let local_path = std::fs::canonicalize(local_path).map_err(local(local_path))?;
+    let file = std::fs::File::open(&local_path).map_err(local(&local_path))?;
+    let meta = file.metadata().map_err(local(&local_path))?;
+    if !meta.is_file() {
+        return Err(ClientError::Usage(format!(
+            "{} is not a regular file",
+            local_path.display()
+        )));
+    }
+    let (size, mtime) = (meta.len(), mtime_ns(&meta));
+    let chunk_size = chunk_size_for(size)?;
+    let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
+
+    let resumed = match journal.pending(&folder.folder_id, path)? {
+        Some(p) => {
+            resumable(
+                s,
+                journal,
+                p,
+                (&local_path, size, mtime, chunk_size, folder.epoch),
+            )
+            .await?
+        }
+        None => None,
+    };
+    let was_resumed = resumed.is_some();
+    let (pending, missing) = match resumed {
+        Some(found) => found,
+        None => {
+            let fresh = begin(s, folder, path, &local_path, size, mtime, chunk_size).await?;
+            journal.save(&fresh.0)?;
+            fresh
+        }
+    };
+    progress.start(size);
+    let file_key = FileKey(SecretKey::from_bytes(*pending.file_key));
+    let cipher = Arc::new(ChunkCipher::new(&file_key, pending.file_id.0));
+    // Open the connections the chunks are spread over.
+    s.pool().links(CONNECTIONS).await?;
+
+    let mut reader = Some((file, sha2::Sha256::new()));
+    let mut sending = FuturesUnordered::new();
+    let (mut chunks_sent, mut bytes_sent) = (0u32, 0u64);
+    for index in 0..chunk_count {
+        let len =
+            (size - u64::from(index) * u64::from(chunk_size)).min(u64::from(chunk_size)) as usize;
+        let (mut file, mut hasher) = reader
+            .take()
+            .expect("the reader is returned after each chunk");
+        let (file, hasher, plain) = blocking(move || {
+            let mut plain = vec![0u8; len];
+            let read = file.read_exact(&mut plain);
+            hasher.update(&plain);
+            read.map(|()| (file, hasher, plain))
+        })
+        .await
+        .map_err(local(&local_path))?;
+        reader = Some((file, hasher));
+        if !missing.contains(&index) {
+            progress.advance(len as u64);
+            continue;
+        }
+        while sending.len() >= IN_FLIGHT {
+            let (sent, len) = sending.next().await.expect("not empty")?;
+            bytes_sent += sent;
+            chunks_sent += 1;
+            progress.advance(len);
+        }
+        let iv: [u8; 16] = s.rng().random();
+        let cipher = cipher.clone();
+        let upload_id = pending.upload_id.clone();
+        sending.push(async move {
+            let plain_len = plain.len() as u64;
+            let sealed = blocking(move || cipher.seal_with_iv(iv, index, &plain)).await;
+            let sealed_len = sealed.len() as u64;
+            let hash = Sha256(coffer_crypto::content_address(&sealed));
+            let request = Request::UploadChunk(UploadChunk {
+                upload_id,
+                index,
+                sha256: hash,
+                md5: None,
+            });
+            match s.call_with_body(request, Bytes::from(sealed)).await?.msg {
+                Response::ChunkAck(_) => Ok((sealed_len, plain_len)),
+                other => Err(unexpected("upload_chunk", &other)),
+            }
+        });
+    }
+    while let Some(done) = sending.next().await {
+        let (sent, len) = done?;
+        bytes_sent += sent;
+        chunks_sent += 1;
+        progress.advance(len);
+    }
+    let (_, hasher) = reader
+        .take()
+        .expect("the reader is returned after each chunk");
+    let sha256: [u8; 32] = hasher.finalize().into();
+    // A file that changed while it was read would commit a mix of contents.
+    let after = std::fs::metadata(&local_path).map_err(local(&local_path))?;
+    if after.len() != size || mtime_ns(&after) != mtime {
+        return Err(ClientError::Usage(format!(
+            "{} changed while it was uploaded; run put again",
+            local_path.display()
+        )));
+    }
+    let sealed_meta = FileMeta {
+        sha256,
+        size,
+        mtime_ms: mtime / 1_000_000,
+        mode: mode(&meta),
+        name: String::new(),
+    }
+    .seal(&mut *s.rng(), &file_key, pending.file_id.0);
+    let commit = Request::UploadCommit(UploadCommit {
+        upload_id: pending.upload_id.clone(),
+        meta: Some(Blob(sealed_meta)),
+    });
+    let entry = match s.call(commit).await? {
+        Response::Entry(entry) => entry,
+        other => return Err(unexpected("upload_commit", &other)),
+    };
+    journal.forget(&folder.folder_id, path)?;
+    Ok(PutReport {
+        entry,
+        sha256,
+        resumed: was_resumed,
+        chunks_sent,
+        bytes_sent,
+    })
+}
+
+/// What to download.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A path in a folder, latest or a given version.
+    Folder {
+        /// The folder.
+        folder_id: &'a str,
+        /// The path.
+        path: &'a str,
+        /// A version from the history; the latest when absent.
+        version: Option<u64>,
+    },
+    /// A file shared with the user.
+    Share(&'a str),
+}
+
+/// What `get` wrote.
+#[derive(Debug, Clone)]
+pub struct GetReport {
+    /// The file written.
+    pub written: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its plaintext SHA-256, checked against the sealed metadata.
+    pub sha256: [u8; 32],
+    /// The version read.
+    pub entry: FileEntry,
+}
+
+/// Removes a temporary file unless told it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Prefix of the temporary files `get` writes (and a sync daemon ignores).
+pub const TEMP_PREFIX: &str = ".coffer-";
+
+fn integrity(message: String) -> ClientError {
+    ClientError::Integrity(message)
+}
+
+/// Downloads and verifies a file to `dest` (a file path, or an existing
+/// directory to put it in under its own name).
+pub async fn get<N: Net>(
+    s: &Session<N>,
+    source: Source<'_>,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<GetReport, ClientError> {
+    let (request, scope, name) = match source {
+        Source::Folder {
+            folder_id,
+            path,
+            version,
+        } => {
+            paths::validate(path).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
+            let request = Request::Download(Stat {
+                folder_id: folder_id.to_owned(),
+                path: path.to_owned(),
+                version,
+            });
+            (
+                request,
+                Scope::Folder(folder_id.to_owned()),
+                Some(paths::file_name(path).to_owned()),
+            )
+        }
+        Source::Share(share_id) => {
+            let request = Request::SharedDownload(ShareRef {
+                share_id: share_id.to_owned(),
+            });
+            (request, Scope::Share(share_id.to_owned()), None)
+        }
+    };
+    let frame = s.call_with_body(request, Bytes::new()).await?;
+    let Response::Manifest(manifest) = frame.msg else {
+        return Err(unexpected("download", &frame.msg));
+    };
+    let entry = manifest.entry;
+    // Nothing the server says is trusted further than it can be checked.
+    if entry.kind != EntryKind::File || entry.deleted {
+        return Err(ClientError::Protocol(
+            "the manifest is not of a file".into(),
+        ));
+    }
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&entry.chunk_size)
+        || u64::from(entry.chunk_count) != entry.size.div_ceil(u64::from(entry.chunk_size))
+        || frame.body.len() != entry.chunk_count as usize * 32
+    {
+        return Err(ClientError::Protocol(
+            "the manifest's sizes do not add up".into(),
+        ));
+    }
+    let file_key = match (&manifest.share_key, source) {
+        (Some(key), Source::Share(_)) => s.keys().unwrap_file_key(&mut *s.rng(), key.as_bytes())?,
+        (_, Source::Folder { folder_id, .. }) => {
+            let folder_key = s.folder_key(folder_id, entry.epoch).await?;
+            let ctx = FileKeyContext {
+                folder_id,
+                epoch: entry.epoch,
+                file_id: entry.file_id.0,
+            };
+            coffer_crypto::unwrap_file_key(&folder_key, ctx, entry.wrapped_file_key.as_bytes())
+                .map_err(|e| {
+                    integrity(format!(
+                        "the file key of {} does not unwrap: {e}",
+                        entry.path
+                    ))
+                })?
+        }
+        (None, Source::Share(_)) => {
+            return Err(ClientError::Protocol(
+                "a shared file without its key".into(),
+            ));
+        }
+    };
+    let meta = FileMeta::open(&file_key, entry.file_id.0, entry.meta.as_bytes()).map_err(|e| {
+        integrity(format!(
+            "the metadata of {} fails its check: {e}",
+            entry.path
+        ))
+    })?;
+    if meta.size != entry.size {
+        return Err(integrity(format!(
+            "the metadata of {} does not match its size",
+            entry.path
+        )));
+    }
+
+    let target = destination(dest, name.as_deref().unwrap_or(&entry.path))?;
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let mut suffix = [0u8; 8];
+    s.rng().fill_bytes(&mut suffix);
+    let temp = TempFile {
+        path: dir.join(format!("{TEMP_PREFIX}{}.part", hex::encode(suffix))),
+        keep: false,
+    };
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp.path)
+        .map_err(local(&temp.path))?;
+
+    progress.start(entry.size);
+    s.pool().links(CONNECTIONS).await?;
+    let cipher = Arc::new(ChunkCipher::new(&file_key, entry.file_id.0));
+    let hashes: Vec<Sha256> = frame
+        .body
+        .chunks_exact(32)
+        .map(|h| Sha256(h.try_into().expect("32 bytes")))
+        .collect();
+    let mut fetching = FuturesOrdered::new();
+    let mut next = 0usize;
+    let mut writer = Some((out, sha2::Sha256::new()));
+    let mut written = 0u64;
+    while next < hashes.len() || !fetching.is_empty() {
+        while next < hashes.len() && fetching.len() < IN_FLIGHT {
+            let index = next as u32;
+            let expected_len = (entry.size - u64::from(index) * u64::from(entry.chunk_size))
+                .min(u64::from(entry.chunk_size));
+            let request = Request::ChunkGet(ChunkGet {
+                scope: scope.clone(),
+                hash: hashes[next],
+            });
+            let cipher = cipher.clone();
+            let path = entry.path.clone();
+            fetching.push_back(async move {
+                let chunk = s
+                    .call_with_body(request, Bytes::new())
+                    .await
+                    .map_err(|e| match e {
+                        ClientError::Server(body) if body.code == ErrorCode::ChecksumMismatch => {
+                            integrity(format!("chunk {index} of {path}: {}", body.message))
+                        }
+                        other => other,
+                    })?;
+                let sealed = chunk.body;
+                if sealed.len() as u64 != expected_len + u64::from(CHUNK_OVERHEAD) {
+                    return Err(integrity(format!(
+                        "chunk {index} of {path} has the wrong size"
+                    )));
+                }
+                blocking(move || cipher.open(index, &sealed))
+                    .await
+                    .map_err(|e| integrity(format!("chunk {index} of {path}: {e}")))
+            });
+            next += 1;
+        }
+        let plain = fetching.next().await.expect("not empty")?;
+        let (mut out, mut hasher) = writer
+            .take()
+            .expect("the writer is returned after each chunk");
+        let len = plain.len() as u64;
+        let (out, hasher) = blocking(move || {
+            hasher.update(&plain);
+            out.write_all(&plain).map(|()| (out, hasher))
+        })
+        .await
+        .map_err(local(&temp.path))?;
+        writer = Some((out, hasher));
+        written += len;
+        progress.advance(len);
+    }
+    let (out, hasher) = writer
+        .take()
+        .expect("the writer is returned after each chunk");
+    let sha256: [u8; 32] = hasher.finalize().into();
+    if sha256 != meta.sha256 || written != meta.size {
+        return Err(integrity(format!(
+            "{} does not match its checksum; nothing was written",
+            entry.path
+        )));
+    }
+    out.sync_all().map_err(local(&temp.path))?;
+    #[cfg(unix)]
+    if meta.mode != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            &temp.path,
+            std::fs::Permissions::from_mode(meta.mode & 0o777),
+        );
+    }
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.mtime_ms.max(0) as u64);
+    let _ = out.set_modified(mtime);
+    drop(out);
+    std::fs::rename(&temp.path, &target).map_err(local(&target))?;
+    let mut temp = temp;
+    temp.keep = true;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(GetReport {
+        written: target,
+        size: written,
+        sha256,
+        entry,
+    })
+}
+
+/// Where `get` writes a file the server calls `server_path`: `dest` itself,
+/// or, when `dest` is a directory, the last component of `server_path` in it
+/// — refused unless it is a plain name, so nothing the server says can put the
+/// file anywhere else.
+fn destination(dest: &Path, server_path: &str) -> Result<PathBuf, ClientError> {
+    if !dest.is_dir() {
+        return Ok(dest.to_owned());
+    }
+    let name = paths::file_name(server_path);
+    if paths::validate(name).is_err() {
+        return Err(ClientError::Protocol(format!(
+            "the server named the file {server_path:?}, which is not a valid name"
+        )));
+    }
+    Ok(dest.join(name))
+}
+
+/// Abandons an upload in progress (best effort) and forgets it.
+pub async fn abandon<N: Net>(
+    s: &Session<N>,
+    journal: &dyn Journal,
+    folder_id: &str,
+    path: &str,
+) -> Result<(), ClientError> {
+    if let Some(p) = journal.pending(folder_id, path)? {
+        let _ = s
+            .call(Request::UploadAbort(UploadRef {
+                upload_id: p.upload_id,
+            }))
+            .await;
+        journal.forget(folder_id, path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_lands_only_where_it_was_asked_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path();
+        // A directory: the server's last component, if it is a plain name.
+        assert_eq!(
+            destination(dest, "a/b/report.pdf").unwrap(),
+            dest.join("report.pdf")
+        );
+        assert_eq!(
+            destination(dest, "/etc/passwd").unwrap(),
+            dest.join("passwd")
+        );
+        for hostile in [
+            "..",
+            "a/..",
+            "",
+            "a/",
+            ".",
+            "x/.",
+            "con",
+            "a\\..\\..\\b",
+            "a\u{0}b",
+        ] {
+            let err = destination(dest, hostile).unwrap_err();
+            assert!(
+                matches!(err, ClientError::Protocol(_)),
+                "{hostile:?}: {err}"
+            );
+        }
+        // A file name: exactly that, whatever the server calls it.
+        let file = dest.join("mine.txt");
+        assert_eq!(destination(&file, "../../../etc/passwd").unwrap(), file);
+    }
+}
