@@ -18,10 +18,12 @@ conformance:
     cargo test -p coffer-conformance -- --nocapture
 
 # Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256; the
-# server's chunk ingest and small-file commits (server pinned to one core).
+# server's chunk ingest and small-file commits (server pinned to one core);
+# `coffer put` and `get` of a 1 GiB file against a local server.
 bench:
     cargo bench -p coffer-crypto --bench envelope
     cargo bench -p coffer-server --bench ingest
+    cargo bench -p coffer-client --bench transfer
 
 # A local cluster on loopback: three servers behind a balancer, one CA. Ctrl-C stops it.
 up:

@@ -55,6 +55,25 @@ fn usage(message: impl Into<String>) -> Failure {
 
 type Result<T, E = Failure> = std::result::Result<T, E>;
 
+/// Sends a request and takes its answer, which must be of the kind named
+/// (anything else is a protocol error: a server bug, or another protocol).
+macro_rules! ask {
+    ($session:expr, $request:expr, $kind:ident) => {{
+        let request = $request;
+        let asked = coffer_proto::Message::kind(&request);
+        match $session.call(request).await? {
+            Response::$kind(answer) => answer,
+            other => {
+                let message = format!(
+                    "`{}` in answer to {asked}",
+                    coffer_proto::Message::kind(&other)
+                );
+                return Err(ClientError::Protocol(message).into());
+            }
+        }
+    }};
+}
+
 /// What every command has to hand.
 struct Context {
     server: String,
@@ -310,9 +329,7 @@ async fn bind_device(
     String,
 )> {
     let mac = coffer_proto::name::normalize_mac(&mac).map_err(|e| usage(e.to_string()))?;
-    let Response::Devices(devices) = session.call(Request::DeviceList).await? else {
-        return Err(usage("unexpected answer to device_list"));
-    };
+    let devices = ask!(session, Request::DeviceList, Devices);
     if let Some(known) = devices.devices.into_iter().find(|d| d.mac == mac) {
         // Sign in again, this time as that device.
         let keys =
@@ -442,9 +459,7 @@ async fn logout(cx: &Context) -> Result<()> {
 async fn whoami(cx: &Context) -> Result<()> {
     let home = cx.home()?;
     let (session, _) = cx.session(&home)?;
-    let Response::Whoami(me) = session.call(Request::Whoami).await? else {
-        return Err(usage("unexpected answer to whoami"));
-    };
+    let me = ask!(session, Request::Whoami, Whoami);
     print(
         cx.json,
         json!({"user": me.username, "device": me.device_name, "device_id": me.device_id,
@@ -475,9 +490,7 @@ async fn sessions(cx: &Context, revoke: Option<String>) -> Result<()> {
         });
         return Ok(());
     }
-    let Response::Sessions(list) = session.call(Request::SessionList).await? else {
-        return Err(usage("unexpected answer to session_list"));
-    };
+    let list = ask!(session, Request::SessionList, Sessions);
     let rows: Vec<Value> = list
         .sessions
         .iter()
@@ -507,9 +520,7 @@ async fn sessions(cx: &Context, revoke: Option<String>) -> Result<()> {
 async fn device(cx: &Context, command: DeviceCommand) -> Result<()> {
     let home = cx.home()?;
     let (session, account) = cx.session(&home)?;
-    let Response::Devices(devices) = session.call(Request::DeviceList).await? else {
-        return Err(usage("unexpected answer to device_list"));
-    };
+    let devices = ask!(session, Request::DeviceList, Devices);
     match command {
         DeviceCommand::List => {
             let rows: Vec<Value> = devices
@@ -590,14 +601,13 @@ fn attach_dir(home: &Home, folder_id: &str, dir: &Path) -> Result<PathBuf> {
 }
 
 async fn public_key(session: &Session<TokioNet>, user: &str) -> Result<(String, PublicKey)> {
-    let Response::PublicKey(pk) = session
-        .call(Request::PublicKeyGet(PublicKeyGet {
+    let pk = ask!(
+        session,
+        Request::PublicKeyGet(PublicKeyGet {
             username: user.into(),
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to public_key_get"));
-    };
+        }),
+        PublicKey
+    );
     let key = PublicKey::from_der(pk.public_key.as_bytes()).map_err(ClientError::from)?;
     Ok((pk.username, key))
 }
@@ -614,15 +624,14 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
                 (key, wrapped)
             };
             drop(key);
-            let Response::Folder(f) = session
-                .call(Request::FolderCreate(FolderCreate {
+            let f = ask!(
+                session,
+                Request::FolderCreate(FolderCreate {
                     label,
                     wrapped_key: Blob(wrapped),
-                }))
-                .await?
-            else {
-                return Err(usage("unexpected answer to folder_create"));
-            };
+                }),
+                Folder
+            );
             let attached = match path {
                 Some(dir) => Some(attach_dir(&home, &f.folder_id, &dir)?),
                 None => None,
@@ -656,14 +665,13 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
         }
         FolderCommand::Info { folder } => {
             let f = session.resolve(&folder).await?;
-            let Response::FolderDetail(detail) = session
-                .call(Request::FolderInfo(FolderRef {
+            let detail = ask!(
+                session,
+                Request::FolderInfo(FolderRef {
                     folder_id: f.folder_id.clone(),
-                }))
-                .await?
-            else {
-                return Err(usage("unexpected answer to folder_info"));
-            };
+                }),
+                FolderDetail
+            );
             let members: Vec<Value> = detail
                 .members
                 .iter()
@@ -736,14 +744,13 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
             let f = session.resolve(&folder).await?;
             let member =
                 coffer_proto::name::normalize_username(&user).map_err(|e| usage(e.to_string()))?;
-            let Response::FolderDetail(detail) = session
-                .call(Request::FolderInfo(FolderRef {
+            let detail = ask!(
+                session,
+                Request::FolderInfo(FolderRef {
                     folder_id: f.folder_id.clone(),
-                }))
-                .await?
-            else {
-                return Err(usage("unexpected answer to folder_info"));
-            };
+                }),
+                FolderDetail
+            );
             // A new key for a new epoch, wrapped for everyone who stays.
             let new_key = FolderKey::generate(&mut *session.rng());
             let mut keys = Vec::new();
@@ -826,9 +833,7 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
 async fn pending_invites(
     session: &Session<TokioNet>,
 ) -> Result<Vec<coffer_proto::response::Invite>> {
-    let Response::Invites(invites) = session.call(Request::InviteList).await? else {
-        return Err(usage("unexpected answer to invite_list"));
-    };
+    let invites = ask!(session, Request::InviteList, Invites);
     Ok(invites.invites)
 }
 
@@ -988,19 +993,18 @@ async fn ls(cx: &Context, target: &str, recursive: bool) -> Result<()> {
     let mut entries = Vec::new();
     let mut cursor = None;
     loop {
-        let Response::Listing(page) = session
-            .call(Request::List(List {
+        let page = ask!(
+            session,
+            Request::List(List {
                 folder_id: f.folder_id.clone(),
                 dir: (!dir.is_empty()).then(|| dir.to_owned()),
                 recursive,
                 deleted: false,
                 cursor: cursor.take(),
                 limit: None,
-            }))
-            .await?
-        else {
-            return Err(usage("unexpected answer to list"));
-        };
+            }),
+            Listing
+        );
         entries.extend(page.entries);
         match page.cursor {
             Some(c) => cursor = Some(c),
@@ -1047,16 +1051,15 @@ async fn rm(cx: &Context, target: &str) -> Result<()> {
     let (session, _) = cx.session(&home)?;
     let (folder, path) = split_target(target);
     let f = session.resolve(folder).await?;
-    let Response::Entry(e) = session
-        .call(Request::Delete(Delete {
+    let e = ask!(
+        session,
+        Request::Delete(Delete {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             base: None,
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to delete"));
-    };
+        }),
+        Entry
+    );
     print(
         cx.json,
         json!({"path": e.path, "version": e.version, "deleted": true}),
@@ -1077,17 +1080,16 @@ async fn mv(cx: &Context, source: &str, destination: &str) -> Result<()> {
             "a move stays within one folder; copy with get and put across folders",
         ));
     }
-    let Response::Entry(e) = session
-        .call(Request::Move(Move {
+    let e = ask!(
+        session,
+        Request::Move(Move {
             folder_id: f.folder_id.clone(),
             from: from.to_owned(),
             to: to.to_owned(),
             base: None,
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to move"));
-    };
+        }),
+        Entry
+    );
     print(
         cx.json,
         json!({"path": e.path, "from": from, "version": e.version}),
@@ -1101,15 +1103,14 @@ async fn mkdir(cx: &Context, target: &str) -> Result<()> {
     let (session, _) = cx.session(&home)?;
     let (folder, path) = split_target(target);
     let f = session.resolve(folder).await?;
-    let Response::Entry(e) = session
-        .call(Request::Mkdir(PathRef {
+    let e = ask!(
+        session,
+        Request::Mkdir(PathRef {
             folder_id: f.folder_id.clone(),
             path: path.trim_end_matches('/').to_owned(),
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to mkdir"));
-    };
+        }),
+        Entry
+    );
     print(
         cx.json,
         json!({"path": e.path, "kind": "dir", "version": e.version}),
@@ -1123,15 +1124,14 @@ async fn history(cx: &Context, target: &str) -> Result<()> {
     let (session, _) = cx.session(&home)?;
     let (folder, path) = split_target(target);
     let f = session.resolve(folder).await?;
-    let Response::History(h) = session
-        .call(Request::History(PathRef {
+    let h = ask!(
+        session,
+        Request::History(PathRef {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to history"));
-    };
+        }),
+        History
+    );
     // Devices are named by their owner's names where this account knows them.
     let names: std::collections::HashMap<String, String> =
         match session.call(Request::DeviceList).await? {
@@ -1173,16 +1173,15 @@ async fn restore(cx: &Context, target: &str, version: u64) -> Result<()> {
     let (session, _) = cx.session(&home)?;
     let (folder, path) = split_target(target);
     let f = session.resolve(folder).await?;
-    let Response::Entry(e) = session
-        .call(Request::Restore(Restore {
+    let e = ask!(
+        session,
+        Request::Restore(Restore {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             version,
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to restore"));
-    };
+        }),
+        Entry
+    );
     print(
         cx.json,
         json!({"path": e.path, "version": e.version, "restored_from": version}),
@@ -1196,16 +1195,15 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
     let (session, _) = cx.session(&home)?;
     let (folder, path) = split_target(target);
     let f = session.resolve(folder).await?;
-    let Response::Entry(entry) = session
-        .call(Request::Stat(Stat {
+    let entry = ask!(
+        session,
+        Request::Stat(Stat {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             version: None,
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to stat"));
-    };
+        }),
+        Entry
+    );
     if entry.kind != EntryKind::File {
         return Err(usage(format!(
             "{path} is a directory; share the folder instead"
@@ -1225,17 +1223,16 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
     let (recipient, key) = public_key(&session, user).await?;
     eprintln!("{recipient}'s key fingerprint: {}", key.fingerprint());
     let wrapped = key.wrap_file_key(&mut *session.rng(), &file_key);
-    let Response::FileShared(shared) = session
-        .call(Request::FileShare(FileShare {
+    let shared = ask!(
+        session,
+        Request::FileShare(FileShare {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             username: recipient.clone(),
             wrapped_key: Blob(wrapped),
-        }))
-        .await?
-    else {
-        return Err(usage("unexpected answer to file_share"));
-    };
+        }),
+        FileShared
+    );
     print(
         cx.json,
         json!({"share_id": shared.share_id, "path": path, "user": recipient, "fingerprint": key.fingerprint()}),
@@ -1252,9 +1249,7 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
 async fn shared(cx: &Context) -> Result<()> {
     let home = cx.home()?;
     let (session, _) = cx.session(&home)?;
-    let Response::Shared(list) = session.call(Request::SharedList).await? else {
-        return Err(usage("unexpected answer to shared_list"));
-    };
+    let list = ask!(session, Request::SharedList, Shared);
     let rows: Vec<Value> = list
         .shares
         .iter()

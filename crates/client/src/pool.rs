@@ -14,6 +14,7 @@ use coffer_net::Net;
 use coffer_proto::request::Auth;
 use coffer_proto::types::Token;
 use coffer_proto::{Frame, Message, Request, Response};
+use rand::RngExt;
 use tokio::sync::Mutex;
 
 use crate::client::{Client, Endpoint};
@@ -21,7 +22,8 @@ use crate::error::ClientError;
 
 /// Attempts of a retryable request before its error is reported.
 const ATTEMPTS: u32 = 5;
-/// First pause between attempts; doubles each time.
+/// First pause between attempts (plus up to half again, at random); doubles
+/// each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Whether a request may be sent again without changing its effect: reads,
@@ -154,7 +156,10 @@ impl<N: Net> Pool<N> {
             };
             match result {
                 Err(e) if attempt < ATTEMPTS && e.is_transient() && (again || !e.was_sent()) => {
-                    tokio::time::sleep(pause).await;
+                    // Jittered, so that clients cut off together do not all
+                    // come back together.
+                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
                     pause *= 2;
                     attempt += 1;
                 }

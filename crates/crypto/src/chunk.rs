@@ -51,10 +51,26 @@ impl ChunkCipher {
         self.sealer.seal_with_iv(iv, &self.aad(index), plaintext)
     }
 
+    /// Seals chunk `index` without copying; see [`Sealer::seal_in_place`] for
+    /// the layout of `buf`. The IV must never repeat under this file key.
+    pub fn seal_in_place(&self, iv: [u8; 16], index: u32, buf: &mut Vec<u8>) {
+        self.sealer.seal_in_place(iv, &self.aad(index), buf);
+    }
+
     /// Opens chunk `index`, refusing it unless it was sealed for exactly this
     /// file, index and key and not altered since.
     pub fn open(&self, index: u32, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         self.sealer.open(&self.aad(index), sealed)
+    }
+
+    /// Opens chunk `index` without copying: the plaintext is the returned part
+    /// of `sealed`.
+    pub fn open_in_place<'a>(
+        &self,
+        index: u32,
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], OpenError> {
+        self.sealer.open_in_place(&self.aad(index), sealed)
     }
 }
 
@@ -85,6 +101,25 @@ mod tests {
             let sealed = c.seal(&mut rng, index, &plaintext);
             prop_assert_eq!(sealed.len(), plaintext.len() + OVERHEAD);
             prop_assert_eq!(c.open(index, &sealed)?, plaintext);
+        }
+
+        /// Sealing and opening in place give exactly the bytes of the copying forms.
+        #[test]
+        fn in_place_matches_copying(iv: [u8; 16], index: u32, plaintext in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let c = cipher(3, 3);
+            let sealed = c.seal_with_iv(iv, index, &plaintext);
+            let mut buf = vec![0xAA; crate::envelope::HEADER_LEN];
+            buf.extend_from_slice(&plaintext);
+            c.seal_in_place(iv, index, &mut buf);
+            prop_assert_eq!(&buf, &sealed);
+            prop_assert_eq!(c.open_in_place(index, &mut buf)?, &plaintext[..]);
+            // A refused envelope is left as it was.
+            let mut bad = sealed.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            let before = bad.clone();
+            prop_assert!(c.open_in_place(index, &mut bad).is_err());
+            prop_assert_eq!(bad, before);
         }
 
         /// Every single-bit flip anywhere — version, IV, ciphertext, tag — is refused.

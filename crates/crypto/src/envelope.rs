@@ -31,8 +31,10 @@ pub const VERSION: u8 = 1;
 pub const IV_LEN: usize = 16;
 /// Tag length: a full HMAC-SHA256 output.
 pub const TAG_LEN: usize = 32;
+/// Bytes before the ciphertext: the version and the IV.
+pub const HEADER_LEN: usize = 1 + IV_LEN;
 /// Bytes an envelope adds to its plaintext.
-pub const OVERHEAD: usize = 1 + IV_LEN + TAG_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 /// What sealed bytes are for. Each purpose derives its own subkeys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,18 +124,59 @@ impl Sealer {
     /// themselves.
     pub fn seal_with_iv(&self, iv: [u8; IV_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-        out.push(VERSION);
-        out.extend_from_slice(&iv);
+        out.resize(HEADER_LEN, 0);
         out.extend_from_slice(plaintext);
-        cfb_mode::Encryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
-            .encrypt(&mut out[1 + IV_LEN..]);
-        let tag = self.tag(aad, &out);
-        out.extend_from_slice(&tag);
+        self.seal_in_place(iv, aad, &mut out);
         out
+    }
+
+    /// Seals without copying: `buf` holds [`HEADER_LEN`] bytes of any value,
+    /// then the plaintext, and becomes the envelope (header written,
+    /// plaintext encrypted where it lies, tag appended). With
+    /// [`TAG_LEN`] bytes of spare capacity it does not reallocate.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`HEADER_LEN`].
+    pub fn seal_in_place(&self, iv: [u8; IV_LEN], aad: &[u8], buf: &mut Vec<u8>) {
+        assert!(
+            buf.len() >= HEADER_LEN,
+            "the buffer starts with room for the header"
+        );
+        buf[0] = VERSION;
+        buf[1..HEADER_LEN].copy_from_slice(&iv);
+        cfb_mode::Encryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+            .encrypt(&mut buf[HEADER_LEN..]);
+        let tag = self.tag(aad, buf);
+        buf.extend_from_slice(&tag);
     }
 
     /// Checks the tag and, only if it matches, decrypts.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let iv = self.verify(aad, sealed)?;
+        let mut plaintext = sealed[HEADER_LEN..sealed.len() - TAG_LEN].to_vec();
+        cfb_mode::Decryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+            .decrypt(&mut plaintext);
+        Ok(plaintext)
+    }
+
+    /// Checks the tag and, only if it matches, decrypts without copying: the
+    /// plaintext is the returned part of `sealed`. On error `sealed` is
+    /// unchanged.
+    pub fn open_in_place<'a>(
+        &self,
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], OpenError> {
+        let iv = self.verify(aad, sealed)?;
+        let end = sealed.len() - TAG_LEN;
+        let plaintext = &mut sealed[HEADER_LEN..end];
+        cfb_mode::Decryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+            .decrypt(plaintext);
+        Ok(plaintext)
+    }
+
+    /// Checks an envelope's shape, version and tag; its IV.
+    fn verify(&self, aad: &[u8], sealed: &[u8]) -> Result<[u8; IV_LEN], OpenError> {
         let what = self.purpose.name();
         if sealed.len() < OVERHEAD {
             return Err(OpenError::TooShort {
@@ -153,13 +196,9 @@ impl Sealer {
         self.mac_of(aad, body)
             .verify_slice(tag)
             .map_err(|_| OpenError::Integrity { what })?;
-        let iv: [u8; IV_LEN] = body[1..1 + IV_LEN]
+        Ok(body[1..HEADER_LEN]
             .try_into()
-            .expect("length checked above");
-        let mut plaintext = body[1 + IV_LEN..].to_vec();
-        cfb_mode::Decryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
-            .decrypt(&mut plaintext);
-        Ok(plaintext)
+            .expect("length checked above"))
     }
 
     /// The keyed MAC over `version ‖ len(aad) ‖ aad ‖ IV ‖ ciphertext`, where

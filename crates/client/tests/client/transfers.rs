@@ -330,7 +330,8 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
     std::fs::write(&existing, b"what was here before").unwrap();
 
     // The server's own checks all pass: the altered chunk is stored under its
-    // own hash, and the version lists it. Only the client's MAC can tell.
+    // own hash with its own CRC, and the version lists it. Only the client's
+    // MAC can tell.
     let db = rusqlite::Connection::open(env.server.data.join("coffer.db")).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     let (folder_id, list): (String, Vec<u8>) = db
@@ -344,12 +345,15 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
     let old_hex = hex::encode(old);
     let chunk_dir = env.server.data.join("chunks");
     let mut sealed = std::fs::read(chunk_dir.join(&old_hex[..2]).join(&old_hex[2..])).unwrap();
+    sealed.truncate(sealed.len() - 4); // the store's CRC32C
     let last = sealed.len() - 40; // ciphertext, before the tag
     sealed[last] ^= 0x80;
     let new: [u8; 32] = sha2::Sha256::digest(&sealed).into();
     let new_hex = hex::encode(new);
     std::fs::create_dir_all(chunk_dir.join(&new_hex[..2])).unwrap();
-    std::fs::write(chunk_dir.join(&new_hex[..2]).join(&new_hex[2..]), &sealed).unwrap();
+    let mut stored = sealed.clone();
+    stored.extend_from_slice(&crc32c::crc32c(&sealed).to_le_bytes());
+    std::fs::write(chunk_dir.join(&new_hex[..2]).join(&new_hex[2..]), &stored).unwrap();
     let mut altered = list.clone();
     altered[32..64].copy_from_slice(&new);
     db.execute(
