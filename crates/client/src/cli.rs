@@ -216,6 +216,13 @@ impl Context {
             .map_err(|e| usage(format!("reading the password: {e}")))
     }
 
+    /// The session of the account this home is signed in to, for commands
+    /// that need nothing else of the home.
+    fn signed_in(&self) -> Result<Session<TokioNet>> {
+        let home = self.home()?;
+        Ok(self.session(&home)?.0)
+    }
+
     /// The session of the account this home is signed in to.
     fn session(&self, home: &Home) -> Result<(Session<TokioNet>, Account)> {
         let (account, der) = home
@@ -278,6 +285,12 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Share { target, user } => share_file(&cx, &target, &user).await,
         Command::Shared => shared(&cx).await,
     }
+}
+
+/// The folder and the path in it that a `FOLDER:PATH` argument names.
+async fn locate<'t>(session: &Session<TokioNet>, target: &'t str) -> Result<(FolderInfo, &'t str)> {
+    let (folder, path) = split_target(target);
+    Ok((session.resolve(folder).await?, path))
 }
 
 async fn ping(cx: &Context) -> Result<()> {
@@ -457,8 +470,7 @@ async fn logout(cx: &Context) -> Result<()> {
 }
 
 async fn whoami(cx: &Context) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     let me = ask!(session, Request::Whoami, Whoami);
     print(
         cx.json,
@@ -477,8 +489,7 @@ async fn whoami(cx: &Context) -> Result<()> {
 }
 
 async fn sessions(cx: &Context, revoke: Option<String>) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     if let Some(id) = revoke {
         session
             .call(Request::SessionRevoke(SessionRevoke {
@@ -838,8 +849,7 @@ async fn pending_invites(
 }
 
 async fn invites(cx: &Context) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     let invites = pending_invites(&session).await?;
     let rows: Vec<Value> = invites
         .iter()
@@ -920,8 +930,7 @@ async fn invite(cx: &Context, command: InviteCommand) -> Result<()> {
 async fn put(cx: &Context, local: &Path, target: &str) -> Result<()> {
     let home = cx.home()?;
     let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let (f, path) = locate(&session, target).await?;
     let name = local
         .file_name()
         .and_then(|n| n.to_str())
@@ -956,8 +965,7 @@ async fn put(cx: &Context, local: &Path, target: &str) -> Result<()> {
 }
 
 async fn get(cx: &Context, source: &str, local: &Path, version: Option<u64>) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     let (folder, path) = split_target(source);
     let bar = Bar::new(path);
     let report = if folder == "shared" {
@@ -985,10 +993,8 @@ async fn get(cx: &Context, source: &str, local: &Path, version: Option<u64>) -> 
 }
 
 async fn ls(cx: &Context, target: &str, recursive: bool) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, dir) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, dir) = locate(&session, target).await?;
     let dir = dir.trim_end_matches('/');
     let mut entries = Vec::new();
     let mut cursor = None;
@@ -1047,10 +1053,8 @@ fn entry_line(folder: &FolderInfo, e: &coffer_proto::types::FileEntry) -> String
 }
 
 async fn rm(cx: &Context, target: &str) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, path) = locate(&session, target).await?;
     let e = ask!(
         session,
         Request::Delete(Delete {
@@ -1069,8 +1073,7 @@ async fn rm(cx: &Context, target: &str) -> Result<()> {
 }
 
 async fn mv(cx: &Context, source: &str, destination: &str) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     let (from_folder, from) = split_target(source);
     let (to_folder, to) = split_target(destination);
     let f = session.resolve(from_folder).await?;
@@ -1099,10 +1102,8 @@ async fn mv(cx: &Context, source: &str, destination: &str) -> Result<()> {
 }
 
 async fn mkdir(cx: &Context, target: &str) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, path) = locate(&session, target).await?;
     let e = ask!(
         session,
         Request::Mkdir(PathRef {
@@ -1120,10 +1121,8 @@ async fn mkdir(cx: &Context, target: &str) -> Result<()> {
 }
 
 async fn history(cx: &Context, target: &str) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, path) = locate(&session, target).await?;
     let h = ask!(
         session,
         Request::History(PathRef {
@@ -1169,10 +1168,8 @@ async fn history(cx: &Context, target: &str) -> Result<()> {
 }
 
 async fn restore(cx: &Context, target: &str, version: u64) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, path) = locate(&session, target).await?;
     let e = ask!(
         session,
         Request::Restore(Restore {
@@ -1191,10 +1188,8 @@ async fn restore(cx: &Context, target: &str, version: u64) -> Result<()> {
 }
 
 async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
-    let (folder, path) = split_target(target);
-    let f = session.resolve(folder).await?;
+    let session = cx.signed_in()?;
+    let (f, path) = locate(&session, target).await?;
     let entry = ask!(
         session,
         Request::Stat(Stat {
@@ -1247,8 +1242,7 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
 }
 
 async fn shared(cx: &Context) -> Result<()> {
-    let home = cx.home()?;
-    let (session, _) = cx.session(&home)?;
+    let session = cx.signed_in()?;
     let list = ask!(session, Request::SharedList, Shared);
     let rows: Vec<Value> = list
         .shares

@@ -62,16 +62,8 @@ async fn two_people_share_a_folder_from_invitation_to_revocation() {
     let folder_id = created["folder_id"].as_str().unwrap().to_owned();
     assert_eq!(created["label"], "team");
     let plan = content(10_000, 1);
-    std::fs::write(env.path("plan.txt"), &plan).unwrap();
     let put = env
-        .json(
-            "alice",
-            &[
-                "put",
-                env.path("plan.txt").to_str().unwrap(),
-                "team:docs/plan.txt",
-            ],
-        )
+        .put("alice", "plan.txt", &plan, "team:docs/plan.txt")
         .await;
     assert_eq!(put["path"], "docs/plan.txt");
     assert_eq!(put["size"], 10_000);
@@ -171,16 +163,8 @@ async fn two_people_share_a_folder_from_invitation_to_revocation() {
     );
     assert_eq!(key_holders(&env, &folder_id, 2), ["alice"]);
     let secret = content(5_000, 2);
-    std::fs::write(env.path("after.txt"), &secret).unwrap();
-    env.ok(
-        "alice",
-        &[
-            "put",
-            env.path("after.txt").to_str().unwrap(),
-            "team:after.txt",
-        ],
-    )
-    .await;
+    env.put("alice", "after.txt", &secret, "team:after.txt")
+        .await;
     assert_eq!(labels(&env.json("bob", &["folder", "list"]).await), []);
     let denied = env
         .fails(
@@ -311,16 +295,8 @@ async fn files_have_versions_moves_directories_and_single_shares() {
 
     // One file shared read-only with carol, who is in no folder of alice's.
     let report = content(70_000, 9);
-    std::fs::write(env.path("report.bin"), &report).unwrap();
-    env.ok(
-        "alice",
-        &[
-            "put",
-            env.path("report.bin").to_str().unwrap(),
-            "home:report.bin",
-        ],
-    )
-    .await;
+    env.put("alice", "report.bin", &report, "home:report.bin")
+        .await;
     let share = env
         .json("alice", &["share", "home:report.bin", "carol"])
         .await;
@@ -345,17 +321,24 @@ async fn files_have_versions_moves_directories_and_single_shares() {
     );
 }
 
+/// Alice logs in on a second device, her phone, reading the password from stdin.
+const PHONE_LOGIN: [&str; 7] = [
+    "login",
+    "alice",
+    "--device",
+    "phone",
+    "--mac",
+    "02:00:00:00:00:99",
+    "--password-stdin",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_in_elsewhere_needs_the_password_and_logging_out_forgets_the_keys() {
     let env = Env::start().await;
     env.register("alice", "alice").await;
     env.ok("alice", &["folder", "create", "notes"]).await;
-    std::fs::write(env.path("n.txt"), b"remember the milk").unwrap();
-    env.ok(
-        "alice",
-        &["put", env.path("n.txt").to_str().unwrap(), "notes:n.txt"],
-    )
-    .await;
+    env.put("alice", "n.txt", b"remember the milk", "notes:n.txt")
+        .await;
 
     // The home is private to its owner.
     let state = env.home("alice").join("state.db");
@@ -373,21 +356,7 @@ async fn logging_in_elsewhere_needs_the_password_and_logging_out_forgets_the_key
     );
 
     // A second device: the wrong password is a plain refusal, and leaves nothing.
-    let out = env
-        .run(
-            "phone",
-            &[
-                "login",
-                "alice",
-                "--device",
-                "phone",
-                "--mac",
-                "02:00:00:00:00:99",
-                "--password-stdin",
-            ],
-            Some("nope\n"),
-        )
-        .await;
+    let out = env.run("phone", &PHONE_LOGIN, Some("nope\n")).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("error: unauthorized: "), "{stderr}");
@@ -399,21 +368,7 @@ async fn logging_in_elsewhere_needs_the_password_and_logging_out_forgets_the_key
     );
 
     // The right one fetches and unwraps the private key: the phone reads files.
-    let out = env
-        .run(
-            "phone",
-            &[
-                "login",
-                "alice",
-                "--device",
-                "phone",
-                "--mac",
-                "02:00:00:00:00:99",
-                "--password-stdin",
-            ],
-            Some("pw-alice\n"),
-        )
-        .await;
+    let out = env.run("phone", &PHONE_LOGIN, Some("pw-alice\n")).await;
     assert!(
         out.status.success(),
         "{}",

@@ -118,6 +118,15 @@ impl Env {
         lines[0].to_owned()
     }
 
+    /// Writes `bytes` to the file `name` beside the homes and puts it at
+    /// `target` from device `home`; the `--json` answer.
+    pub async fn put(&self, home: &str, name: &str, bytes: &[u8], target: &str) -> Value {
+        let local = self.path(name);
+        std::fs::write(&local, bytes).unwrap();
+        self.json(home, &["put", local.to_str().unwrap(), target])
+            .await
+    }
+
     /// Registers `user` on device `home` (password "pw-USER").
     pub async fn register(&self, home: &str, user: &str) {
         let mac = format!(

@@ -67,12 +67,8 @@ async fn files_at_the_chunk_edges_round_trip() {
         ("three", 3 * MIB - 7),
     ] {
         let bytes = content(len, len as u8);
-        let local = env.path(name);
-        std::fs::write(&local, &bytes).unwrap();
         let target = format!("edges:{name}");
-        let put = env
-            .json("alice", &["put", local.to_str().unwrap(), &target])
-            .await;
+        let put = env.put("alice", name, &bytes, &target).await;
         assert_eq!(put["size"], len, "{name}");
         assert_eq!(put["sha256"], sha256_hex(&bytes), "{name}");
         let out = env.path(&format!("{name}.out"));
@@ -276,12 +272,7 @@ async fn a_corrupt_chunk_on_the_server_fails_the_get_and_writes_nothing() {
     env.register("alice", "alice").await;
     env.ok("alice", &["folder", "create", "docs"]).await;
     let bytes = content(3 * MIB, 5);
-    std::fs::write(env.path("doc.bin"), &bytes).unwrap();
-    env.ok(
-        "alice",
-        &["put", env.path("doc.bin").to_str().unwrap(), "docs:doc.bin"],
-    )
-    .await;
+    env.put("alice", "doc.bin", &bytes, "docs:doc.bin").await;
 
     // Flip one byte in the middle of one chunk in the store.
     let chunks = files_below(&env.server.data.join("chunks"));
@@ -320,12 +311,7 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
     env.register("alice", "alice").await;
     env.ok("alice", &["folder", "create", "docs"]).await;
     let bytes = content(2 * MIB + 100, 6);
-    std::fs::write(env.path("doc.bin"), &bytes).unwrap();
-    env.ok(
-        "alice",
-        &["put", env.path("doc.bin").to_str().unwrap(), "docs:doc.bin"],
-    )
-    .await;
+    env.put("alice", "doc.bin", &bytes, "docs:doc.bin").await;
     let existing = env.path("out.bin");
     std::fs::write(&existing, b"what was here before").unwrap();
 
@@ -422,16 +408,8 @@ async fn the_server_never_holds_plaintext_passwords_or_private_keys() {
         ("alice", "big.txt", 3 * MIB + 5),
         ("bob", "bob.txt", 50_000),
     ] {
-        std::fs::write(env.path(name), text(len)).unwrap();
-        env.ok(
-            home,
-            &[
-                "put",
-                env.path(name).to_str().unwrap(),
-                &format!("vault:{name}"),
-            ],
-        )
-        .await;
+        env.put(home, name, &text(len), &format!("vault:{name}"))
+            .await;
     }
     env.ok("alice", &["share", "vault:big.txt", "bob"]).await;
     env.ok("alice", &["folder", "unshare", "vault", "bob"])
