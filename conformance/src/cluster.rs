@@ -36,28 +36,36 @@ pub trait Cluster {
     fn ca(&self) -> &Path;
 }
 
-/// The processes implementation: server `i` on 127.0.0.(i+2), the balancer on
-/// 127.0.0.1, each with a data directory of its own.
+/// Servers as processes: server `i` on 127.0.0.(i+2) at a fixed port (a
+/// restart comes back where a balancer expects it), each with a data
+/// directory of its own, all with one certificate (SANs: `localhost` and
+/// every server's IP) from one CA.
 #[derive(Debug)]
-pub struct Processes {
-    servers: Vec<Process>,
-    balancer: Process,
+pub struct Servers {
+    /// The running servers, in order.
+    pub procs: Vec<Process>,
     ca: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// A port free on `ip` right now. Servers get a fixed address so that a
-/// restart comes back where the balancer expects it.
-fn free_port(ip: IpAddr) -> Result<u16, ProcessError> {
+/// The processes implementation: [`Servers`] and a balancer on 127.0.0.1.
+#[derive(Debug)]
+pub struct Processes {
+    servers: Servers,
+    balancer: Process,
+}
+
+/// A port free on `ip` right now.
+pub fn free_port(ip: IpAddr) -> Result<u16, ProcessError> {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| ProcessError::Build(format!("no free port on {ip}: {e}")))
 }
 
-impl Processes {
-    /// Starts `servers` servers and a balancer (round-robin) in front of them.
-    pub fn start(servers: usize) -> Result<Processes, ProcessError> {
+impl Servers {
+    /// Starts `n` servers.
+    pub fn start(n: usize) -> Result<Servers, ProcessError> {
         let bins = bin_dir()?;
         let dir = tempfile::tempdir().map_err(|e| ProcessError::Build(e.to_string()))?;
         let path = |name: &str| dir.path().join(name).display().to_string();
@@ -65,7 +73,7 @@ impl Processes {
         let now = time::OffsetDateTime::now_utc();
         let ca = Ca::generate("conformance CA", Validity::days_from(now, 2)).map_err(pki)?;
         ca.write(dir.path(), false).map_err(pki)?;
-        let ips: Vec<IpAddr> = (0..servers)
+        let ips: Vec<IpAddr> = (0..n)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
             .collect();
         let mut sans = vec!["localhost".to_owned()];
@@ -78,7 +86,7 @@ impl Processes {
         )
         .and_then(|issued| issued.write(dir.path(), "server", false))
         .map_err(pki)?;
-        let mut started = Vec::new();
+        let mut procs = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let node = format!("node-{}", i + 1);
             let args = vec![
@@ -95,21 +103,58 @@ impl Processes {
                 "--ca".to_owned(),
                 path("ca.pem"),
             ];
-            started.push(Process::start(&bins.join("coffer-server"), args)?);
+            procs.push(Process::start(&bins.join("coffer-server"), args)?);
         }
-        let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--connect-timeout-secs", "1"]
-            .map(str::to_owned)
-            .into();
-        for server in &started {
-            args.extend(["--backend".to_owned(), server.addr().to_string()]);
+        Ok(Servers {
+            procs,
+            ca: dir.path().join("ca.pem"),
+            dir,
+        })
+    }
+
+    /// The servers' addresses, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.procs.iter().map(Process::addr).collect()
+    }
+
+    /// The CA that signed their certificate.
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
+    /// A directory for files of the caller's (removed with the servers).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Processes {
+    /// Starts `servers` servers and a balancer (round-robin, health checks
+    /// verified against the CA) in front of them.
+    pub fn start(servers: usize) -> Result<Processes, ProcessError> {
+        let servers = Servers::start(servers)?;
+        let bins = bin_dir()?;
+        let admin = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+        );
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            admin.to_string(),
+            "--connect-timeout".into(),
+            "1s".into(),
+            "--health-interval".into(),
+            "500ms".into(),
+            "--ca".into(),
+            servers.ca().display().to_string(),
+        ];
+        for addr in servers.addrs() {
+            args.extend(["--backend".to_owned(), addr.to_string()]);
         }
         let balancer = Process::start(&bins.join("coffer-balancer"), args)?;
-        Ok(Processes {
-            servers: started,
-            balancer,
-            ca: dir.path().join("ca.pem"),
-            _dir: dir,
-        })
+        Ok(Processes { servers, balancer })
     }
 }
 
@@ -119,35 +164,35 @@ impl Cluster for Processes {
     }
 
     fn server(&self, i: usize) -> SocketAddr {
-        self.servers[i].addr()
+        self.servers.procs[i].addr()
     }
 
     fn servers(&self) -> usize {
-        self.servers.len()
+        self.servers.procs.len()
     }
 
     fn kill(&mut self, i: usize) {
-        self.servers[i].kill();
+        self.servers.procs[i].kill();
     }
 
     fn pause(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers[i].pause()
+        self.servers.procs[i].pause()
     }
 
     fn resume(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers[i].resume()
+        self.servers.procs[i].resume()
     }
 
     fn restart(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers[i].restart()
+        self.servers.procs[i].restart()
     }
 
     fn stop(&mut self, i: usize) -> Result<ExitStatus, ProcessError> {
-        self.servers[i].terminate()
+        self.servers.procs[i].terminate()
     }
 
     fn ca(&self) -> &Path {
-        &self.ca
+        self.servers.ca()
     }
 }
 

@@ -13,5 +13,5 @@
 pub mod cluster;
 pub mod process;
 
-pub use cluster::{Cluster, Probe, Processes};
+pub use cluster::{Cluster, Probe, Processes, Servers, free_port};
 pub use process::{Process, ProcessError};

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coffer_balancer::{Balancer, Options as BalancerOptions, Strategy};
+use coffer_balancer::{BackendSpec, Balancer, Config as BalancerConfig, Verifier};
 use coffer_certs::{Ca, Kind, Validity};
 use coffer_client::{Client, ClientTimeouts, Endpoint};
 use coffer_net::{Net, SharedClock, tls};
@@ -46,7 +46,8 @@ const PORT: u16 = 8000;
 pub enum Sabotage {
     /// One client stays cut off from the balancer after the heal.
     NeverHeal,
-    /// Clients wait forever, and one is black-holed: its operation hangs.
+    /// Clients (and the balancer, which would otherwise close a client that
+    /// says nothing) wait forever, and one is black-holed: its operation hangs.
     NoClientTimeouts,
 }
 
@@ -210,19 +211,27 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             }
         });
     }
-    let backends: Vec<SocketAddr> = servers
+    let backends: Vec<BackendSpec> = servers
         .iter()
-        .map(|s| SocketAddr::new(sim.lookup(s.as_str()), PORT))
+        .map(|s| BackendSpec {
+            addr: SocketAddr::new(sim.lookup(s.as_str()), PORT),
+            name: Some("localhost".into()),
+        })
         .collect();
-    let balancer_options = BalancerOptions {
+    let balancer_config = BalancerConfig {
+        backends,
         connect_timeout: Duration::from_secs(1),
         max_attempts: 3,
+        first_byte_timeout: if options.sabotage == Some(Sabotage::NoClientTimeouts) {
+            Duration::from_secs(3600)
+        } else {
+            BalancerConfig::default().first_byte_timeout
+        },
+        ..BalancerConfig::default()
     };
-    let balancer = Arc::new(Balancer::new(
-        backends,
-        Strategy::RoundRobin,
-        balancer_options,
-    )?);
+    // Health checks verify the servers' TLS against the simulated clock.
+    let verifier = Verifier::new(tls::load_roots(&pki.path("ca.pem"))?, clock.clone())?;
+    let balancer = Arc::new(Balancer::new(balancer_config, Some(verifier), seed)?);
     {
         let balancer = balancer.clone();
         sim.host("balancer", move || {
@@ -367,7 +376,14 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                     format!("hold balancer {server}")
                 }
                 2 => {
-                    let client = clients[rng.random_range(0..clients.len())].clone();
+                    // The black-holed client of the hang sabotage stays
+                    // black-holed: a partition would fail its operation.
+                    let open = if options.sabotage == Some(Sabotage::NoClientTimeouts) {
+                        &clients[1..]
+                    } else {
+                        &clients[..]
+                    };
+                    let client = open[rng.random_range(0..open.len())].clone();
                     sim.partition(client.as_str(), "balancer");
                     faults.client_partitions += 1;
                     format!("partition {client} balancer")

@@ -1,0 +1,194 @@
+//! A balancer (in-process) in front of server processes, and small clients
+//! for its listener and its admin endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_balancer::{BackendSpec, Balancer, Config, HealthConfig, Strategy, Verifier, admin};
+use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
+use coffer_conformance::Servers;
+use coffer_net::{Listener as _, Net as _, SystemClock, TokioNet, tls};
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Checks every 300 ms (100 ms while a backend changes state); a check may
+/// take up to 2 s, so a loaded test machine does not fail healthy servers.
+pub(crate) fn quick_health() -> HealthConfig {
+    HealthConfig {
+        interval: Duration::from_millis(300),
+        fast_interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        rise: 2,
+        fall: 3,
+        jitter: 0.1,
+    }
+}
+
+/// A configuration for `backends` with quick health checks.
+pub(crate) fn config(backends: &[SocketAddr], strategy: Strategy) -> Config {
+    Config {
+        backends: backends
+            .iter()
+            .map(|&addr| BackendSpec { addr, name: None })
+            .collect(),
+        strategy,
+        connect_timeout: Duration::from_secs(1),
+        health: quick_health(),
+        ..Config::default()
+    }
+}
+
+/// A running in-process balancer.
+pub(crate) struct Rig {
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) balancer: Arc<Balancer>,
+    _stop: DropGuard,
+}
+
+/// Starts a balancer for `config`, its health checks verified against `ca`.
+pub(crate) async fn rig(config: Config, ca: &Path) -> Rig {
+    let verifier = Verifier::new(tls::load_roots(ca).unwrap(), Arc::new(SystemClock)).unwrap();
+    let balancer = Arc::new(Balancer::new(config, Some(verifier), 7).unwrap());
+    let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let admin_listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (addr, admin) = (
+        listener.local_addr().unwrap(),
+        admin_listener.local_addr().unwrap(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(balancer.clone().run(TokioNet, listener, stop.clone()));
+    tokio::spawn(admin::serve::<TokioNet>(
+        balancer.clone(),
+        admin_listener,
+        stop.clone(),
+    ));
+    Rig {
+        addr,
+        admin,
+        balancer,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// Starts `n` servers (blocking: the test's runtime has nothing else to do yet).
+pub(crate) fn servers(n: usize) -> Servers {
+    Servers::start(n).expect("servers start")
+}
+
+pub(crate) fn endpoint(addr: SocketAddr, ca: &Path, request: Duration) -> Endpoint {
+    Endpoint {
+        addr,
+        name: ServerName::try_from("localhost").unwrap(),
+        tls: tls::client_config(tls::load_roots(ca).unwrap(), None, Arc::new(SystemClock)).unwrap(),
+        ca_label: ca.display().to_string(),
+        timeouts: ClientTimeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(5),
+            request,
+            frame: request,
+        },
+    }
+}
+
+/// A client connected through `addr` (TLS verified end to end) that pinged.
+pub(crate) async fn connect(addr: SocketAddr, ca: &Path) -> Result<Client, ClientError> {
+    let client = Client::connect(&TokioNet, &endpoint(addr, ca, Duration::from_secs(5))).await?;
+    client.ping().await?;
+    Ok(client)
+}
+
+/// `n` connections one after the other: how many landed on each node.
+pub(crate) async fn spread(addr: SocketAddr, ca: &Path, n: usize) -> BTreeMap<String, usize> {
+    let mut landed = BTreeMap::new();
+    for i in 0..n {
+        let client = connect(addr, ca)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+        *landed.entry(client.welcome().node_id.clone()).or_insert(0) += 1;
+    }
+    landed
+}
+
+/// One HTTP request to the admin endpoint: status and body.
+pub(crate) async fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, body.to_owned())
+}
+
+/// `GET /backends`, parsed.
+pub(crate) async fn backends(admin: SocketAddr) -> Vec<Value> {
+    let (status, body) = http(admin, "GET", "/backends").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The backend at `addr` in `GET /backends`.
+pub(crate) async fn backend(admin: SocketAddr, addr: SocketAddr) -> Value {
+    backends(admin)
+        .await
+        .into_iter()
+        .find(|b| b["addr"] == addr.to_string())
+        .unwrap_or_else(|| panic!("{addr} is not in /backends"))
+}
+
+/// Polls `probe` every 50 ms until it holds; how long that took. Panics
+/// after `limit` (a hang guard, not a speed assertion).
+pub(crate) async fn until<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+/// Waits until every backend has passed a health check and is up.
+pub(crate) async fn all_up(rig: &Rig) {
+    until(
+        Duration::from_secs(20),
+        "every backend checked and up",
+        || async {
+            rig.balancer.stats().iter().all(|s| {
+                s.check_micros > 0
+                    && s.last_error.is_none()
+                    && s.state == coffer_balancer::State::Up
+            })
+        },
+    )
+    .await;
+}
+
+/// Waits until the backend at `addr` shows `state` in `/backends`.
+pub(crate) async fn state_becomes(
+    rig: &Rig,
+    addr: SocketAddr,
+    state: &str,
+    limit: Duration,
+) -> Duration {
+    until(limit, &format!("{addr} {state}"), || async {
+        backend(rig.admin, addr).await["state"] == state
+    })
+    .await
+}
