@@ -20,10 +20,17 @@ conformance:
 # Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256; the
 # server's chunk ingest and small-file commits (server pinned to one core);
 # `coffer put` and `get` of a 1 GiB file against a local server.
-bench:
+bench: bench-balancer
     cargo bench -p coffer-crypto --bench envelope
     cargo bench -p coffer-server --bench ingest
     cargo bench -p coffer-client --bench transfer
+
+# The balancer against a direct connection and HAProxy 2.6 (`mode tcp`, from
+# Debian's packages, installed here if missing): throughput, p50/p99 round
+# trips, memory per idle connection.
+bench-balancer:
+    command -v haproxy >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy)
+    cargo bench -p coffer-balancer --bench proxy
 
 # A local cluster on loopback: three servers behind a balancer, one CA. Ctrl-C stops it.
 up:
