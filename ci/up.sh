@@ -19,8 +19,9 @@ for n in 1 2 3; do
         --tls-cert "$dir/server.pem" --tls-key "$dir/server.key" --ca "$dir/ca.pem" &
     pids+=($!)
 done
-"$bin/coffer-balancer" --listen 127.0.0.1:7000 \
+"$bin/coffer-balancer" --listen 127.0.0.1:7000 --admin 127.0.0.1:7001 --ca "$dir/ca.pem" \
     --backend 127.0.0.2:8000 --backend 127.0.0.3:8000 --backend 127.0.0.4:8000 &
 pids+=($!)
 echo "cluster up: coffer --server 127.0.0.1:7000 --ca $dir/ca.pem ping"
+echo "balancer admin: curl 127.0.0.1:7001/backends (and /metrics)"
 wait
