@@ -20,7 +20,7 @@ use coffer_net::{Listener, Net};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::backend::BackendStats;
 use crate::balancer::Balancer;
@@ -95,14 +95,7 @@ pub async fn serve<N: Net>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.next_connection() => accepted,
         };
         let balancer = balancer.clone();
         tokio::spawn(async move {

@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use coffer_net::{Listener, Net};
 use tokio::sync::Notify;
@@ -202,14 +201,7 @@ impl Balancer {
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = listener.next_connection() => accepted,
             };
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let max = self.config().max_connections;

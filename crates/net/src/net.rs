@@ -25,6 +25,26 @@ pub trait Listener: Send + 'static {
 
     /// The address it is bound to (the real port when bound to port 0).
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Waits for the next connection, riding out failed accepts (out of file
+    /// descriptors and the like): each is logged and followed by a 50 ms pause
+    /// instead of a busy loop.
+    fn next_connection(&mut self) -> impl Future<Output = (Self::Stream, SocketAddr)> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            loop {
+                match self.accept().await {
+                    Ok(accepted) => return accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A network: binds listeners and opens connections.
