@@ -15,6 +15,7 @@
 //!                                        # absent: they only open a TCP connection
 //! max_connections = 10000                # further clients are closed at once
 //! connect_timeout = "3s"                 # to a backend, before trying another
+//! answer_timeout = "3s"                  # for a backend's answer to a ClientHello, before trying another
 //! max_attempts = 3                       # backends tried for one client connection
 //! first_byte_timeout = "10s"             # a client that says nothing is closed
 //! idle_timeout = "5m"                    # a connection with no bytes either way is closed
@@ -157,6 +158,11 @@ pub struct Config {
     /// Longest wait for a backend to accept.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Longest wait for a backend's first answer to a client's whole TLS
+    /// ClientHello; a backend silent that long (a frozen process) is treated
+    /// like one that refused the connection.
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
     /// Most backends tried for one client connection.
     pub max_attempts: usize,
     /// Longest wait for a new client's first byte (a TLS client speaks first).
@@ -185,6 +191,7 @@ impl Default for Config {
             ca: None,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(3),
+            answer_timeout: Duration::from_secs(3),
             max_attempts: 3,
             first_byte_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -259,6 +266,7 @@ impl Config {
         }
         for (name, value) in [
             ("connect_timeout", self.connect_timeout),
+            ("answer_timeout", self.answer_timeout),
             ("first_byte_timeout", self.first_byte_timeout),
             ("idle_timeout", self.idle_timeout),
             ("health.interval", h.interval),

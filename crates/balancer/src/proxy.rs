@@ -18,8 +18,23 @@ use tracing::{debug, info, warn};
 use crate::balancer::{Balancer, ClientGuard};
 use crate::copy::Bidirectional;
 
-/// The first bytes a client sends, held until a backend is connected.
+/// The first bytes a client sends, held until a backend answers them (then
+/// the buffer takes the answer).
 const FIRST: usize = 1024;
+
+/// Whether `bytes` are exactly one whole TLS ClientHello: a handshake record
+/// with the `client_hello` message complete inside it. A healthy server
+/// answers such bytes at once (a ServerHello or an alert), so silence is the
+/// backend's fault — never something a client can provoke with partial or
+/// fragmented input, which is passed on without waiting for an answer.
+fn whole_client_hello(bytes: &[u8]) -> bool {
+    if bytes.len() < 9 || bytes[0] != 0x16 || bytes[1] != 0x03 || bytes[5] != 0x01 {
+        return false;
+    }
+    let record = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+    let hello = u32::from_be_bytes([0, bytes[6], bytes[7], bytes[8]]) as usize;
+    bytes.len() == 5 + record && hello + 4 == record
+}
 
 pub(crate) async fn serve<N: Net>(
     balancer: Arc<Balancer>,
@@ -60,13 +75,54 @@ pub(crate) async fn serve<N: Net>(
                 continue;
             }
         };
-        backend.total.fetch_add(1, Ordering::Relaxed);
         let down = backend.down_token();
         if let Err(e) = upstream.write_all(&first[..n]).await {
-            debug!(backend = %addr, error = %e, "backend closed at once");
-            return;
+            balancer.connect_failed(&backend, &format_args!("closed on the first bytes: {e}"));
+            tried.push(addr);
+            continue;
         }
+        // A backend that accepts but does not answer a whole ClientHello (a
+        // frozen process: the kernel still accepts for it) is treated like
+        // one that refused: the client has received nothing yet, so the same
+        // bytes go to another backend and the client never knows.
+        let answered = if whole_client_hello(&first[..n]) {
+            match timeout(config.answer_timeout, upstream.read(&mut first)).await {
+                Ok(Ok(m)) if m > 0 => Some(m),
+                Ok(Ok(_)) => {
+                    balancer.connect_failed(&backend, &"closed without answering the ClientHello");
+                    tried.push(addr);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    balancer
+                        .connect_failed(&backend, &format_args!("failed before answering: {e}"));
+                    tried.push(addr);
+                    continue;
+                }
+                Err(_) => {
+                    balancer.connect_failed(
+                        &backend,
+                        &format_args!(
+                            "no answer to the ClientHello within {:?}",
+                            config.answer_timeout
+                        ),
+                    );
+                    tried.push(addr);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        backend.total.fetch_add(1, Ordering::Relaxed);
         backend.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(m) = answered {
+            if let Err(e) = client.write_all(&first[..m]).await {
+                debug!(backend = %addr, error = %e, "the client left");
+                return;
+            }
+            backend.bytes_out.fetch_add(m as u64, Ordering::Relaxed);
+        }
         let mut copy = Bidirectional::new(client, upstream, &backend.bytes_in, &backend.bytes_out);
         let idle = config.idle_timeout;
         let mut deadline = Instant::now() + idle;
@@ -100,4 +156,38 @@ pub(crate) async fn serve<N: Net>(
         tried = tried.len(),
         "no backend reachable; closing the client connection"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_client_hello;
+
+    fn record(body_len: usize, hello_len: usize) -> Vec<u8> {
+        let mut r = vec![0x16, 0x03, 0x01];
+        r.extend_from_slice(&(body_len as u16).to_be_bytes());
+        r.push(0x01);
+        r.extend_from_slice(&(hello_len as u32).to_be_bytes()[1..]);
+        r.resize(5 + body_len, 0xab);
+        r
+    }
+
+    #[test]
+    fn only_a_whole_client_hello_waits_for_an_answer() {
+        assert!(whole_client_hello(&record(300, 296)));
+        // Truncated, fragmented, or followed by more: not whole.
+        assert!(!whole_client_hello(&record(300, 296)[..200]));
+        assert!(!whole_client_hello(&record(300, 500)));
+        let mut more = record(300, 296);
+        more.push(0x17);
+        assert!(!whole_client_hello(&more));
+        // Not a handshake record, or not a ClientHello inside it.
+        let mut alert = record(300, 296);
+        alert[0] = 0x15;
+        assert!(!whole_client_hello(&alert));
+        let mut finished = record(300, 296);
+        finished[5] = 0x14;
+        assert!(!whole_client_hello(&finished));
+        assert!(!whole_client_hello(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!whole_client_hello(&[]));
+    }
 }

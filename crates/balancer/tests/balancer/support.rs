@@ -38,6 +38,7 @@ pub(crate) fn config(backends: &[SocketAddr], strategy: Strategy) -> Config {
             .collect(),
         strategy,
         connect_timeout: Duration::from_secs(1),
+        answer_timeout: Duration::from_secs(1),
         health: quick_health(),
         ..Config::default()
     }
@@ -191,4 +192,44 @@ pub(crate) async fn state_becomes(
         backend(rig.admin, addr).await["state"] == state
     })
     .await
+}
+
+/// Clients connecting (and pinging) one after another until stopped.
+pub(crate) struct Load {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    pub(crate) fn start(addr: SocketAddr, ca: &Path) -> Load {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (stop, ca) = (stop.clone(), ca.to_owned());
+            async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.is_cancelled() {
+                    match connect(addr, &ca).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (ok, failed)
+            }
+        });
+        Load { stop, task }
+    }
+
+    /// Stops it; asserts that every connection succeeded and enough were made.
+    pub(crate) async fn none_failed(self) {
+        self.stop.cancel();
+        let (ok, failed) = self.task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed: {failed:?}",
+            failed.len(),
+            ok + failed.len()
+        );
+        assert!(ok > 10, "only {ok} connections made");
+    }
 }
