@@ -146,6 +146,7 @@ impl Home {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.execute_batch(SCHEMA)?;
+        db.execute_batch(crate::sync::queue::SCHEMA)?;
         Ok(Home {
             dir: dir.to_owned(),
             db,
@@ -155,6 +156,11 @@ impl Home {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Local changes waiting to be sent by the sync daemon.
+    pub fn queue(&self) -> crate::sync::queue::Queue<'_> {
+        crate::sync::queue::Queue::new(&self.db)
     }
 
     /// The account and private key, if signed in.

@@ -10,6 +10,7 @@
 //! - [`transfer`]: `put` (read once, seal on every core, stream, resume) and
 //!   `get` (fetch, verify, write atomically).
 //! - [`home`]: the device's state on disk.
+//! - [`sync`]: the sync daemon's parts (ignore rules, scanner, queue).
 //!
 //! Everything is generic over the `Net` seam, so the simulation drives the
 //! same code over simulated sockets. Failures are typed ([`ClientError`]) and
@@ -21,6 +22,7 @@ mod error;
 pub mod home;
 pub mod pool;
 pub mod session;
+pub mod sync;
 pub mod transfer;
 
 pub use client::{Client, ClientTimeouts, Endpoint};
