@@ -147,6 +147,7 @@ impl Home {
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::sync::queue::SCHEMA)?;
+        db.execute_batch(crate::sync::index::SCHEMA)?;
         Ok(Home {
             dir: dir.to_owned(),
             db,
@@ -156,6 +157,11 @@ impl Home {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the sync daemon last saw of each synced path.
+    pub fn index(&self) -> crate::sync::index::Index<'_> {
+        crate::sync::index::Index::new(&self.db)
     }
 
     /// Local changes waiting to be sent by the sync daemon.
