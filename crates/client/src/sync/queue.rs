@@ -241,6 +241,13 @@ mod tests {
         Op::Put(p.into())
     }
 
+    fn mv(from: &str, to: &str) -> Op {
+        Op::Move {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
     #[test]
     fn a_delete_cancels_waiting_puts_and_puts_coalesce() {
         let db = db();
@@ -265,27 +272,10 @@ mod tests {
         let db = db();
         let q = Queue::new(&db);
         q.push("f", &put("a")).unwrap();
-        q.push(
-            "f",
-            &Op::Move {
-                from: "a".into(),
-                to: "b".into(),
-            },
-        )
-        .unwrap();
+        q.push("f", &mv("a", "b")).unwrap();
         q.push("f", &put("a")).unwrap();
         q.push("f", &Op::Delete("a".into())).unwrap();
-        assert_eq!(
-            ops(&q),
-            [
-                put("a"),
-                Op::Move {
-                    from: "a".into(),
-                    to: "b".into()
-                },
-                Op::Delete("a".into())
-            ]
-        );
+        assert_eq!(ops(&q), [put("a"), mv("a", "b"), Op::Delete("a".into())]);
     }
 
     #[test]
@@ -293,14 +283,7 @@ mod tests {
         let db = db();
         let q = Queue::new(&db);
         q.push("f", &put("a")).unwrap();
-        q.push(
-            "f",
-            &Op::Move {
-                from: "a".into(),
-                to: "b".into(),
-            },
-        )
-        .unwrap();
+        q.push("f", &mv("a", "b")).unwrap();
         q.push("f", &put("b")).unwrap();
         q.push("f", &put("c")).unwrap();
         let ready: Vec<Op> = q.ready(10).unwrap().into_iter().map(|e| e.op).collect();
@@ -318,16 +301,7 @@ mod tests {
         );
         q.done(first.seq).unwrap();
         let ready: Vec<Op> = q.ready(10).unwrap().into_iter().map(|e| e.op).collect();
-        assert_eq!(
-            ready,
-            [
-                Op::Move {
-                    from: "a".into(),
-                    to: "b".into()
-                },
-                put("c")
-            ]
-        );
+        assert_eq!(ready, [mv("a", "b"), put("c")]);
     }
 
     #[test]
