@@ -31,61 +31,6 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 /// Longest wait for a whole request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One backend as `/backends` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BackendView {
-    /// Its address.
-    pub addr: String,
-    /// The TLS name its checks verify, when one was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// `up`, `down` or `draining`.
-    pub state: &'static str,
-    /// Connections in progress.
-    pub active: u32,
-    /// Connections since start.
-    pub total: u64,
-    /// Failed connects.
-    pub failures: u64,
-    /// Bytes from clients.
-    pub bytes_in: u64,
-    /// Bytes to clients.
-    pub bytes_out: u64,
-    /// Failed health checks.
-    pub checks_failed: u64,
-    /// Duration of the last health check, in milliseconds.
-    pub check_ms: f64,
-    /// Why the last failed check failed, while it is failing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-impl From<&BackendStats> for BackendView {
-    fn from(s: &BackendStats) -> Self {
-        BackendView {
-            addr: s.spec.addr.to_string(),
-            name: s.spec.name.clone(),
-            state: state_name(s.state),
-            active: s.active,
-            total: s.total,
-            failures: s.failures,
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            checks_failed: s.checks_failed,
-            check_ms: s.check_micros as f64 / 1000.0,
-            last_error: s.last_error.clone(),
-        }
-    }
-}
-
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Up => "up",
-        State::Down => "down",
-        State::Draining => "draining",
-    }
-}
-
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve<N: Net>(
     balancer: Arc<Balancer>,
@@ -185,10 +130,7 @@ fn route(balancer: &Balancer, method: &str, path: &str) -> Reply {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: metrics(balancer),
         },
-        ("GET", "/backends") => {
-            let views: Vec<BackendView> = balancer.stats().iter().map(BackendView::from).collect();
-            Reply::json(200, &views)
-        }
+        ("GET", "/backends") => Reply::json(200, &balancer.stats()),
         (_, "/metrics" | "/backends") => Reply::text(405, "method not allowed\n"),
         (method, path) => {
             let Some(rest) = path.strip_prefix("/backends/") else {
@@ -206,7 +148,7 @@ fn route(balancer: &Balancer, method: &str, path: &str) -> Reply {
                 return Reply::text(400, "not a backend address\n");
             };
             match balancer.drain(addr, action) {
-                Some(stats) => Reply::json(200, &BackendView::from(&stats)),
+                Some(stats) => Reply::json(200, &stats),
                 None => Reply::text(404, "no such backend\n"),
             }
         }
@@ -221,7 +163,7 @@ pub fn metrics(balancer: &Balancer) -> String {
         |name: &str, kind: &str, help: &str, value: &dyn Fn(&BackendStats) -> String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for s in &stats {
-                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", s.spec.addr, value(s));
+                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", s.addr, value(s));
             }
         };
     family(

@@ -1,8 +1,10 @@
 //! One backend: its address, health, admin state and counters.
 
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -37,18 +39,21 @@ pub struct Backend {
     pub(crate) last_error: Mutex<Option<String>>,
 }
 
-/// A snapshot of one backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A snapshot of one backend; `/backends` serves it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendStats {
-    /// Its address and TLS name.
-    pub spec: BackendSpec,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The TLS name its checks verify, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Whether it takes new connections.
     pub state: State,
     /// Connections in progress.
     pub active: u32,
     /// Connections proxied to it since start.
     pub total: u64,
-    /// Connects to it that failed.
+    /// Connects to it that failed (or went unanswered).
     pub failures: u64,
     /// Bytes from clients to it.
     pub bytes_in: u64,
@@ -58,7 +63,8 @@ pub struct BackendStats {
     pub checks_failed: u64,
     /// How long its last health check took, in microseconds.
     pub check_micros: u64,
-    /// Why its last failed check failed.
+    /// Why its last check failed, while it is failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
 
@@ -123,7 +129,8 @@ impl Backend {
     /// A snapshot of it.
     pub fn stats(&self) -> BackendStats {
         BackendStats {
-            spec: self.spec.clone(),
+            addr: self.spec.addr,
+            name: self.spec.name.clone(),
             state: self.state(),
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),

@@ -157,23 +157,25 @@ pub async fn check<N: Net>(
     verifier: Option<&Verifier>,
     timeout: Duration,
 ) -> Result<(), CheckError> {
-    match tokio::time::timeout(timeout, check_steps(net, addr, name, verifier, timeout)).await {
-        Ok(result) => result,
-        Err(_) => Err(CheckError::Timeout(timeout)),
-    }
+    let steps = async {
+        let tcp = net.connect(addr).await.map_err(CheckError::Connect)?;
+        match verifier {
+            Some(verifier) => speak(tcp, name, verifier, timeout).await,
+            None => Ok(()),
+        }
+    };
+    tokio::time::timeout(timeout, steps)
+        .await
+        .unwrap_or(Err(CheckError::Timeout(timeout)))
 }
 
-async fn check_steps<N: Net>(
-    net: &N,
-    addr: SocketAddr,
+/// TLS, `hello`, `ping` over a connected stream.
+async fn speak<S: coffer_net::Stream>(
+    tcp: S,
     name: &str,
-    verifier: Option<&Verifier>,
+    verifier: &Verifier,
     timeout: Duration,
 ) -> Result<(), CheckError> {
-    let tcp = net.connect(addr).await.map_err(CheckError::Connect)?;
-    let Some(verifier) = verifier else {
-        return Ok(());
-    };
     let server_name =
         ServerName::try_from(name.to_owned()).map_err(|_| CheckError::Name(name.to_owned()))?;
     let stream = tls::connect(&verifier.connector, server_name, tcp, timeout)

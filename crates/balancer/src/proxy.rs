@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use coffer_net::Net;
+use coffer_net::{Net, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use crate::backend::Backend;
 use crate::balancer::{Balancer, ClientGuard};
+use crate::config::Config;
 use crate::copy::Bidirectional;
 
 /// The first bytes a client sends, held until a backend answers them (then
@@ -58,96 +60,23 @@ pub(crate) async fn serve<N: Net>(
         let Some((backend, _active)) = balancer.pick(&tried) else {
             break;
         };
-        let addr = backend.spec.addr;
-        let mut upstream = match timeout(config.connect_timeout, net.connect(addr)).await {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(e)) => {
-                balancer.connect_failed(&backend, &e);
-                tried.push(addr);
-                continue;
-            }
-            Err(_) => {
-                balancer.connect_failed(
+        match hand_over(&net, backend.spec.addr, &mut first, n, &config).await {
+            Ok((upstream, answered)) => {
+                relay(
+                    &balancer,
+                    &config,
                     &backend,
-                    &format_args!("no answer within {:?}", config.connect_timeout),
-                );
-                tried.push(addr);
-                continue;
-            }
-        };
-        let down = backend.down_token();
-        if let Err(e) = upstream.write_all(&first[..n]).await {
-            balancer.connect_failed(&backend, &format_args!("closed on the first bytes: {e}"));
-            tried.push(addr);
-            continue;
-        }
-        // A backend that accepts but does not answer a whole ClientHello (a
-        // frozen process: the kernel still accepts for it) is treated like
-        // one that refused: the client has received nothing yet, so the same
-        // bytes go to another backend and the client never knows.
-        let answered = if whole_client_hello(&first[..n]) {
-            match timeout(config.answer_timeout, upstream.read(&mut first)).await {
-                Ok(Ok(m)) if m > 0 => Some(m),
-                Ok(Ok(_)) => {
-                    balancer.connect_failed(&backend, &"closed without answering the ClientHello");
-                    tried.push(addr);
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    balancer
-                        .connect_failed(&backend, &format_args!("failed before answering: {e}"));
-                    tried.push(addr);
-                    continue;
-                }
-                Err(_) => {
-                    balancer.connect_failed(
-                        &backend,
-                        &format_args!(
-                            "no answer to the ClientHello within {:?}",
-                            config.answer_timeout
-                        ),
-                    );
-                    tried.push(addr);
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        backend.total.fetch_add(1, Ordering::Relaxed);
-        backend.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(m) = answered {
-            if let Err(e) = client.write_all(&first[..m]).await {
-                debug!(backend = %addr, error = %e, "the client left");
+                    client,
+                    upstream,
+                    n,
+                    &first[..answered],
+                )
+                .await;
                 return;
             }
-            backend.bytes_out.fetch_add(m as u64, Ordering::Relaxed);
-        }
-        let mut copy = Bidirectional::new(client, upstream, &backend.bytes_in, &backend.bytes_out);
-        let idle = config.idle_timeout;
-        let mut deadline = Instant::now() + idle;
-        loop {
-            tokio::select! {
-                result = &mut copy => {
-                    match result {
-                        Ok(()) => debug!(backend = %addr, "connection done"),
-                        Err(e) => debug!(backend = %addr, error = %e, "connection ended with an error"),
-                    }
-                    return;
-                }
-                () = sleep_until(deadline) => {
-                    if copy.moved() {
-                        deadline = Instant::now() + idle;
-                    } else {
-                        balancer.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                        debug!(backend = %addr, ?idle, "idle; closing");
-                        return;
-                    }
-                }
-                () = down.cancelled(), if config.close_on_down => {
-                    info!(backend = %addr, "backend marked down; closing its client connection");
-                    return;
-                }
+            Err(why) => {
+                balancer.connect_failed(&backend, &why);
+                tried.push(backend.spec.addr);
             }
         }
     }
@@ -156,6 +85,96 @@ pub(crate) async fn serve<N: Net>(
         tried = tried.len(),
         "no backend reachable; closing the client connection"
     );
+}
+
+/// Connects to `addr` and hands it the client's first bytes (`first[..n]`).
+/// When those bytes are a whole ClientHello, also waits for the backend's
+/// answer and leaves it in `first` (its length is returned; 0 when nothing
+/// was awaited). A backend that accepts but does not answer (a frozen
+/// process: the kernel still accepts for it) fails like one that refused:
+/// the client has received nothing yet, so the same bytes can go to another
+/// backend without the client knowing. `Err`: why the backend is suspect.
+async fn hand_over<N: Net>(
+    net: &N,
+    addr: SocketAddr,
+    first: &mut [u8; FIRST],
+    n: usize,
+    config: &Config,
+) -> Result<(N::Stream, usize), String> {
+    let mut upstream = match timeout(config.connect_timeout, net.connect(addr)).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no answer within {:?}", config.connect_timeout)),
+    };
+    upstream
+        .write_all(&first[..n])
+        .await
+        .map_err(|e| format!("closed on the first bytes: {e}"))?;
+    if !whole_client_hello(&first[..n]) {
+        return Ok((upstream, 0));
+    }
+    match timeout(config.answer_timeout, upstream.read(first)).await {
+        Ok(Ok(0)) => Err("closed without answering the ClientHello".into()),
+        Ok(Ok(m)) => Ok((upstream, m)),
+        Ok(Err(e)) => Err(format!("failed before answering: {e}")),
+        Err(_) => Err(format!(
+            "no answer to the ClientHello within {:?}",
+            config.answer_timeout
+        )),
+    }
+}
+
+/// Passes the backend's answer on, then copies both ways until both sides
+/// are done, the connection goes idle, or the backend is marked down.
+async fn relay<S: Stream, T: Stream>(
+    balancer: &Balancer,
+    config: &Config,
+    backend: &Backend,
+    mut client: S,
+    upstream: T,
+    sent: usize,
+    answer: &[u8],
+) {
+    let addr = backend.spec.addr;
+    let down = backend.down_token();
+    backend.total.fetch_add(1, Ordering::Relaxed);
+    backend.bytes_in.fetch_add(sent as u64, Ordering::Relaxed);
+    if !answer.is_empty() {
+        if let Err(e) = client.write_all(answer).await {
+            debug!(backend = %addr, error = %e, "the client left");
+            return;
+        }
+        backend
+            .bytes_out
+            .fetch_add(answer.len() as u64, Ordering::Relaxed);
+    }
+    let mut copy = Bidirectional::new(client, upstream, &backend.bytes_in, &backend.bytes_out);
+    let idle = config.idle_timeout;
+    let mut deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            result = &mut copy => {
+                match result {
+                    Ok(()) => debug!(backend = %addr, "connection done"),
+                    Err(e) => debug!(backend = %addr, error = %e, "connection ended with an error"),
+                }
+                return;
+            }
+            () = sleep_until(deadline) => {
+                if copy.moved() {
+                    deadline = Instant::now() + idle;
+                } else {
+                    balancer.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    debug!(backend = %addr, ?idle, "idle; closing");
+                    return;
+                }
+            }
+            () = down.cancelled(), if config.close_on_down => {
+                info!(backend = %addr, "backend marked down; closing its client connection");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

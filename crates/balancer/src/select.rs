@@ -43,7 +43,8 @@ impl Strategy {
 }
 
 /// Whether a backend takes new connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     /// Takes new connections.
     #[default]

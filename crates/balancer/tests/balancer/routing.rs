@@ -6,7 +6,7 @@ use coffer_balancer::{Config, Strategy};
 use tokio::io::AsyncReadExt;
 
 use crate::support::{
-    all_up, backend, backends, config, connect, http, rig, servers, spread, until,
+    all_up, backend, backends, config, connect, http, metric, rig, servers, spread, until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,16 +36,25 @@ async fn round_robin_lands_thirty_connections_ten_ten_ten() {
     let (status, metrics) = http(rig.admin, "GET", "/metrics").await;
     assert_eq!(status, 200);
     for addr in servers.addrs() {
-        let line = format!("coffer_balancer_backend_connections_total{{backend=\"{addr}\"}} 10");
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "{line} missing from\n{metrics}"
+        let sample = |name: &str| format!("coffer_balancer_backend_{name}{{backend=\"{addr}\"}}");
+        assert_eq!(
+            metric(rig.admin, &sample("connections_total")).await,
+            Some(10.0)
         );
-        assert!(metrics.contains(&format!(
-            "coffer_balancer_backend_up{{backend=\"{addr}\"}} 1"
-        )));
+        assert_eq!(metric(rig.admin, &sample("up")).await, Some(1.0));
+        assert_eq!(
+            metric(rig.admin, &sample("connect_failures_total")).await,
+            Some(0.0)
+        );
     }
-    assert!(metrics.contains("coffer_balancer_client_connections_accepted_total 30"));
+    assert_eq!(
+        metric(
+            rig.admin,
+            "coffer_balancer_client_connections_accepted_total"
+        )
+        .await,
+        Some(30.0)
+    );
     // Prometheus text: every line a comment or `name[{labels}] value`.
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let (_, value) = line.rsplit_once(' ').expect(line);
@@ -173,10 +182,13 @@ async fn a_client_that_says_nothing_is_closed_before_any_backend_sees_it() {
         .expect("the balancer closes a silent client");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert_eq!(backends(rig.admin).await[0]["total"], 0);
-    let (_, metrics) = http(rig.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("coffer_balancer_client_connections_timed_out_total 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            rig.admin,
+            "coffer_balancer_client_connections_timed_out_total"
+        )
+        .await,
+        Some(1.0)
     );
     // Others are served meanwhile.
     connect(rig.addr, servers.ca()).await.unwrap();
@@ -200,12 +212,17 @@ async fn connections_beyond_the_maximum_are_closed_on_arrival() {
     assert!(connect(rig.addr, ca).await.is_err());
     drop(a);
     until(Duration::from_secs(5), "a place frees up", || async {
-        connect(rig.addr, ca).await.is_ok()
+        metric(rig.admin, "coffer_balancer_client_connections").await == Some(1.0)
     })
     .await;
-    let (_, metrics) = http(rig.admin, "GET", "/metrics").await;
-    assert!(
-        !metrics.contains("coffer_balancer_client_connections_rejected_total 0"),
-        "{metrics}"
+    connect(rig.addr, ca).await.unwrap();
+    // Exactly the one refused above.
+    assert_eq!(
+        metric(
+            rig.admin,
+            "coffer_balancer_client_connections_rejected_total"
+        )
+        .await,
+        Some(1.0)
     );
 }

@@ -134,6 +134,17 @@ pub(crate) async fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, S
     (status, body.to_owned())
 }
 
+/// `GET /metrics`: the value of the sample named exactly `sample` (with its
+/// labels), if there is one.
+pub(crate) async fn metric(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let (status, text) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(name, _)| *name == sample))
+        .map(|(_, value)| value.parse().expect("a number"))
+}
+
 /// `GET /backends`, parsed.
 pub(crate) async fn backends(admin: SocketAddr) -> Vec<Value> {
     let (status, body) = http(admin, "GET", "/backends").await;
