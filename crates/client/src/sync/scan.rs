@@ -106,8 +106,6 @@ pub struct Scan {
     pub skipped: Vec<(String, String)>,
     /// Files hashed (their metadata differed from the index).
     pub hashed: usize,
-    /// Entries visited.
-    pub visited: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +204,6 @@ pub fn scan(
             continue;
         };
         let prefix = prefix.clone();
-        out.visited += 1;
         let Some(name) = name.to_str() else {
             let shown = name.to_string_lossy();
             out.skipped
@@ -305,7 +302,7 @@ pub fn scan(
             Known::File(_) => Change::Deleted(path.clone()),
         });
     }
-    pair_moves(&mut out.changes, index);
+    out.changes = pair_moves(std::mem::take(&mut out.changes), index);
     Ok(out)
 }
 
@@ -341,8 +338,30 @@ fn mark_subtree<'a>(
 /// Turns a deletion and a creation of the same content (same size and
 /// SHA-256, and the same inode when the file system has them) into one move.
 /// Each deletion pairs with at most one creation, the first in path order.
-fn pair_moves(changes: &mut Vec<Change>, index: &BTreeMap<String, Known>) {
-    let mut moves: Vec<(usize, usize)> = Vec::new();
+fn pair_moves(changes: Vec<Change>, index: &BTreeMap<String, Known>) -> Vec<Change> {
+    use std::collections::{HashMap, VecDeque};
+    // Creations by content, and by content and inode, in walk order; each
+    // is taken at most once, so pairing is linear however many files share
+    // a content (empty files, copies).
+    let mut by_content: HashMap<([u8; 32], u64), VecDeque<usize>> = HashMap::new();
+    let mut by_inode: HashMap<([u8; 32], u64, u64), VecDeque<usize>> = HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Change::Created(_, s) = change {
+            by_content
+                .entry((s.sha256, s.size))
+                .or_default()
+                .push_back(i);
+            by_inode
+                .entry((s.sha256, s.size, s.inode))
+                .or_default()
+                .push_back(i);
+        }
+    }
+    if by_content.is_empty() {
+        return changes;
+    }
+    let mut taken = vec![false; changes.len()];
+    let mut pairs = Vec::new();
     for (d, change) in changes.iter().enumerate() {
         let Change::Deleted(from) = change else {
             continue;
@@ -350,36 +369,31 @@ fn pair_moves(changes: &mut Vec<Change>, index: &BTreeMap<String, Known>) {
         let Some(Known::File(old)) = index.get(from) else {
             continue;
         };
-        let found = changes.iter().enumerate().find(|(c, candidate)| {
-            matches!(candidate, Change::Created(_, new)
-                if new.sha256 == old.sha256 && new.size == old.size
-                    && (old.inode == 0 || new.inode == old.inode))
-                && !moves.iter().any(|&(_, taken)| taken == *c)
-        });
-        if let Some((c, _)) = found {
-            moves.push((d, c));
+        let queue = if old.inode == 0 {
+            by_content.get_mut(&(old.sha256, old.size))
+        } else {
+            by_inode.get_mut(&(old.sha256, old.size, old.inode))
+        };
+        let Some(queue) = queue else {
+            continue;
+        };
+        while let Some(c) = queue.pop_front() {
+            if !std::mem::replace(&mut taken[c], true) {
+                pairs.push((d, c));
+                break;
+            }
         }
     }
-    if moves.is_empty() {
-        return;
-    }
-    for &(d, c) in &moves {
-        let (Change::Deleted(from), Change::Created(to, state)) = (&changes[d], &changes[c]) else {
+    let mut slots: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
+    for (d, c) in pairs {
+        let (Some(Change::Deleted(from)), Some(Change::Created(to, state))) =
+            (slots[d].take(), slots[c].take())
+        else {
             unreachable!("paired above")
         };
-        changes[c] = Change::Moved {
-            from: from.clone(),
-            to: to.clone(),
-            state: state.clone(),
-        };
+        slots[c] = Some(Change::Moved { from, to, state });
     }
-    let dropped: std::collections::HashSet<usize> = moves.iter().map(|&(d, _)| d).collect();
-    let mut i = 0;
-    changes.retain(|_| {
-        let keep = !dropped.contains(&i);
-        i += 1;
-        keep
-    });
+    slots.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -467,6 +481,26 @@ mod tests {
         );
         apply(&mut index, &changed);
         assert!(scan(root, &index, &ignore).unwrap().changes.is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_with_the_same_content_move_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for name in ["a1", "a2", "a3"] {
+            fs::write(root.join(name), b"same").unwrap();
+        }
+        let ignore = Ignore::default();
+        let mut index = BTreeMap::new();
+        let first = scan(root, &index, &ignore).unwrap();
+        apply(&mut index, &first);
+        // Crossed renames: each file must pair with itself, not the first copy.
+        fs::rename(root.join("a1"), root.join("z1")).unwrap();
+        fs::rename(root.join("a2"), root.join("b2")).unwrap();
+        fs::write(root.join("c"), b"same").unwrap();
+        let moved = scan(root, &index, &ignore).unwrap();
+        assert_eq!(kinds(&moved), ["a2 -> b2", "+ c", "a1 -> z1"]);
     }
 
     #[test]
