@@ -4,12 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_certs::{Ca, Kind, Validity};
 use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
-use coffer_net::{SystemClock, TokioNet, tls};
+use coffer_net::TokioNet;
 use rustls_pki_types::ServerName;
 
 use crate::process::{Process, ProcessError, bin_dir};
@@ -206,21 +205,19 @@ impl Probe {
     /// A probe trusting `ca`, with short deadlines so that a silent server is
     /// reported quickly.
     pub fn new(ca: &Path) -> Result<Probe, coffer_net::tls::TlsConfigError> {
-        let roots = tls::load_roots(ca)?;
-        Ok(Probe {
-            endpoint: Endpoint {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                name: ServerName::try_from("localhost").expect("a valid name"),
-                tls: tls::client_config(roots, None, Arc::new(SystemClock))?,
-                ca_label: ca.display().to_string(),
-                timeouts: ClientTimeouts {
-                    connect: Duration::from_secs(2),
-                    handshake: Duration::from_secs(2),
-                    request: Duration::from_secs(2),
-                    frame: Duration::from_secs(2),
-                },
+        let quick = Duration::from_secs(2);
+        let endpoint = Endpoint::trusting(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            ServerName::try_from("localhost").expect("a valid name"),
+            ca,
+            ClientTimeouts {
+                connect: quick,
+                handshake: quick,
+                request: quick,
+                frame: quick,
             },
-        })
+        )?;
+        Ok(Probe { endpoint })
     }
 
     /// Connects to `addr`, says hello and pings: the node that answered.

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use coffer_client::account::{self, Credentials};
@@ -12,7 +11,7 @@ use coffer_client::home::Account;
 use coffer_client::transfer::{self, Progress, Source};
 use coffer_client::{ClientError, ClientTimeouts, Endpoint, Home, Pool, Session};
 use coffer_crypto::{FileKeyContext, FolderKey, KdfParams, PublicKey, UserKeys};
-use coffer_net::{SystemClock, TokioNet, tls};
+use coffer_net::TokioNet;
 use coffer_proto::request::{
     Delete, DeviceRemove, DeviceRename, FileShare, FolderCreate, FolderRef, FolderSetRole,
     FolderShare, FolderUnshare, List, Move, PathRef, PublicKeyGet, Restore, SessionRevoke, Stat,
@@ -159,9 +158,6 @@ impl Context {
             .ca
             .as_ref()
             .ok_or_else(|| usage("no CA given: pass --ca FILE or set COFFER_CA"))?;
-        let roots = tls::load_roots(ca).map_err(|e| usage(e.to_string()))?;
-        let config = tls::client_config(roots, None, Arc::new(SystemClock))
-            .map_err(|e| usage(e.to_string()))?;
         let (host, _) = self
             .server
             .rsplit_once(':')
@@ -176,13 +172,8 @@ impl Context {
             })?
             .next()
             .ok_or_else(|| usage(format!("{} resolves to no address", self.server)))?;
-        Ok(Endpoint {
-            addr,
-            name,
-            tls: config,
-            ca_label: ca.display().to_string(),
-            timeouts: ClientTimeouts::default(),
-        })
+        Endpoint::trusting(addr, name, ca, ClientTimeouts::default())
+            .map_err(|e| usage(e.to_string()))
     }
 
     fn pool(&self) -> Result<Pool<TokioNet>> {

@@ -66,6 +66,26 @@ pub struct Endpoint {
     pub timeouts: ClientTimeouts,
 }
 
+impl Endpoint {
+    /// An endpoint that trusts only the CA certificates in the PEM file `ca`
+    /// (certificate validity judged by the system clock).
+    pub fn trusting(
+        addr: SocketAddr,
+        name: ServerName<'static>,
+        ca: &std::path::Path,
+        timeouts: ClientTimeouts,
+    ) -> Result<Endpoint, tls::TlsConfigError> {
+        let roots = tls::load_roots(ca)?;
+        Ok(Endpoint {
+            addr,
+            name,
+            tls: tls::client_config(roots, None, Arc::new(coffer_net::SystemClock))?,
+            ca_label: ca.display().to_string(),
+            timeouts,
+        })
+    }
+}
+
 type Waiter = oneshot::Sender<Result<Frame<Response>, ClientError>>;
 
 /// Requests waiting for their answers, by id.

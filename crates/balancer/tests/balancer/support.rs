@@ -83,18 +83,19 @@ pub(crate) fn servers(n: usize) -> Servers {
 }
 
 pub(crate) fn endpoint(addr: SocketAddr, ca: &Path, request: Duration) -> Endpoint {
-    Endpoint {
+    let timeouts = ClientTimeouts {
+        connect: Duration::from_secs(5),
+        handshake: Duration::from_secs(5),
+        request,
+        frame: request,
+    };
+    Endpoint::trusting(
         addr,
-        name: ServerName::try_from("localhost").unwrap(),
-        tls: tls::client_config(tls::load_roots(ca).unwrap(), None, Arc::new(SystemClock)).unwrap(),
-        ca_label: ca.display().to_string(),
-        timeouts: ClientTimeouts {
-            connect: Duration::from_secs(5),
-            handshake: Duration::from_secs(5),
-            request,
-            frame: request,
-        },
-    }
+        ServerName::try_from("localhost").unwrap(),
+        ca,
+        timeouts,
+    )
+    .unwrap()
 }
 
 /// A client connected through `addr` (TLS verified end to end) that pinged.

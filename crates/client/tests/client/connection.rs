@@ -2,23 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::support::start;
 use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
-use coffer_net::{Listener, Net, SystemClock, TokioNet, tls};
+use coffer_net::{Listener, Net, TokioNet};
 use coffer_proto::{ErrorCode, Request};
 use rustls_pki_types::ServerName;
 
 fn endpoint(addr: SocketAddr, ca: &Path) -> Endpoint {
-    let roots = tls::load_roots(ca).unwrap();
-    Endpoint {
-        addr,
-        name: ServerName::try_from("localhost").unwrap(),
-        tls: tls::client_config(roots, None, Arc::new(SystemClock)).unwrap(),
-        ca_label: ca.display().to_string(),
-        timeouts: ClientTimeouts::default(),
-    }
+    let name = ServerName::try_from("localhost").unwrap();
+    Endpoint::trusting(addr, name, ca, ClientTimeouts::default()).unwrap()
 }
 
 #[tokio::test]
