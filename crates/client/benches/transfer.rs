@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use coffer_net::{Listener, Net, SystemClock, TokioNet};
+use coffer_net::SystemClock;
 use coffer_server::{Config, Server};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -108,9 +108,7 @@ fn main() {
         };
         let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
         let ca = server.ca_path().unwrap().to_owned();
-        let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(server.run(listener, shutdown.clone()));
+        let (addr, _) = server.spawn_local(shutdown.clone()).await.unwrap();
         (addr, ca)
     });
     let home = dir.path().join("home");

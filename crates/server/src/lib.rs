@@ -209,6 +209,23 @@ impl Server {
         format!("{prefix}{}", hex::encode(bytes))
     }
 
+    /// Serves on a free port of 127.0.0.1 in a new task until `shutdown`:
+    /// for tests, benches and local tools. The address, and the task.
+    pub async fn spawn_local(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> io::Result<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<()>>,
+    )> {
+        use coffer_net::Net as _;
+        let listener = coffer_net::TokioNet
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await?;
+        let addr = listener.local_addr()?;
+        Ok((addr, tokio::spawn(self.run(listener, shutdown))))
+    }
+
     /// Serves `listener` until `shutdown` is cancelled, then stops accepting,
     /// lets every connection finish the request it is handling, and returns
     /// once all are closed. The caller bounds that wait (a grace period).

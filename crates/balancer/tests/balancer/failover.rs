@@ -7,7 +7,7 @@ use std::time::Duration;
 use coffer_balancer::{BackendSpec, Config, Strategy};
 use coffer_certs::{Ca, Kind, Validity};
 use coffer_client::Client;
-use coffer_net::{Listener as _, Net as _, SystemClock, TokioNet};
+use coffer_net::{SystemClock, TokioNet};
 use coffer_server::Server;
 use tokio_util::sync::CancellationToken;
 
@@ -107,10 +107,8 @@ async fn stranger(dir: &std::path::Path) -> (std::net::SocketAddr, tokio_util::s
         ..coffer_server::Config::default()
     };
     let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
-    let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(server.run(listener, stop.clone()));
+    let (addr, _) = server.spawn_local(stop.clone()).await.unwrap();
     (addr, stop.drop_guard())
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 
-use coffer_net::{Listener, Net, SystemClock, TokioNet};
+use coffer_net::SystemClock;
 use coffer_server::{Config, Server};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -28,10 +28,8 @@ pub async fn start() -> Running {
     };
     let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
     let ca = server.ca_path().unwrap().to_owned();
-    let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(listener, shutdown.clone()));
+    let (addr, _) = server.spawn_local(shutdown.clone()).await.unwrap();
     Running {
         addr,
         ca,

@@ -12,7 +12,7 @@ use coffer_crypto::{
     ChunkCipher, FileKey, FileKeyContext, FileMeta, FolderKey, KdfParams, UserKeys,
 };
 use coffer_net::conn::{Connection, Timeouts};
-use coffer_net::{Clock, Listener, Net, SystemClock, TokioNet, tls};
+use coffer_net::{Clock, Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::{
     DeviceRegister, FolderCreate, Hello, Login, PathRef, Register, Stat, UploadBegin, UploadChunk,
     UploadCommit,
@@ -85,10 +85,8 @@ impl Harness {
         let data = config.data.clone();
         let server = Arc::new(Server::new(config, clock.clone()).unwrap());
         let ca = server.ca_path().unwrap().to_owned();
-        let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(listener, shutdown.clone()));
+        let (addr, task) = server.spawn_local(shutdown.clone()).await.unwrap();
         Harness {
             addr,
             ca,
