@@ -8,6 +8,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use coffer_client::account::{self, Credentials};
 use coffer_client::home::Account;
+use coffer_client::sync::daemon;
+use coffer_client::sync::engine::Folder;
+use coffer_client::sync::state::AlertKind;
 use coffer_client::transfer::{self, Progress, Source};
 use coffer_client::{ClientError, ClientTimeouts, Endpoint, Home, Pool, Session};
 use coffer_crypto::{FileKeyContext, FolderKey, KdfParams, PublicKey, UserKeys};
@@ -275,6 +278,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Restore { target, version } => restore(&cx, &target, version).await,
         Command::Share { target, user } => share_file(&cx, &target, &user).await,
         Command::Shared => shared(&cx).await,
+        Command::Sync { once, folders } => sync(&cx, once, &folders).await,
+        Command::Status => status(&cx),
     }
 }
 
@@ -1254,6 +1259,179 @@ async fn shared(cx: &Context) -> Result<()> {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    });
+    Ok(())
+}
+
+/// Resolves the folders to sync: every attached folder the account still
+/// belongs to, or those named.
+async fn synced_folders(
+    home: &Home,
+    session: &Session<TokioNet>,
+    names: &[String],
+) -> Result<Vec<Folder>> {
+    let attached = home.attachments().map_err(ClientError::from)?;
+    let server = session.folders().await?;
+    let mut out = Vec::new();
+    for (folder_id, root) in attached {
+        let Some(info) = server.iter().find(|f| f.folder_id == folder_id) else {
+            tracing::warn!(
+                folder_id,
+                "attached, but you are no longer a member: skipped"
+            );
+            continue;
+        };
+        if !names.is_empty() && !names.iter().any(|n| *n == info.label || *n == folder_id) {
+            continue;
+        }
+        out.push(Folder {
+            info: info.clone(),
+            root,
+        });
+    }
+    for name in names {
+        if !out
+            .iter()
+            .any(|f| f.info.label == *name || f.info.folder_id == *name)
+        {
+            return Err(usage(format!(
+                "{name:?} is not an attached folder: `coffer folder attach {name} DIR` first"
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(usage(
+            "no folder is attached to a directory on this device: `coffer folder attach FOLDER DIR`",
+        ));
+    }
+    Ok(out)
+}
+
+/// Resolves once SIGINT or SIGTERM arrives.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn sync(cx: &Context, once: bool, names: &[String]) -> Result<()> {
+    // The daemon says what it does on standard error (RUST_LOG to tune).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("coffer_client=info")),
+        )
+        .try_init();
+    let home = cx.home()?;
+    let (session, account) = cx.session(&home)?;
+    let folders = synced_folders(&home, &session, names).await?;
+    let device = account
+        .device_name
+        .clone()
+        .or(account.device_id.clone())
+        .unwrap_or_else(|| "device".to_owned());
+    for f in &folders {
+        tracing::info!(folder = %f.info.label, root = %f.root.display(), role = role_name(f.info.role), "syncing");
+    }
+    let options = daemon::Options {
+        once,
+        ..daemon::Options::default()
+    };
+    let summary = daemon::run(&home, &session, &device, folders, &options, stop_signal()).await?;
+    print(
+        cx.json,
+        json!({
+            "queued": summary.queued,
+            "sent": summary.sent,
+            "applied": summary.applied,
+            "conflicts": summary.conflicts,
+        }),
+        || {
+            format!(
+                "sent {} changes, applied {}, {} conflicts",
+                summary.sent, summary.applied, summary.conflicts
+            )
+        },
+    );
+    Ok(())
+}
+
+fn status(cx: &Context) -> Result<()> {
+    let home = cx.home()?;
+    let queue = home.queue();
+    let state = home.sync_state();
+    let mut rows = Vec::new();
+    for (folder_id, root) in home.attachments().map_err(ClientError::from)? {
+        let db = |e: rusqlite::Error| ClientError::from(coffer_client::home::HomeError::from(e));
+        let pending = queue.pending(&folder_id).map_err(db)?;
+        let failing = queue.failing(&folder_id).map_err(db)?;
+        let conflicts = state.count(&folder_id, AlertKind::Conflict).map_err(db)?
+            + state.count(&folder_id, AlertKind::ViewerEdit).map_err(db)?;
+        let synced = state.listed(&folder_id).map_err(db)?;
+        let condition = if failing > 0 {
+            "error"
+        } else if pending > 0 || !synced {
+            "pending"
+        } else {
+            "synced"
+        };
+        rows.push(json!({
+            "folder_id": folder_id,
+            "path": root,
+            "state": condition,
+            "pending": pending,
+            "conflicts": conflicts,
+        }));
+    }
+    let alerts = state
+        .alerts(10)
+        .map_err(|e| ClientError::from(coffer_client::home::HomeError::from(e)))?;
+    print(cx.json, Value::Array(rows.clone()), || {
+        let mut out: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}  {}  {}  {} pending  {} conflicts",
+                    r["folder_id"].as_str().unwrap_or_default(),
+                    r["path"].as_str().unwrap_or_default(),
+                    r["state"].as_str().unwrap_or_default(),
+                    r["pending"],
+                    r["conflicts"]
+                )
+            })
+            .collect();
+        if out.is_empty() {
+            out.push("no folder is attached on this device".to_owned());
+        }
+        if !alerts.is_empty() {
+            out.push("latest alerts:".to_owned());
+            out.extend(alerts.iter().map(|a| {
+                format!(
+                    "  {}  {:?}  {}",
+                    rfc3339(a.created_ms.max(0) as u64),
+                    a.kind,
+                    a.message
+                )
+            }));
+        }
+        out.join("\n")
     });
     Ok(())
 }

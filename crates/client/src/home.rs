@@ -28,6 +28,9 @@ pub enum HomeError {
     /// SQLite failed.
     #[error("client state: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The sync index holds something it cannot use.
+    #[error(transparent)]
+    Index(#[from] crate::sync::index::IndexError),
 }
 
 /// The signed-in account of this home.
@@ -148,6 +151,7 @@ impl Home {
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::sync::queue::SCHEMA)?;
         db.execute_batch(crate::sync::index::SCHEMA)?;
+        db.execute_batch(crate::sync::state::SCHEMA)?;
         Ok(Home {
             dir: dir.to_owned(),
             db,
@@ -162,6 +166,11 @@ impl Home {
     /// What the sync daemon last saw of each synced path.
     pub fn index(&self) -> crate::sync::index::Index<'_> {
         crate::sync::index::Index::new(&self.db)
+    }
+
+    /// The sync daemon's cursor, reconciled folders and alerts.
+    pub fn sync_state(&self) -> crate::sync::state::State<'_> {
+        crate::sync::state::State::new(&self.db)
     }
 
     /// Local changes waiting to be sent by the sync daemon.
@@ -253,6 +262,20 @@ impl Home {
             .db
             .execute("DELETE FROM attachments WHERE folder_id = ?1", [folder_id])?
             > 0)
+    }
+
+    /// Every attached folder and its directory.
+    pub fn attachments(&self) -> Result<Vec<(String, PathBuf)>, HomeError> {
+        let mut statement = self
+            .db
+            .prepare("SELECT folder_id, path FROM attachments ORDER BY folder_id")?;
+        let rows = statement.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                PathBuf::from(r.get::<_, String>(1)?),
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Where a folder is attached.

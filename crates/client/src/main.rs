@@ -148,6 +148,18 @@ enum Command {
     },
     /// Files shared with you (`coffer get shared:ID LOCAL` fetches one).
     Shared,
+    /// Keeps the attached folders in sync with the server until stopped
+    /// (SIGINT, SIGTERM).
+    Sync {
+        /// Sync until nothing is left to do, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Folders (label or id) to sync [default: every attached folder].
+        folders: Vec<String>,
+    },
+    /// Per attached folder: synced, pending or in error; changes waiting;
+    /// conflicts. Then the latest alerts.
+    Status,
     /// Checks that the server answers and is ready; prints its node and the round trip.
     Ping,
 }

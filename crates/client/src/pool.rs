@@ -99,12 +99,18 @@ impl<N: Net> Pool<N> {
     }
 
     async fn open(&self) -> Result<Arc<Client>, ClientError> {
+        Ok(Arc::new(self.dedicated().await?))
+    }
+
+    /// A new connection, signed in like the pool's, that the pool does not
+    /// hand out: for a subscription, whose events are its own.
+    pub async fn dedicated(&self) -> Result<Client, ClientError> {
         let client = Client::connect(&self.net, &self.endpoint).await?;
         let token = self.token.lock().expect("token lock").clone();
         if let Some(token) = token {
             client.call(Request::Auth(Auth { token })).await?;
         }
-        Ok(Arc::new(client))
+        Ok(client)
     }
 
     /// Up to `n` live connections (at least one), opening as needed.

@@ -34,8 +34,8 @@ use coffer_proto::request::{
     ChunkGet, ShareRef, Stat, UploadBegin, UploadChunk, UploadCommit, UploadRef,
 };
 use coffer_proto::response::FolderInfo;
-use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Scope, Sha256};
-use coffer_proto::{ErrorCode, Request, Response, path as paths};
+use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Scope, Sha256, VersionVector};
+use coffer_proto::{ErrorBody, ErrorCode, Request, Response, path as paths};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use rand::{Rng, RngExt};
 use sha2::Digest;
@@ -143,6 +143,49 @@ pub struct PutReport {
     pub chunks_sent: u32,
     /// Bytes sent in this run (sealed chunk bytes).
     pub bytes_sent: u64,
+    /// Chunks named by the address of an earlier version's identical chunk
+    /// instead of being sealed and sent again.
+    pub chunks_reused: u32,
+    /// The file as it was read: modification time (ns) and inode.
+    pub mtime_ns: i64,
+    /// Inode number (0 where there is none).
+    pub inode: u64,
+    /// The chunk size used.
+    pub chunk_size: u32,
+    /// With [`PutOptions::hash_chunks`] and every chunk handled in this run:
+    /// each chunk's plaintext SHA-256 and the content address it is stored
+    /// under, in order — what a later delta upload reuses.
+    pub chunks: Vec<StoredChunk>,
+}
+
+/// A plaintext chunk's SHA-256 and the content address (SHA-256 of the
+/// sealed chunk) it is stored under.
+pub type StoredChunk = ([u8; 32], [u8; 32]);
+
+/// What version an upload replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Base {
+    /// Whatever the server holds now (the command line's `put`).
+    #[default]
+    Latest,
+    /// The version the local content was derived from (`None`: the path was
+    /// not known to hold anything). Anything else on the server now is a
+    /// conflict, refused before a byte is sent.
+    Known(Option<VersionVector>),
+}
+
+/// How `put` uploads.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// The version replaced.
+    pub base: Base,
+    /// Hash each plaintext chunk and report where each is stored.
+    pub hash_chunks: bool,
+    /// For the version replaced: its chunks' plaintext hashes and content
+    /// addresses. A chunk whose plaintext is unchanged at the same index is
+    /// named by its address, not sealed and sent again — the file keeps its
+    /// key while the folder's epoch is the same.
+    pub reuse: Vec<StoredChunk>,
 }
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
@@ -199,6 +242,19 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i64)
+    }
+}
+
+fn inode(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
     }
 }
 
@@ -266,7 +322,9 @@ async fn resumable<N: Net>(
     Ok(None)
 }
 
-/// Begins a streamed upload of a new version of `path`.
+/// Begins a streamed upload of a new version of `path`: the pending upload,
+/// the chunks to send, and whether the chunks of the version replaced may be
+/// named by address (the file keeps its key).
 #[allow(clippy::too_many_arguments)]
 async fn begin<N: Net>(
     s: &Session<N>,
@@ -276,7 +334,8 @@ async fn begin<N: Net>(
     size: u64,
     mtime: i64,
     chunk_size: u32,
-) -> Result<(PendingUpload, HashSet<u32>), ClientError> {
+    options: &PutOptions,
+) -> Result<(PendingUpload, HashSet<u32>, bool), ClientError> {
     // The version this upload replaces: its version vector is the base, and
     // the file keeps its identity.
     let current = match s
@@ -287,7 +346,7 @@ async fn begin<N: Net>(
         }))
         .await
     {
-        Ok(Response::Entry(e)) if e.kind == EntryKind::Dir => {
+        Ok(Response::Entry(e)) if e.kind == EntryKind::Dir && !e.deleted => {
             return Err(ClientError::Usage(format!(
                 "{path} is a directory in \"{}\"",
                 folder.label
@@ -298,23 +357,59 @@ async fn begin<N: Net>(
         Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => None,
         Err(e) => return Err(e),
     };
+    let live = current.as_ref().filter(|c| !c.deleted);
+    let base = match &options.base {
+        Base::Latest => current.as_ref().map(|c| c.vv.clone()),
+        Base::Known(known) => {
+            if live.map(|c| &c.vv) != known.as_ref() {
+                return Err(ClientError::Server(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("{path} changed on the server since this device last synced it"),
+                )));
+            }
+            known.clone()
+        }
+    };
     let folder_key = s.folder_key(&folder.folder_id, folder.epoch).await?;
-    let (file_id, file_key, wrapped) = {
-        let mut rng = s.rng();
-        let file_id = current
-            .as_ref()
-            .map_or_else(|| FileId(rng.random()), |c| c.file_id);
-        let file_key = FileKey::generate(&mut *rng);
-        let ctx = FileKeyContext {
-            folder_id: &folder.folder_id,
-            epoch: folder.epoch,
-            file_id: file_id.0,
-        };
-        let wrapped = wrap_file_key(&mut *rng, &folder_key, ctx, &file_key);
-        (file_id, file_key, wrapped)
+    // The replaced version's key, when its chunks may be reused: same
+    // folder epoch (after a rotation everything is sealed anew) and chunk size.
+    let kept = match live {
+        Some(c)
+            if !options.reuse.is_empty()
+                && c.kind == EntryKind::File
+                && c.epoch == folder.epoch
+                && c.chunk_size == chunk_size =>
+        {
+            let ctx = FileKeyContext {
+                folder_id: &folder.folder_id,
+                epoch: c.epoch,
+                file_id: c.file_id.0,
+            };
+            coffer_crypto::unwrap_file_key(&folder_key, ctx, c.wrapped_file_key.as_bytes())
+                .ok()
+                .map(|key| (c.file_id, key, c.wrapped_file_key.as_bytes().to_vec()))
+        }
+        _ => None,
+    };
+    let reusing = kept.is_some();
+    let (file_id, file_key, wrapped) = match kept {
+        Some(kept) => kept,
+        None => {
+            let mut rng = s.rng();
+            let file_id = current
+                .as_ref()
+                .map_or_else(|| FileId(rng.random()), |c| c.file_id);
+            let file_key = FileKey::generate(&mut *rng);
+            let ctx = FileKeyContext {
+                folder_id: &folder.folder_id,
+                epoch: folder.epoch,
+                file_id: file_id.0,
+            };
+            let wrapped = wrap_file_key(&mut *rng, &folder_key, ctx, &file_key);
+            (file_id, file_key, wrapped)
+        }
     };
     let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
-    let base = current.map(|c| c.vv);
     let request = Request::UploadBegin(UploadBegin {
         folder_id: folder.folder_id.clone(),
         path: path.to_owned(),
@@ -346,7 +441,7 @@ async fn begin<N: Net>(
         chunk_size,
         base,
     };
-    Ok((pending, (0..chunk_count).collect()))
+    Ok((pending, (0..chunk_count).collect(), reusing))
 }
 
 /// Uploads `local_path` to `path` in `folder`, resuming an interrupted upload
@@ -358,6 +453,37 @@ pub async fn put<N: Net>(
     folder: &FolderInfo,
     path: &str,
     progress: &dyn Progress,
+) -> Result<PutReport, ClientError> {
+    put_with(
+        s,
+        journal,
+        local_path,
+        folder,
+        path,
+        progress,
+        &PutOptions::default(),
+    )
+    .await
+}
+
+/// A chunk on its way: sealed and sent, or named by an earlier address.
+struct Sent {
+    index: u32,
+    address: [u8; 32],
+    sealed_len: u64,
+    plain_len: u64,
+    reused: bool,
+}
+
+/// [`put`], with a base version and chunk reuse as `options` say.
+pub async fn put_with<N: Net>(
+    s: &Session<N>,
+    journal: &dyn Journal,
+    local_path: &Path,
+    folder: &FolderInfo,
+    path: &str,
+    progress: &dyn Progress,
+    options: &PutOptions,
 ) -> Result<PutReport, ClientError> {
     paths::validate(path).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
     let local_path = std::fs::canonicalize(local_path).map_err(local(local_path))?;
@@ -386,14 +512,26 @@ pub async fn put<N: Net>(
         None => None,
     };
     let was_resumed = resumed.is_some();
-    let (pending, missing) = match resumed {
-        Some(found) => found,
+    let (pending, missing, reusing) = match resumed {
+        Some((pending, missing)) => (pending, missing, false),
         None => {
-            let fresh = begin(s, folder, path, &local_path, size, mtime, chunk_size).await?;
+            let fresh = begin(
+                s,
+                folder,
+                path,
+                &local_path,
+                size,
+                mtime,
+                chunk_size,
+                options,
+            )
+            .await?;
             journal.save(&fresh.0)?;
             fresh
         }
     };
+    let reuse: &[StoredChunk] = if reusing { &options.reuse } else { &[] };
+    let hash_chunks = options.hash_chunks || !reuse.is_empty();
     progress.start(size);
     let file_key = FileKey(SecretKey::from_bytes(*pending.file_key));
     let cipher = Arc::new(ChunkCipher::new(&file_key, pending.file_id.0));
@@ -402,7 +540,25 @@ pub async fn put<N: Net>(
 
     let mut reader = Some((file, sha2::Sha256::new()));
     let mut sending = FuturesUnordered::new();
-    let (mut chunks_sent, mut bytes_sent) = (0u32, 0u64);
+    let (mut chunks_sent, mut chunks_reused, mut bytes_sent) = (0u32, 0u32, 0u64);
+    let mut plain_hashes: Vec<[u8; 32]> = Vec::new();
+    let mut addresses: Vec<Option<[u8; 32]>> = if hash_chunks {
+        vec![None; chunk_count as usize]
+    } else {
+        Vec::new()
+    };
+    let mut settle = |sent: Sent, addresses: &mut Vec<Option<[u8; 32]>>| {
+        if sent.reused {
+            chunks_reused += 1;
+        } else {
+            bytes_sent += sent.sealed_len;
+            chunks_sent += 1;
+        }
+        if let Some(slot) = addresses.get_mut(sent.index as usize) {
+            *slot = Some(sent.address);
+        }
+        progress.advance(sent.plain_len);
+    };
     for index in 0..chunk_count {
         let len =
             (size - u64::from(index) * u64::from(chunk_size)).min(u64::from(chunk_size)) as usize;
@@ -412,32 +568,64 @@ pub async fn put<N: Net>(
         // Read the plaintext where it will be sealed: after room for the
         // envelope's header, with room for its tag.
         let offset = u64::from(index) * u64::from(chunk_size);
-        let (file, hasher, buf) = blocking(move || {
+        let (file, hasher, buf, plain_hash) = blocking(move || {
             let mut buf = Vec::with_capacity(HEADER_LEN + len + TAG_LEN);
             buf.resize(HEADER_LEN + len, 0);
             let read = file.read_exact(&mut buf[HEADER_LEN..]);
             hasher.update(&buf[HEADER_LEN..]);
+            let plain_hash: Option<[u8; 32]> =
+                hash_chunks.then(|| sha2::Sha256::digest(&buf[HEADER_LEN..]).into());
             uncache(&file, offset, len as u64);
-            read.map(|()| (file, hasher, buf))
+            read.map(|()| (file, hasher, buf, plain_hash))
         })
         .await
         .map_err(local(&local_path))?;
         reader = Some((file, hasher));
+        plain_hashes.extend(plain_hash);
         if !missing.contains(&index) {
             progress.advance(len as u64);
             continue;
         }
         while sending.len() >= in_flight(PUT_IN_FLIGHT, chunk_size) {
-            let (sent, len) = sending.next().await.expect("not empty")?;
-            bytes_sent += sent;
-            chunks_sent += 1;
-            progress.advance(len);
+            let sent = sending.next().await.expect("not empty")?;
+            settle(sent, &mut addresses);
         }
+        // The same plaintext at the same index, under the same key: the
+        // earlier version's sealed chunk serves.
+        let earlier = reuse
+            .get(index as usize)
+            .filter(|(plain, _)| plain_hash.as_ref() == Some(plain))
+            .map(|(_, address)| *address);
         let iv: [u8; 16] = s.rng().random();
         let cipher = cipher.clone();
         let upload_id = pending.upload_id.clone();
         sending.push(async move {
             let plain_len = len as u64;
+            if let Some(address) = earlier {
+                let request = Request::UploadChunk(UploadChunk {
+                    upload_id: upload_id.clone(),
+                    index,
+                    sha256: Sha256(address),
+                    md5: None,
+                });
+                match s.call_with_body(request, Bytes::new()).await {
+                    Ok(frame) => match frame.msg {
+                        Response::ChunkAck(_) => {
+                            return Ok(Sent {
+                                index,
+                                address,
+                                sealed_len: 0,
+                                plain_len,
+                                reused: true,
+                            });
+                        }
+                        other => return Err(unexpected("upload_chunk", &other)),
+                    },
+                    // No longer held by the folder: send the bytes after all.
+                    Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let (sealed, hash) = blocking(move || {
                 let mut buf = buf;
                 cipher.seal_in_place(iv, index, &mut buf);
@@ -453,16 +641,19 @@ pub async fn put<N: Net>(
                 md5: None,
             });
             match s.call_with_body(request, Bytes::from(sealed)).await?.msg {
-                Response::ChunkAck(_) => Ok((sealed_len, plain_len)),
+                Response::ChunkAck(_) => Ok(Sent {
+                    index,
+                    address: hash.0,
+                    sealed_len,
+                    plain_len,
+                    reused: false,
+                }),
                 other => Err(unexpected("upload_chunk", &other)),
             }
         });
     }
     while let Some(done) = sending.next().await {
-        let (sent, len) = done?;
-        bytes_sent += sent;
-        chunks_sent += 1;
-        progress.advance(len);
+        settle(done?, &mut addresses);
     }
     let (_, hasher) = reader
         .take()
@@ -493,12 +684,24 @@ pub async fn put<N: Net>(
         other => return Err(unexpected("upload_commit", &other)),
     };
     journal.forget(&folder.folder_id, path)?;
+    // Where each chunk is stored, when every one passed through this run.
+    let chunks = addresses
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .filter(|a| a.len() == plain_hashes.len())
+        .map(|a| plain_hashes.into_iter().zip(a).collect())
+        .unwrap_or_default();
     Ok(PutReport {
         entry,
         sha256,
         resumed: was_resumed,
         chunks_sent,
         bytes_sent,
+        chunks_reused,
+        mtime_ns: mtime,
+        inode: inode(&meta),
+        chunk_size,
+        chunks,
     })
 }
 
@@ -529,6 +732,8 @@ pub struct GetReport {
     pub sha256: [u8; 32],
     /// The version read.
     pub entry: FileEntry,
+    /// Its chunks' content addresses, in order (from the manifest).
+    pub chunks: Vec<[u8; 32]>,
 }
 
 /// Removes a temporary file unless told it was renamed into place.
@@ -770,6 +975,7 @@ pub async fn get<N: Net>(
         size: written,
         sha256,
         entry,
+        chunks: hashes.into_iter().map(|h| h.0).collect(),
     })
 }
 

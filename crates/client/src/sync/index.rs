@@ -4,12 +4,17 @@
 //! chunk was stored under — so an unchanged chunk is never sealed or sent
 //! again.
 //!
+//! A path this device and the server agree on also carries the server
+//! version it matches (number and version vector): the base of the next
+//! upload, and how an echo of this device's own change is told from news.
+//!
 //! Rows are bounded when read back: a hash column that is not a whole number
 //! of 32-byte hashes, or a chunk list longer than the protocol allows, is an
 //! error, not a panic.
 
 use std::collections::BTreeMap;
 
+use coffer_proto::types::VersionVector;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::scan::{FileState, Known};
@@ -27,6 +32,8 @@ CREATE TABLE IF NOT EXISTS sync_index (
     chunk_size INTEGER NOT NULL DEFAULT 0,
     chunks     BLOB,
     stored     BLOB,
+    version    INTEGER,
+    vv         TEXT,
     PRIMARY KEY (folder_id, path)
 ) STRICT;
 "#;
@@ -60,6 +67,15 @@ pub type Hash = [u8; 32];
 /// A plaintext chunk's hash and the content address it was stored under.
 pub type StoredChunk = (Hash, Hash);
 
+/// The server version a path on disk matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// The server's version number of the path.
+    pub version: u64,
+    /// Its version vector.
+    pub vv: VersionVector,
+}
+
 /// Two optional BLOB columns.
 type Blobs = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -80,6 +96,34 @@ fn hashes(path: &str, blob: &[u8]) -> Result<Vec<[u8; 32]>, IndexError> {
         .collect())
 }
 
+const COLUMNS: &str = "path, is_dir, size, mtime_ns, inode, sha256, chunk_size, chunks";
+
+fn known_from_row(row: &rusqlite::Row<'_>) -> Result<(String, Known), IndexError> {
+    let path: String = row.get(0)?;
+    let known = if row.get::<_, bool>(1)? {
+        Known::Dir
+    } else {
+        let sha256: Vec<u8> = row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
+        let sha256: [u8; 32] = sha256.try_into().map_err(|_| IndexError::Corrupt {
+            path: path.clone(),
+            what: "content hash is not 32 bytes",
+        })?;
+        let chunks = hashes(
+            &path,
+            &row.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+        )?;
+        Known::File(FileState {
+            size: row.get::<_, i64>(2)?.max(0) as u64,
+            mtime_ns: row.get(3)?,
+            inode: row.get::<_, i64>(4)? as u64,
+            sha256,
+            chunk_size: row.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
+            chunks,
+        })
+    };
+    Ok((path, known))
+}
+
 impl<'a> Index<'a> {
     pub(crate) fn new(db: &'a Connection) -> Self {
         Index { db }
@@ -87,38 +131,28 @@ impl<'a> Index<'a> {
 
     /// Everything known of `folder_id`, by path.
     pub fn load(&self, folder_id: &str) -> Result<BTreeMap<String, Known>, IndexError> {
-        let mut statement = self.db.prepare(
-            "SELECT path, is_dir, size, mtime_ns, inode, sha256, chunk_size, chunks
-             FROM sync_index WHERE folder_id = ?1",
-        )?;
+        let mut statement = self.db.prepare(&format!(
+            "SELECT {COLUMNS} FROM sync_index WHERE folder_id = ?1"
+        ))?;
         let mut rows = statement.query([folder_id])?;
         let mut out = BTreeMap::new();
         while let Some(row) = rows.next()? {
-            let path: String = row.get(0)?;
-            let known = if row.get::<_, bool>(1)? {
-                Known::Dir
-            } else {
-                let sha256: Vec<u8> = row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
-                let sha256: [u8; 32] = sha256.try_into().map_err(|_| IndexError::Corrupt {
-                    path: path.clone(),
-                    what: "content hash is not 32 bytes",
-                })?;
-                let chunks = hashes(
-                    &path,
-                    &row.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
-                )?;
-                Known::File(FileState {
-                    size: row.get::<_, i64>(2)?.max(0) as u64,
-                    mtime_ns: row.get(3)?,
-                    inode: row.get::<_, i64>(4)? as u64,
-                    sha256,
-                    chunk_size: row.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    chunks,
-                })
-            };
+            let (path, known) = known_from_row(row)?;
             out.insert(path, known);
         }
         Ok(out)
+    }
+
+    /// What is known of one path.
+    pub fn get(&self, folder_id: &str, path: &str) -> Result<Option<Known>, IndexError> {
+        let mut statement = self.db.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sync_index WHERE folder_id = ?1 AND path = ?2"
+        ))?;
+        let mut rows = statement.query(params![folder_id, path])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(known_from_row(row)?.1)),
+            None => Ok(None),
+        }
     }
 
     /// Records what is now at `path`. A file's stored chunk addresses are
@@ -160,6 +194,94 @@ impl<'a> Index<'a> {
         self.db.execute(
             "DELETE FROM sync_index WHERE folder_id = ?1 AND path = ?2",
             params![folder_id, path],
+        )?;
+        Ok(())
+    }
+
+    /// Records the server version `path` now matches.
+    pub fn set_synced(
+        &self,
+        folder_id: &str,
+        path: &str,
+        synced: &Synced,
+    ) -> Result<(), IndexError> {
+        let vv = serde_json::to_string(&synced.vv).expect("a version vector serializes");
+        self.db.execute(
+            "UPDATE sync_index SET version = ?3, vv = ?4 WHERE folder_id = ?1 AND path = ?2",
+            params![folder_id, path, synced.version as i64, vv],
+        )?;
+        Ok(())
+    }
+
+    /// The server version `path` matches, if it was ever synced.
+    pub fn synced(&self, folder_id: &str, path: &str) -> Result<Option<Synced>, IndexError> {
+        let row: Option<(Option<i64>, Option<String>)> = self
+            .db
+            .query_row(
+                "SELECT version, vv FROM sync_index WHERE folder_id = ?1 AND path = ?2",
+                params![folder_id, path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((Some(version), Some(vv))) = row else {
+            return Ok(None);
+        };
+        if vv.len() > 64 * 1024 {
+            return Err(IndexError::Corrupt {
+                path: path.to_owned(),
+                what: "version vector too long",
+            });
+        }
+        let vv = serde_json::from_str(&vv).map_err(|_| IndexError::Corrupt {
+            path: path.to_owned(),
+            what: "version vector unreadable",
+        })?;
+        Ok(Some(Synced {
+            version: version.max(0) as u64,
+            vv,
+        }))
+    }
+
+    /// Every synced path's server version number.
+    pub fn versions(&self, folder_id: &str) -> Result<BTreeMap<String, u64>, IndexError> {
+        let mut statement = self.db.prepare(
+            "SELECT path, version FROM sync_index WHERE folder_id = ?1 AND version IS NOT NULL",
+        )?;
+        let rows = statement.query_map([folder_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves what is known of `from` (and, for a directory, everything
+    /// below it) to `to`, replacing what was known there.
+    pub fn rename(&self, folder_id: &str, from: &str, to: &str) -> Result<(), IndexError> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM sync_index WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
+            params![folder_id, to, format!("{to}/"), format!("{to}0")],
+        )?;
+        tx.execute(
+            "UPDATE sync_index SET path = ?5 || substr(path, ?6)
+             WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
+            params![
+                folder_id,
+                from,
+                format!("{from}/"),
+                format!("{from}0"),
+                to,
+                from.len() as i64 + 1
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets `path` and everything below it.
+    pub fn remove_tree(&self, folder_id: &str, path: &str) -> Result<(), IndexError> {
+        self.db.execute(
+            "DELETE FROM sync_index WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
+            params![folder_id, path, format!("{path}/"), format!("{path}0")],
         )?;
         Ok(())
     }
@@ -269,6 +391,35 @@ mod tests {
         // New content: they go.
         index.put("f", "a", &Known::File(file(3, 2))).unwrap();
         assert!(index.stored("f", "a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn synced_versions_follow_renames_of_whole_trees() {
+        let db = db();
+        let index = Index::new(&db);
+        let vv: VersionVector = [("n1".to_owned(), 3)]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into();
+        index.put("f", "d", &Known::Dir).unwrap();
+        index.put("f", "d/a", &Known::File(file(1, 1))).unwrap();
+        index.put("f", "d0", &Known::File(file(2, 1))).unwrap();
+        index.put("f", "e/old", &Known::File(file(3, 1))).unwrap();
+        let synced = Synced { version: 4, vv };
+        index.set_synced("f", "d/a", &synced).unwrap();
+        assert_eq!(index.synced("f", "d/a").unwrap(), Some(synced.clone()));
+        assert_eq!(index.synced("f", "d0").unwrap(), None);
+        index.put("f", "e", &Known::Dir).unwrap();
+        index.rename("f", "d", "e").unwrap();
+        let known = index.load("f").unwrap();
+        assert_eq!(known.keys().collect::<Vec<_>>(), ["d0", "e", "e/a"]);
+        assert_eq!(index.synced("f", "e/a").unwrap(), Some(synced));
+        assert_eq!(
+            index.versions("f").unwrap().into_iter().collect::<Vec<_>>(),
+            [("e/a".to_owned(), 4)]
+        );
+        index.remove_tree("f", "e").unwrap();
+        assert_eq!(index.load("f").unwrap().keys().collect::<Vec<_>>(), ["d0"]);
     }
 
     #[test]

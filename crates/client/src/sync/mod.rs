@@ -9,7 +9,10 @@
 //! - [`queue`]: local changes waiting to be sent, persisted in the home's
 //!   SQLite so that a crash or `kill -9` loses none.
 
+pub mod daemon;
+pub mod engine;
 pub mod ignore;
 pub mod index;
 pub mod queue;
 pub mod scan;
+pub mod state;

@@ -8,6 +8,8 @@
 //!   content is gone; sending it would only be undone);
 //! - a create or modify while one already waits for the path adds nothing
 //!   (the sender reads the file as it is when it sends);
+//! - a change identical to the last one waiting for its paths adds nothing
+//!   (a rescan reporting again what was not sent yet);
 //! - everything else is appended. Entries leave in the order they came, and
 //!   [`Queue::ready`] never hands out an entry while an earlier one for the
 //!   same path (or, for a move, either path) waits — so the events for one
@@ -143,6 +145,19 @@ impl<'a> Queue<'a> {
             }
             Op::Move { .. } | Op::Mkdir(_) | Op::Rmdir(_) => {}
         }
+        // The same change reported again (a rescan before it was sent) is
+        // already waiting: the last entry for its paths is this very one.
+        let last: Option<(String, String, Option<String>)> = tx
+            .query_row(
+                "SELECT op, path, to_path FROM sync_queue WHERE folder_id = ?1
+                 AND (path IN (?2, ?3) OR to_path IN (?2, ?3)) ORDER BY seq DESC LIMIT 1",
+                params![folder_id, path, to.unwrap_or(path)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if last.is_some_and(|(k, p, t)| k == kind && p == path && t.as_deref() == to) {
+            return tx.commit();
+        }
         tx.execute(
             "INSERT INTO sync_queue (folder_id, op, path, to_path) VALUES (?1, ?2, ?3, ?4)",
             params![folder_id, kind, path, to],
@@ -201,6 +216,15 @@ impl<'a> Queue<'a> {
                 params![seq, why],
             )
             .map(drop)
+    }
+
+    /// Entries waiting for `folder_id` that failed at least once.
+    pub fn failing(&self, folder_id: &str) -> rusqlite::Result<u64> {
+        self.db.query_row(
+            "SELECT COUNT(*) FROM sync_queue WHERE folder_id = ?1 AND attempts > 0",
+            [folder_id],
+            |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64),
+        )
     }
 
     /// Entries waiting for `folder_id`.

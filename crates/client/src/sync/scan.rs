@@ -51,6 +51,12 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// Whether a file with metadata `m` is, as far as its metadata tells,
+    /// the file this state was taken of.
+    pub fn matches(&self, m: &Metadata) -> bool {
+        self.same_metadata(&stat(m))
+    }
+
     fn same_metadata(&self, m: &Stat) -> bool {
         self.size == m.size && self.mtime_ns == m.mtime_ns && self.inode == m.inode
     }

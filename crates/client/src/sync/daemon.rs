@@ -1,0 +1,465 @@
+//! The daemon: one task that keeps attached folders in sync until told to
+//! stop (or, with `once`, until there is nothing left to do).
+//!
+//! It holds one connection subscribed to the server's events (the client
+//! connects out; the server never connects back), starting from the cursor
+//! it last applied, so that after being offline it receives what it missed.
+//! A folder never reconciled before is first compared with a full listing.
+//! Local changes come from a `notify` watcher, debounced, and from a
+//! periodic full rescan (watchers drop events). When the server cannot be
+//! reached the daemon keeps its queue and tries again with backoff.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use coffer_net::Net;
+use coffer_proto::event::{Event, MemberChange};
+use coffer_proto::request::Subscribe;
+use coffer_proto::{ErrorCode, Request, Response};
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::engine::{Engine, Folder, Round};
+use super::state::AlertKind;
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::home::Home;
+use crate::session::Session;
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Sync until idle, then return.
+    pub once: bool,
+    /// Quiet time after a file-system event before the folder is scanned.
+    pub debounce: Duration,
+    /// Full rescan period.
+    pub rescan: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            once: false,
+            debounce: Duration::from_millis(100),
+            rescan: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a run did, in total.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Local changes queued.
+    pub queued: usize,
+    /// Changes sent.
+    pub sent: usize,
+    /// Remote changes applied.
+    pub applied: usize,
+    /// Conflict copies made.
+    pub conflicts: usize,
+}
+
+impl Summary {
+    fn add(&mut self, r: Round) {
+        self.queued += r.queued;
+        self.sent += r.sent;
+        self.applied += r.applied;
+        self.conflicts += r.conflicts;
+    }
+}
+
+/// Rounds `once` runs before giving up on settling.
+const MAX_ONCE_ROUNDS: usize = 50;
+/// File-system events buffered between scans.
+const WATCH_BUFFER: usize = 4096;
+
+/// File-system events of the watched roots, as folder indices.
+struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<PathBuf>,
+    overflow: Arc<AtomicBool>,
+}
+
+fn watch(folders: &[Folder]) -> Result<Watch, ClientError> {
+    let (tx, events) = mpsc::channel(WATCH_BUFFER);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let flag = overflow.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else {
+            flag.store(true, Ordering::Relaxed);
+            return;
+        };
+        if event.need_rescan() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        for path in event.paths {
+            // The daemon's own temporary files come and go with every download.
+            let own = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(crate::transfer::TEMP_PREFIX));
+            if !own && tx.try_send(path).is_err() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    })
+    .map_err(watch_err)?;
+    for f in folders {
+        watcher
+            .watch(&f.root, notify::RecursiveMode::Recursive)
+            .map_err(watch_err)?;
+    }
+    Ok(Watch {
+        _watcher: watcher,
+        events,
+        overflow,
+    })
+}
+
+fn watch_err(e: notify::Error) -> ClientError {
+    ClientError::Local {
+        path: e.paths.first().cloned().unwrap_or_default(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// A subscribed connection.
+struct Link {
+    _client: Client,
+    events: mpsc::Receiver<Event>,
+}
+
+/// Runs the daemon over `folders` until `shutdown` completes (or, with
+/// `once`, until idle).
+pub async fn run<N: Net>(
+    home: &Home,
+    session: &Session<N>,
+    device: &str,
+    mut folders: Vec<Folder>,
+    options: &Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Summary, ClientError> {
+    tokio::pin!(shutdown);
+    let engine = Engine::new(home, session, device);
+    let mut summary = Summary::default();
+    let mut watch = if options.once {
+        None
+    } else {
+        Some(watch(&folders)?)
+    };
+    let mut link: Option<Link> = None;
+    let mut caught_up = false;
+    let mut dirty: BTreeSet<usize> = (0..folders.len()).collect();
+    let mut backoff = Duration::from_millis(250);
+    let mut retry_at = Instant::now();
+    let mut rescan = tokio::time::interval_at(Instant::now() + options.rescan, options.rescan);
+    let mut rounds = 0;
+    loop {
+        if link.is_none() && Instant::now() >= retry_at {
+            match connect(home, session, &engine, &folders, &mut summary).await {
+                Ok(l) => {
+                    link = Some(l);
+                    caught_up = false;
+                    backoff = Duration::from_millis(250);
+                    dirty = (0..folders.len()).collect();
+                }
+                Err(e) if options.once || !e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::warn!("server unreachable, retrying in {backoff:?}: {e}");
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(options.max_backoff);
+                }
+            }
+        }
+        if link.is_some() && !dirty.is_empty() {
+            let mut queued = 0;
+            for &i in &dirty {
+                queued += engine.scan(&folders[i]).await?;
+            }
+            summary.queued += queued;
+            dirty.clear();
+            match engine.send(&folders).await {
+                Ok(round) => summary.add(round),
+                Err(e) if e.is_transient() && !options.once => {
+                    tracing::warn!("sending paused: {e}");
+                    link = None;
+                    retry_at = Instant::now() + backoff;
+                }
+                Err(e) => return Err(e),
+            }
+            if options.once && caught_up {
+                rounds += 1;
+                let waiting: u64 = folders
+                    .iter()
+                    .map(|f| home.queue().pending(&f.info.folder_id))
+                    .sum::<Result<u64, _>>()
+                    .map_err(db_err)?;
+                if queued == 0 && waiting == 0 {
+                    return Ok(summary);
+                }
+                if rounds >= MAX_ONCE_ROUNDS {
+                    return Err(ClientError::Usage(format!(
+                        "{waiting} changes still waiting after {rounds} rounds; see `coffer status`"
+                    )));
+                }
+                // Sending may have made conflict copies to send in turn.
+                dirty = (0..folders.len()).collect();
+            }
+        }
+        tokio::select! {
+            event = next_event(&mut link) => {
+                match event {
+                    None => {
+                        if options.once {
+                            return Err(ClientError::Lost("the server closed the subscription".into()));
+                        }
+                        tracing::warn!("subscription lost; reconnecting");
+                        link = None;
+                        retry_at = Instant::now() + backoff;
+                    }
+                    Some(event) => {
+                        let outcome = handle(&engine, home, session, &mut folders, event, &mut summary).await;
+                        match outcome {
+                            Ok(Handled::CaughtUp) => {
+                                caught_up = true;
+                                if options.once {
+                                    dirty = (0..folders.len()).collect();
+                                }
+                            }
+                            Ok(Handled::Applied) => {}
+                            Err(e) if e.is_transient() && !options.once => {
+                                tracing::warn!("applying a remote change paused: {e}");
+                                link = None;
+                                retry_at = Instant::now() + backoff;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Some(path) = next_path(&mut watch) => {
+                // Debounce: let a burst of events settle, then scan once.
+                tokio::time::sleep(options.debounce).await;
+                let mut paths = vec![path];
+                if let Some(w) = watch.as_mut() {
+                    while let Ok(p) = w.events.try_recv() {
+                        paths.push(p);
+                    }
+                    if w.overflow.swap(false, Ordering::Relaxed) {
+                        dirty.extend(0..folders.len());
+                    }
+                }
+                for p in paths {
+                    if let Some(i) = folders.iter().position(|f| p.starts_with(&f.root)) {
+                        dirty.insert(i);
+                    }
+                }
+            }
+            _ = rescan.tick() => dirty.extend(0..folders.len()),
+            () = tokio::time::sleep_until(retry_at), if link.is_none() => {}
+            () = &mut shutdown => {
+                tracing::info!("stopping");
+                return Ok(summary);
+            }
+        }
+    }
+}
+
+async fn next_event(link: &mut Option<Link>) -> Option<Event> {
+    match link {
+        Some(l) => l.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_path(watch: &mut Option<Watch>) -> Option<PathBuf> {
+    match watch {
+        Some(w) => w.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> ClientError {
+    ClientError::Home(crate::home::HomeError::from(e))
+}
+
+/// Opens the subscription from the last cursor applied and reconciles, with
+/// a full listing, the folders never reconciled before.
+async fn connect<N: Net>(
+    home: &Home,
+    session: &Session<N>,
+    engine: &Engine<'_, N>,
+    folders: &[Folder],
+    summary: &mut Summary,
+) -> Result<Link, ClientError> {
+    let client = session.pool().dedicated().await?;
+    let events = client
+        .events()
+        .ok_or_else(|| ClientError::Protocol("a new connection without its events".into()))?;
+    let state = home.sync_state();
+    let cursor = state.cursor().map_err(db_err)?;
+    let answer = client
+        .call(Request::Subscribe(Subscribe {
+            cursor: cursor.clone(),
+        }))
+        .await;
+    let subscribed = match answer {
+        Ok(frame) => frame.msg,
+        Err(ClientError::Server(e)) if e.code == ErrorCode::BadRequest && cursor.is_some() => {
+            // A cursor this server does not know (its state was reset, or it
+            // is another server): start from now, after a full listing.
+            tracing::warn!("the server does not know cursor {cursor:?}; listing everything");
+            state.forget_listed().map_err(db_err)?;
+            client
+                .call(Request::Subscribe(Subscribe { cursor: None }))
+                .await?
+                .msg
+        }
+        Err(e) => return Err(e),
+    };
+    let Response::Subscribed(subscribed) = subscribed else {
+        return Err(crate::session::unexpected("subscribe", &subscribed));
+    };
+    if cursor.is_none() {
+        state.set_cursor(&subscribed.cursor).map_err(db_err)?;
+    }
+    for folder in folders {
+        if !state.listed(&folder.info.folder_id).map_err(db_err)? {
+            let round = engine.reconcile_all(folder).await?;
+            summary.add(round);
+            state.set_listed(&folder.info.folder_id).map_err(db_err)?;
+        }
+    }
+    Ok(Link {
+        _client: client,
+        events,
+    })
+}
+
+enum Handled {
+    Applied,
+    CaughtUp,
+}
+
+/// Applies one event, then remembers its cursor.
+async fn handle<N: Net>(
+    engine: &Engine<'_, N>,
+    home: &Home,
+    session: &Session<N>,
+    folders: &mut Vec<Folder>,
+    event: Event,
+    summary: &mut Summary,
+) -> Result<Handled, ClientError> {
+    let state = home.sync_state();
+    let cursor = match &event {
+        Event::FileChanged(c) => {
+            if let Some(folder) = folders.iter().find(|f| f.info.folder_id == c.folder_id) {
+                match engine.remote_change(folder, c).await {
+                    Ok(round) => summary.add(round),
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        let message = format!("could not apply the change to {}: {e}", c.path);
+                        tracing::warn!(folder = %folder.info.label, "{message}");
+                        state
+                            .alert(
+                                Some(&c.folder_id),
+                                AlertKind::Error,
+                                Some(&c.path),
+                                &message,
+                                now_ms(),
+                            )
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            Some(c.cursor.clone())
+        }
+        Event::MemberChanged(m) => {
+            if m.username == session.username() {
+                match m.change {
+                    MemberChange::Removed | MemberChange::Left => {
+                        if let Some(i) =
+                            folders.iter().position(|f| f.info.folder_id == m.folder_id)
+                        {
+                            let folder = folders.remove(i);
+                            let message = format!(
+                                "no longer a member of \"{}\": it is no longer synced",
+                                folder.info.label
+                            );
+                            tracing::warn!("{message}");
+                            state
+                                .alert(
+                                    Some(&m.folder_id),
+                                    AlertKind::Error,
+                                    None,
+                                    &message,
+                                    now_ms(),
+                                )
+                                .map_err(db_err)?;
+                        }
+                    }
+                    MemberChange::RoleChanged | MemberChange::Joined => {
+                        if let Some(f) =
+                            folders.iter_mut().find(|f| f.info.folder_id == m.folder_id)
+                        {
+                            tracing::info!(folder = %f.info.label, role = ?m.role, "role changed");
+                            f.info.role = m.role;
+                        }
+                    }
+                }
+            }
+            Some(m.cursor.clone())
+        }
+        Event::KeyRotated(k) => {
+            if let Some(f) = folders.iter_mut().find(|f| f.info.folder_id == k.folder_id) {
+                f.info.epoch = f.info.epoch.max(k.epoch);
+            }
+            Some(k.cursor.clone())
+        }
+        Event::Invited(i) => {
+            let message = format!(
+                "{} invites you to \"{}\" as {:?}: `coffer invite accept {}`",
+                i.invite.from, i.invite.label, i.invite.role, i.invite.label
+            );
+            tracing::info!("{message}");
+            state
+                .alert(
+                    Some(&i.invite.folder_id),
+                    AlertKind::Invite,
+                    None,
+                    &message,
+                    now_ms(),
+                )
+                .map_err(db_err)?;
+            Some(i.cursor.clone())
+        }
+        Event::SessionEnded(e) => {
+            return Err(ClientError::Server(coffer_proto::ErrorBody::new(
+                ErrorCode::Unauthorized,
+                format!("the session ended ({:?}): run `coffer login`", e.reason),
+            )));
+        }
+        Event::CaughtUp(c) => {
+            state.set_cursor(&c.cursor).map_err(db_err)?;
+            return Ok(Handled::CaughtUp);
+        }
+    };
+    if let Some(cursor) = cursor {
+        state.set_cursor(&cursor).map_err(db_err)?;
+    }
+    Ok(Handled::Applied)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,1070 @@
+//! One synced folder: local changes scanned, queued and sent; remote changes
+//! fetched and applied; conflicts kept side by side.
+//!
+//! Everything here runs in one task, one step at a time, so a remote change
+//! and a local one to the same path are never applied at once. The index
+//! records only what this device and the server agree on: a local change
+//! stays "changed" (disk ≠ index) until the server has acknowledged it, so a
+//! remote change arriving meanwhile is seen to collide with it.
+//!
+//! Rules:
+//! - a remote change never overwrites a local file that changed since it was
+//!   indexed: the server's version goes under the original name, the local
+//!   one under `name.conflict-<device>-<yyyymmdd-hhmmss>.ext`, uploaded like
+//!   any new file. Identical content on both sides is not a conflict;
+//! - a delete racing a modify keeps the modified file (either side);
+//! - an upload names the version it was derived from; the server refuses it
+//!   if another came first, and the daemon then fetches that version and
+//!   applies the rules above;
+//! - a remote file is written to a temporary file in the folder, checked,
+//!   fsynced and renamed into place, after checking once more that the local
+//!   file did not change meanwhile;
+//! - a viewer never uploads: a local edit is kept and reported, not reverted.
+
+use std::path::{Path, PathBuf};
+
+use coffer_net::{Net, blocking};
+use coffer_proto::request::{Delete, List, Move, PathRef, Stat};
+use coffer_proto::response::FolderInfo;
+use coffer_proto::types::{EntryKind, FileEntry, Role};
+use coffer_proto::{ErrorCode, Request, Response, path as paths};
+use rand::RngExt;
+
+use super::ignore::{Ignore, TEMP_PREFIX};
+use super::index::Synced;
+use super::queue::{Entry, Op};
+use super::scan::{self, Change, FileState, Known};
+use super::state::AlertKind;
+use crate::error::ClientError;
+use crate::home::Home;
+use crate::session::{Session, unexpected};
+use crate::transfer::{self, Base, PutOptions, Quiet, Source};
+
+/// Attempts before a change the server keeps refusing is given up (and
+/// reported); transient failures (no server) do not count.
+const MAX_ATTEMPTS: u32 = 5;
+/// Queue entries taken at a time.
+const BATCH: usize = 64;
+
+/// A synced folder.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    /// The folder as the server describes it (role, epoch).
+    pub info: FolderInfo,
+    /// Where it is on this device.
+    pub root: PathBuf,
+}
+
+impl Folder {
+    fn id(&self) -> &str {
+        &self.info.folder_id
+    }
+
+    fn local(&self, path: &str) -> PathBuf {
+        let mut out = self.root.clone();
+        out.extend(path.split('/'));
+        out
+    }
+
+    fn can_write(&self) -> bool {
+        self.info.role != Role::Viewer
+    }
+}
+
+/// What one round of work did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Local changes queued.
+    pub queued: usize,
+    /// Queue entries sent (or found to need nothing).
+    pub sent: usize,
+    /// Remote changes applied to the disk.
+    pub applied: usize,
+    /// Conflict copies made.
+    pub conflicts: usize,
+}
+
+/// The sync engine of one device.
+#[derive(Debug)]
+pub struct Engine<'a, N: Net> {
+    home: &'a Home,
+    session: &'a Session<N>,
+    /// This device's name, as conflict copies carry it.
+    device: String,
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Local {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `name.conflict-<device>-<yyyymmdd-hhmmss>.ext` beside `path` (the
+/// extension is what follows the last dot of the name, if any).
+pub fn conflict_name(path: &str, device: &str, unix_secs: u64) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (format!("{dir}/"), name),
+        None => (String::new(), path),
+    };
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let device: String = device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    let stamp = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs),
+    )
+    .to_string();
+    // 2026-11-21T10:15:00Z → 20261121-101500
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    let stamp = format!("{}-{}", &digits[..8], &digits[8..14]);
+    format!("{dir}{stem}.conflict-{device}-{stamp}{ext}")
+}
+
+/// How the disk stands against the index for one path.
+#[derive(Debug)]
+enum Local {
+    /// Nothing there.
+    Absent,
+    /// A directory.
+    Dir,
+    /// A file, with its metadata.
+    File(std::fs::Metadata),
+}
+
+fn look(path: &Path) -> Result<Local, ClientError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(Local::Dir),
+        Ok(m) if m.is_file() => Ok(Local::File(m)),
+        // A link or special file is never synced; it counts as something
+        // there, which nothing may overwrite.
+        Ok(m) => Ok(Local::File(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Local::Absent),
+        Err(e) => Err(local_err(path)(e)),
+    }
+}
+
+/// Whether the disk differs from what the index says was synced.
+fn changed(known: Option<&Known>, local: &Local) -> bool {
+    match (known, local) {
+        (None, Local::Absent) => false,
+        (Some(Known::Dir), Local::Dir) => false,
+        (Some(Known::File(state)), Local::File(m)) => !state.matches(m),
+        _ => true,
+    }
+}
+
+impl<'a, N: Net> Engine<'a, N> {
+    /// An engine over this device's home and session.
+    pub fn new(home: &'a Home, session: &'a Session<N>, device: &str) -> Self {
+        Engine {
+            home,
+            session,
+            device: device.to_owned(),
+        }
+    }
+
+    fn alert(&self, folder: &Folder, kind: AlertKind, path: Option<&str>, message: &str) {
+        match kind {
+            AlertKind::Error => tracing::warn!(folder = %folder.info.label, path, "{message}"),
+            _ => tracing::info!(folder = %folder.info.label, path, "{message}"),
+        }
+        if let Err(e) =
+            self.home
+                .sync_state()
+                .alert(Some(folder.id()), kind, path, message, now_ms())
+        {
+            tracing::warn!("could not record an alert: {e}");
+        }
+    }
+
+    // ---- local → server -------------------------------------------------
+
+    /// Scans the folder and queues what changed; a viewer's changes are
+    /// reported instead. The number of changes queued.
+    pub async fn scan(&self, folder: &Folder) -> Result<usize, ClientError> {
+        let known = self.home.index().load(folder.id()).map_err(home_err)?;
+        let root = folder.root.clone();
+        let found = blocking(move || {
+            let ignore = Ignore::load(&root)?;
+            scan::scan(&root, &known, &ignore)
+        })
+        .await
+        .map_err(local_err(&folder.root))?;
+        let index = self.home.index();
+        let queue = self.home.queue();
+        let state = self.home.sync_state();
+        let mut queued = 0;
+        for change in found.changes {
+            if let Change::Touched(path, file) = &change {
+                index
+                    .put(folder.id(), path, &Known::File(file.clone()))
+                    .map_err(home_err)?;
+                continue;
+            }
+            if !folder.can_write() {
+                let path = change.path();
+                let already = state
+                    .has_alert(folder.id(), AlertKind::ViewerEdit, path)
+                    .map_err(db_err)?;
+                if !already {
+                    self.alert(
+                        folder,
+                        AlertKind::ViewerEdit,
+                        Some(path),
+                        &format!(
+                            "{path} changed here, but you are a viewer of \"{}\": kept, not uploaded",
+                            folder.info.label
+                        ),
+                    );
+                }
+                continue;
+            }
+            let op = match change {
+                Change::DirCreated(p) => Op::Mkdir(p),
+                Change::DirDeleted(p) => Op::Rmdir(p),
+                Change::Created(p, _) | Change::Modified(p, _) => Op::Put(p),
+                Change::Deleted(p) => Op::Delete(p),
+                Change::Moved { from, to, .. } => Op::Move { from, to },
+                Change::Touched(..) => continue,
+            };
+            queue.push(folder.id(), &op).map_err(db_err)?;
+            queued += 1;
+        }
+        for (path, why) in found.skipped {
+            tracing::debug!(folder = %folder.info.label, path, "not synced: {why}");
+        }
+        Ok(queued)
+    }
+
+    /// Sends what the queue holds for these folders. Stops at the first
+    /// failure that says the server cannot be reached (it is kept for the
+    /// next round); a change the server refuses is retried a few times,
+    /// then dropped and reported.
+    pub async fn send(&self, folders: &[Folder]) -> Result<Round, ClientError> {
+        let mut round = Round::default();
+        let mut tried = std::collections::HashSet::new();
+        loop {
+            let ready = self.home.queue().ready(BATCH).map_err(db_err)?;
+            let fresh: Vec<Entry> = ready
+                .into_iter()
+                .filter(|e| !tried.contains(&e.seq))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(round);
+            }
+            for entry in fresh {
+                tried.insert(entry.seq);
+                let Some(folder) = folders.iter().find(|f| f.id() == entry.folder_id) else {
+                    continue;
+                };
+                if !folder.can_write() {
+                    // Queued before the role changed: nothing may be sent.
+                    self.home.queue().done(entry.seq).map_err(db_err)?;
+                    continue;
+                }
+                match self.send_one(folder, &entry.op, &mut round).await {
+                    Ok(()) => {
+                        self.home.queue().done(entry.seq).map_err(db_err)?;
+                        round.sent += 1;
+                    }
+                    Err(e) if e.is_transient() || matches!(e, ClientError::Local { .. }) => {
+                        self.home
+                            .queue()
+                            .failed(entry.seq, &e.to_string())
+                            .map_err(db_err)?;
+                        if e.is_transient() {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) if entry.attempts + 1 >= MAX_ATTEMPTS => {
+                        self.home.queue().done(entry.seq).map_err(db_err)?;
+                        self.alert(
+                            folder,
+                            AlertKind::Error,
+                            entry.op.paths().first().copied(),
+                            &format!("gave up sending {:?}: {e}", entry.op),
+                        );
+                    }
+                    Err(e) => {
+                        self.home
+                            .queue()
+                            .failed(entry.seq, &e.to_string())
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_one(
+        &self,
+        folder: &Folder,
+        op: &Op,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        match op {
+            Op::Put(path) => self.upload(folder, path, round).await,
+            Op::Delete(path) | Op::Rmdir(path) => self.delete(folder, path, round).await,
+            Op::Move { from, to } => self.move_(folder, from, to, round).await,
+            Op::Mkdir(path) => self.mkdir(folder, path, round).await,
+        }
+    }
+
+    async fn upload(
+        &self,
+        folder: &Folder,
+        path: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        let local = folder.local(path);
+        let index = self.home.index();
+        let known = index.get(folder.id(), path).map_err(home_err)?;
+        let synced = index.synced(folder.id(), path).map_err(home_err)?;
+        let meta = match look(&local)? {
+            Local::File(m) if m.is_file() => m,
+            // Gone or no longer a file: the scanner reports what it is now.
+            _ => return Ok(()),
+        };
+        if synced.is_some() && !changed(known.as_ref(), &Local::File(meta)) {
+            // Already what the server holds (a remote change applied since).
+            return Ok(());
+        }
+        let options = PutOptions {
+            base: Base::Known(synced.map(|s| s.vv)),
+            hash_chunks: true,
+            reuse: index.stored(folder.id(), path).map_err(home_err)?,
+        };
+        let put = transfer::put_with(
+            self.session,
+            self.home,
+            &local,
+            &folder.info,
+            path,
+            &Quiet,
+            &options,
+        )
+        .await;
+        let report = match put {
+            Ok(report) => report,
+            Err(ClientError::Server(e)) if e.code == ErrorCode::Conflict => {
+                // Someone else's version came first: take it, keeping ours beside it.
+                return self.reconcile(folder, path, round).await;
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(
+            folder = %folder.info.label,
+            path,
+            version = report.entry.version,
+            sent = report.bytes_sent,
+            reused = report.chunks_reused,
+            "uploaded"
+        );
+        let state = if report.chunks.is_empty() {
+            // Resumed: the chunks sent before are not known here; hash them.
+            let at = local.clone();
+            blocking(move || scan::hash_file(&at))
+                .await
+                .map_err(local_err(&local))?
+        } else {
+            Some(FileState {
+                size: report.entry.size,
+                mtime_ns: report.mtime_ns,
+                inode: report.inode,
+                sha256: report.sha256,
+                chunk_size: report.chunk_size,
+                chunks: report.chunks.iter().map(|c| c.0).collect(),
+            })
+        };
+        let Some(state) = state else {
+            return Ok(());
+        };
+        index
+            .put(folder.id(), path, &Known::File(state))
+            .map_err(home_err)?;
+        if !report.chunks.is_empty() {
+            let stored: Vec<[u8; 32]> = report.chunks.iter().map(|c| c.1).collect();
+            index
+                .set_stored(folder.id(), path, &stored)
+                .map_err(home_err)?;
+        }
+        self.record(folder, path, &report.entry)?;
+        Ok(())
+    }
+
+    fn record(&self, folder: &Folder, path: &str, entry: &FileEntry) -> Result<(), ClientError> {
+        self.home
+            .index()
+            .set_synced(
+                folder.id(),
+                path,
+                &Synced {
+                    version: entry.version,
+                    vv: entry.vv.clone(),
+                },
+            )
+            .map_err(home_err)
+    }
+
+    async fn delete(
+        &self,
+        folder: &Folder,
+        path: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        if !matches!(look(&folder.local(path))?, Local::Absent) {
+            // Back again: the scanner reports it as it is.
+            return Ok(());
+        }
+        let index = self.home.index();
+        let Some(synced) = index.synced(folder.id(), path).map_err(home_err)? else {
+            index.remove_tree(folder.id(), path).map_err(home_err)?;
+            return Ok(());
+        };
+        if let Some(Known::Dir) = index.get(folder.id(), path).map_err(home_err)? {
+            // The server deletes a directory with everything in it: only if
+            // everything in it is something this device knew and deleted.
+            if self.unseen_below(folder, path).await? {
+                return self.reconcile_tree(folder, path, round).await;
+            }
+        }
+        let answer = self
+            .session
+            .call(Request::Delete(Delete {
+                folder_id: folder.id().to_owned(),
+                path: path.to_owned(),
+                base: Some(synced.vv),
+            }))
+            .await;
+        match answer {
+            Ok(Response::Entry(_)) => {}
+            Ok(other) => return Err(unexpected("delete", &other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {}
+            Err(ClientError::Server(e)) if e.code == ErrorCode::Conflict => {
+                // Changed there since: the changed version wins over our delete.
+                return self.reconcile(folder, path, round).await;
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(folder = %folder.info.label, path, "deleted");
+        index.remove_tree(folder.id(), path).map_err(home_err)?;
+        Ok(())
+    }
+
+    /// Whether the server holds anything live below `dir` that this device
+    /// has not synced.
+    async fn unseen_below(&self, folder: &Folder, dir: &str) -> Result<bool, ClientError> {
+        let versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        let below = self.listing(folder, Some(dir), false).await?;
+        Ok(below
+            .iter()
+            .any(|e| versions.get(&e.path) != Some(&e.version)))
+    }
+
+    async fn move_(
+        &self,
+        folder: &Folder,
+        from: &str,
+        to: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        let index = self.home.index();
+        let synced = index.synced(folder.id(), from).map_err(home_err)?;
+        let arrived = matches!(look(&folder.local(to))?, Local::File(_));
+        let gone = matches!(look(&folder.local(from))?, Local::Absent);
+        let (Some(synced), true, true) = (synced, arrived, gone) else {
+            // Not a plain move any more: send each side as it is.
+            self.upload(folder, to, round).await?;
+            return self.delete(folder, from, round).await;
+        };
+        let answer = self
+            .session
+            .call(Request::Move(Move {
+                folder_id: folder.id().to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+                base: Some(synced.vv),
+            }))
+            .await;
+        match answer {
+            Ok(Response::Entry(entry)) => {
+                tracing::info!(folder = %folder.info.label, from, to, "moved");
+                index.rename(folder.id(), from, to).map_err(home_err)?;
+                self.record(folder, to, &entry)?;
+                Ok(())
+            }
+            Ok(other) => Err(unexpected("move", &other)),
+            Err(ClientError::Server(e))
+                if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) =>
+            {
+                // The source changed there, or the destination is taken:
+                // the destination goes up as a file of its own, and the
+                // source follows the delete rules.
+                self.upload(folder, to, round).await?;
+                self.delete(folder, from, round).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn mkdir(
+        &self,
+        folder: &Folder,
+        path: &str,
+        _round: &mut Round,
+    ) -> Result<(), ClientError> {
+        if !matches!(look(&folder.local(path))?, Local::Dir) {
+            return Ok(());
+        }
+        let answer = self
+            .session
+            .call(Request::Mkdir(PathRef {
+                folder_id: folder.id().to_owned(),
+                path: path.to_owned(),
+            }))
+            .await;
+        let entry = match answer {
+            Ok(Response::Entry(entry)) => entry,
+            Ok(other) => return Err(unexpected("mkdir", &other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::Conflict => {
+                match self.stat(folder, path).await? {
+                    Some(entry) if entry.kind == EntryKind::Dir && !entry.deleted => entry,
+                    _ => return Err(ClientError::Server(e)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let index = self.home.index();
+        index
+            .put(folder.id(), path, &Known::Dir)
+            .map_err(home_err)?;
+        self.record(folder, path, &entry)
+    }
+
+    // ---- server → local -------------------------------------------------
+
+    async fn stat(&self, folder: &Folder, path: &str) -> Result<Option<FileEntry>, ClientError> {
+        match self
+            .session
+            .call(Request::Stat(Stat {
+                folder_id: folder.id().to_owned(),
+                path: path.to_owned(),
+                version: None,
+            }))
+            .await
+        {
+            Ok(Response::Entry(e)) => Ok(Some(e)),
+            Ok(other) => Err(unexpected("stat", &other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every entry of the folder (below `dir`), tombstones too when asked.
+    async fn listing(
+        &self,
+        folder: &Folder,
+        dir: Option<&str>,
+        deleted: bool,
+    ) -> Result<Vec<coffer_proto::types::EntrySummary>, ClientError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let answer = self
+                .session
+                .call(Request::List(List {
+                    folder_id: folder.id().to_owned(),
+                    dir: dir.map(str::to_owned),
+                    recursive: true,
+                    deleted,
+                    cursor: cursor.take(),
+                    limit: None,
+                }))
+                .await;
+            let listing = match answer {
+                Ok(Response::Listing(l)) => l,
+                Ok(other) => return Err(unexpected("list", &other)),
+                Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            out.extend(listing.entries);
+            match listing.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Brings the whole folder up to the server's state: everything whose
+    /// version differs from the index is fetched and applied — live entries
+    /// parents first, deletions children first.
+    pub async fn reconcile_all(&self, folder: &Folder) -> Result<Round, ClientError> {
+        let mut round = Round::default();
+        let listed = self.listing(folder, None, true).await?;
+        let mut versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for e in &listed {
+            let known = versions.remove(&e.path);
+            if known == Some(e.version) || (e.deleted && known.is_none()) {
+                continue;
+            }
+            if e.deleted { &mut dead } else { &mut live }.push(e.path.clone());
+        }
+        // Synced here, unknown there (a server that lost it, or never had it).
+        dead.extend(versions.into_keys());
+        dead.sort();
+        for path in live {
+            self.reconcile(folder, &path, &mut round).await?;
+        }
+        for path in dead.iter().rev() {
+            self.reconcile(folder, path, &mut round).await?;
+        }
+        Ok(round)
+    }
+
+    /// [`Engine::reconcile_all`] below `dir`.
+    async fn reconcile_tree(
+        &self,
+        folder: &Folder,
+        dir: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        let versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        self.reconcile(folder, dir, round).await?;
+        for e in self.listing(folder, Some(dir), false).await? {
+            if versions.get(&e.path) != Some(&e.version) {
+                self.reconcile(folder, &e.path, round).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a remote change event.
+    pub async fn remote_change(
+        &self,
+        folder: &Folder,
+        change: &coffer_proto::event::FileChanged,
+    ) -> Result<Round, ClientError> {
+        let mut round = Round::default();
+        let index = self.home.index();
+        let known_version = index
+            .synced(folder.id(), &change.path)
+            .map_err(home_err)?
+            .map(|s| s.version);
+        if let Some(from) = &change.from {
+            self.remote_move(folder, from, &change.path, &mut round)
+                .await?;
+            return Ok(round);
+        }
+        if known_version == Some(change.entry.version) {
+            // This device's own change coming back, or already applied.
+            return Ok(round);
+        }
+        self.reconcile(folder, &change.path, &mut round).await?;
+        Ok(round)
+    }
+
+    async fn remote_move(
+        &self,
+        folder: &Folder,
+        from: &str,
+        to: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        let index = self.home.index();
+        let from_known = index.get(folder.id(), from).map_err(home_err)?;
+        let from_local = look(&folder.local(from))?;
+        let to_known = index.get(folder.id(), to).map_err(home_err)?;
+        let to_local = look(&folder.local(to))?;
+        let remote = self.stat(folder, to).await?;
+        let Some(remote) = remote.filter(|e| !e.deleted) else {
+            return self.reconcile(folder, from, round).await;
+        };
+        if let Some(s) = index.synced(folder.id(), to).map_err(home_err)?
+            && s.vv == remote.vv
+        {
+            return Ok(()); // this device's own move
+        }
+        if from_known.is_some()
+            && !changed(from_known.as_ref(), &from_local)
+            && matches!(to_local, Local::Absent)
+        {
+            // Move what is here, as it is.
+            let (src, dst) = (folder.local(from), folder.local(to));
+            self.make_parents(folder, to)?;
+            std::fs::rename(&src, &dst).map_err(local_err(&dst))?;
+            index.rename(folder.id(), from, to).map_err(home_err)?;
+            self.record(folder, to, &remote)?;
+            round.applied += 1;
+            // The source's tombstone is what the index now says of it.
+            return Ok(());
+        }
+        if to_known.is_some() && !changed(to_known.as_ref(), &to_local) {
+            // Below a directory already moved here: only the version is new.
+            self.record(folder, to, &remote)?;
+            return Ok(());
+        }
+        self.reconcile(folder, to, round).await?;
+        self.reconcile(folder, from, round).await
+    }
+
+    /// Creates the parent directories of `path` on disk, recording them.
+    fn make_parents(&self, folder: &Folder, path: &str) -> Result<(), ClientError> {
+        let index = self.home.index();
+        let mut at = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            let local = folder.local(&at);
+            match look(&local)? {
+                Local::Dir => {}
+                Local::Absent => {
+                    std::fs::create_dir(&local).map_err(local_err(&local))?;
+                    index.put(folder.id(), &at, &Known::Dir).map_err(home_err)?;
+                }
+                Local::File(_) => {
+                    return Err(ClientError::Local {
+                        path: local,
+                        source: std::io::Error::other("a file where a directory should be"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the server's latest state of `path` and applies it by the
+    /// module's rules.
+    pub async fn reconcile(
+        &self,
+        folder: &Folder,
+        path: &str,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        if paths::validate(path).is_err() {
+            return Err(ClientError::Protocol(format!(
+                "the server named {path:?}, which is not a valid path"
+            )));
+        }
+        let remote = self.stat(folder, path).await?;
+        let index = self.home.index();
+        let synced = index.synced(folder.id(), path).map_err(home_err)?;
+        if let (Some(r), Some(s)) = (&remote, &synced)
+            && r.vv == s.vv
+        {
+            return Ok(());
+        }
+        let known = index.get(folder.id(), path).map_err(home_err)?;
+        let target = folder.local(path);
+        let here = look(&target)?;
+        let local_changed = changed(known.as_ref(), &here);
+        match remote {
+            None => self.apply_deletion(
+                folder,
+                path,
+                &target,
+                &here,
+                known.is_some(),
+                local_changed,
+                round,
+            ),
+            Some(r) if r.deleted => self.apply_deletion(
+                folder,
+                path,
+                &target,
+                &here,
+                known.is_some(),
+                local_changed,
+                round,
+            ),
+            Some(r) if r.kind == EntryKind::Dir => {
+                match here {
+                    Local::Dir => {}
+                    Local::Absent => {
+                        self.make_parents(folder, path)?;
+                        std::fs::create_dir(&target).map_err(local_err(&target))?;
+                        round.applied += 1;
+                    }
+                    Local::File(_) => {
+                        self.set_aside(folder, path, round)?;
+                        std::fs::create_dir(&target).map_err(local_err(&target))?;
+                        round.applied += 1;
+                    }
+                }
+                index
+                    .put(folder.id(), path, &Known::Dir)
+                    .map_err(home_err)?;
+                self.record(folder, path, &r)
+            }
+            Some(r) => {
+                self.apply_file(folder, path, &target, local_changed, r, round)
+                    .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_deletion(
+        &self,
+        folder: &Folder,
+        path: &str,
+        target: &Path,
+        here: &Local,
+        was_known: bool,
+        local_changed: bool,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        let index = self.home.index();
+        if matches!(here, Local::Absent) || !was_known {
+            index.remove_tree(folder.id(), path).map_err(home_err)?;
+            return Ok(());
+        }
+        if local_changed {
+            // Changed here, deleted there: the change wins; it goes up as new.
+            self.alert(
+                folder,
+                AlertKind::Conflict,
+                Some(path),
+                &format!("{path} was deleted elsewhere but changed here: kept"),
+            );
+            index.remove_tree(folder.id(), path).map_err(home_err)?;
+            return Ok(());
+        }
+        match here {
+            Local::Dir => {
+                // Its contents were deleted first (children before parents);
+                // what is left is new here and keeps the directory.
+                if std::fs::remove_dir(target).is_ok() {
+                    round.applied += 1;
+                    index.remove_tree(folder.id(), path).map_err(home_err)?;
+                } else {
+                    index.remove(folder.id(), path).map_err(home_err)?;
+                }
+            }
+            _ => {
+                std::fs::remove_file(target).map_err(local_err(target))?;
+                round.applied += 1;
+                index.remove_tree(folder.id(), path).map_err(home_err)?;
+            }
+        }
+        tracing::info!(folder = %folder.info.label, path, "deleted (remote)");
+        Ok(())
+    }
+
+    /// Renames the local file at `path` to a conflict copy beside it.
+    fn set_aside(
+        &self,
+        folder: &Folder,
+        path: &str,
+        round: &mut Round,
+    ) -> Result<String, ClientError> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut name = conflict_name(path, &self.device, secs);
+        let mut n = 2;
+        while !matches!(look(&folder.local(&name))?, Local::Absent) {
+            name = conflict_name(path, &format!("{}-{n}", self.device), secs);
+            n += 1;
+        }
+        let (from, to) = (folder.local(path), folder.local(&name));
+        std::fs::rename(&from, &to).map_err(local_err(&to))?;
+        round.conflicts += 1;
+        let kind = if folder.can_write() {
+            AlertKind::Conflict
+        } else {
+            AlertKind::ViewerEdit
+        };
+        self.alert(
+            folder,
+            kind,
+            Some(path),
+            &format!("{path} changed here and elsewhere: the other version is at {path}, this one at {name}"),
+        );
+        Ok(name)
+    }
+
+    async fn apply_file(
+        &self,
+        folder: &Folder,
+        path: &str,
+        target: &Path,
+        local_changed: bool,
+        remote: FileEntry,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
+        self.make_parents(folder, path)?;
+        let parent = target.parent().unwrap_or(&folder.root).to_owned();
+        let temp = parent.join(format!(
+            "{TEMP_PREFIX}{}",
+            hex::encode(self.session.rng().random::<[u8; 8]>())
+        ));
+        let got = transfer::get(
+            self.session,
+            Source::Folder {
+                folder_id: folder.id(),
+                path,
+                version: Some(remote.version),
+            },
+            &temp,
+            &Quiet,
+        )
+        .await;
+        let report = match got {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        let guard = TempGuard(temp.clone());
+        let at = temp.clone();
+        let state = blocking(move || scan::hash_file(&at))
+            .await
+            .map_err(local_err(&temp))?
+            .ok_or_else(|| ClientError::Local {
+                path: temp.clone(),
+                source: std::io::Error::other("changed while it was checked"),
+            })?;
+        let index = self.home.index();
+        // Look again, right before replacing anything.
+        let known = index.get(folder.id(), path).map_err(home_err)?;
+        let here = look(target)?;
+        let changed_now = local_changed || changed(known.as_ref(), &here);
+        if changed_now {
+            match &here {
+                Local::File(_) => {
+                    let at = target.to_owned();
+                    let mine = blocking(move || scan::hash_file(&at))
+                        .await
+                        .map_err(local_err(target))?;
+                    if mine.as_ref().is_some_and(|m| m.sha256 == report.sha256) {
+                        // The same content on both sides: no conflict.
+                        drop(guard);
+                        let mine = mine.expect("checked above");
+                        let same_chunks = mine.chunk_size == report.entry.chunk_size;
+                        index
+                            .put(folder.id(), path, &Known::File(mine))
+                            .map_err(home_err)?;
+                        if same_chunks {
+                            index
+                                .set_stored(folder.id(), path, &report.chunks)
+                                .map_err(home_err)?;
+                        }
+                        return self.record(folder, path, &report.entry);
+                    }
+                    self.set_aside(folder, path, round)?;
+                }
+                Local::Dir => {
+                    return Err(ClientError::Local {
+                        path: target.to_owned(),
+                        source: std::io::Error::other(
+                            "a directory here, a file on the server: left as it is",
+                        ),
+                    });
+                }
+                // Deleted here, changed there: the change wins.
+                Local::Absent => {}
+            }
+        }
+        std::fs::rename(&temp, target).map_err(local_err(target))?;
+        std::mem::forget(guard);
+        if let Ok(dir) = std::fs::File::open(&parent) {
+            let _ = dir.sync_all();
+        }
+        round.applied += 1;
+        tracing::info!(folder = %folder.info.label, path, version = remote.version, "downloaded");
+        let same_chunks = state.chunk_size == report.entry.chunk_size;
+        index
+            .put(folder.id(), path, &Known::File(state))
+            .map_err(home_err)?;
+        if same_chunks {
+            index
+                .set_stored(folder.id(), path, &report.chunks)
+                .map_err(home_err)?;
+        }
+        self.record(folder, path, &report.entry)
+    }
+}
+
+/// Removes a temporary file when dropped (unless forgotten).
+struct TempGuard(PathBuf);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn home_err(e: super::index::IndexError) -> ClientError {
+    ClientError::Home(crate::home::HomeError::from(e))
+}
+
+fn db_err(e: rusqlite::Error) -> ClientError {
+    ClientError::Home(crate::home::HomeError::from(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension_and_say_who_and_when() {
+        // 2026-11-21 10:15:00 UTC
+        let t = 1_795_256_100;
+        assert_eq!(
+            conflict_name("docs/report.txt", "laptop", t),
+            "docs/report.conflict-laptop-20261121-101500.txt"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "my pc", t),
+            "Makefile.conflict-my-pc-20261121-101500"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "a", t),
+            ".bashrc.conflict-a-20261121-101500"
+        );
+        assert_eq!(
+            conflict_name("a.tar.gz", "a", t),
+            "a.tar.conflict-a-20261121-101500.gz"
+        );
+    }
+
+    #[test]
+    fn a_path_counts_as_changed_unless_the_disk_matches_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let state = scan::hash_file(&file).unwrap().unwrap();
+        let here = look(&file).unwrap();
+        assert!(!changed(Some(&Known::File(state.clone())), &here));
+        assert!(changed(None, &here));
+        assert!(changed(Some(&Known::Dir), &here));
+        assert!(changed(Some(&Known::File(state.clone())), &Local::Absent));
+        assert!(!changed(None, &Local::Absent));
+        std::fs::write(&file, b"yy").unwrap();
+        assert!(changed(Some(&Known::File(state)), &look(&file).unwrap()));
+    }
+}
