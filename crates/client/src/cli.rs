@@ -1362,6 +1362,7 @@ async fn sync(cx: &Context, once: bool, names: &[String]) -> Result<()> {
             "sent": summary.sent,
             "applied": summary.applied,
             "conflicts": summary.conflicts,
+            "bytes_sent": summary.bytes_sent,
         }),
         || {
             format!(

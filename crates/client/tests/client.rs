@@ -7,5 +7,6 @@ mod client {
 
     mod cli;
     mod connection;
+    mod sync;
     mod transfers;
 }

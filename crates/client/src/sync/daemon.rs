@@ -65,6 +65,8 @@ pub struct Summary {
     pub applied: usize,
     /// Conflict copies made.
     pub conflicts: usize,
+    /// Sealed chunk bytes uploaded.
+    pub bytes_sent: u64,
 }
 
 impl Summary {
@@ -73,6 +75,7 @@ impl Summary {
         self.sent += r.sent;
         self.applied += r.applied;
         self.conflicts += r.conflicts;
+        self.bytes_sent += r.bytes_sent;
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Round {
     pub applied: usize,
     /// Conflict copies made.
     pub conflicts: usize,
+    /// Sealed chunk bytes uploaded.
+    pub bytes_sent: u64,
 }
 
 /// The sync engine of one device.
@@ -370,6 +372,7 @@ impl<'a, N: Net> Engine<'a, N> {
             }
             Err(e) => return Err(e),
         };
+        round.bytes_sent += report.bytes_sent;
         tracing::info!(
             folder = %folder.info.label,
             path,

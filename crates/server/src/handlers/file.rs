@@ -32,6 +32,10 @@ use coffer_net::blocking;
 const DEFAULT_PAGE: u32 = 1000;
 /// Most entries per listing page.
 const MAX_PAGE: u32 = 10_000;
+/// Bytes of entries one listing page carries at most: the header limit less
+/// room for the envelope and the cursor (a path).
+const LISTING_BUDGET: usize =
+    coffer_proto::limits::MAX_HEADER as usize - coffer_proto::limits::MAX_PATH_LEN - 4096;
 /// Largest wrapped file key accepted.
 const MAX_WRAPPED_FILE_KEY: usize = 1024;
 /// Largest encrypted metadata accepted.
@@ -82,11 +86,26 @@ pub(super) async fn list(server: &Server, r: List) -> Answer {
             Ok((entries, more))
         })
         .await?;
-    let cursor = more
-        .then(|| entries.last().map(|e| e.path.clone()))
+    // A page is also cut where its header would outgrow the frame limit
+    // (long paths): the client follows the cursor for the rest.
+    let mut summaries = Vec::with_capacity(entries.len());
+    let mut bytes = 0usize;
+    let mut cut = false;
+    for e in &entries {
+        let summary = query::summary(e);
+        let len = serde_json::to_vec(&summary).map_or(usize::MAX, |v| v.len() + 1);
+        if !summaries.is_empty() && bytes + len > LISTING_BUDGET {
+            cut = true;
+            break;
+        }
+        bytes += len;
+        summaries.push(summary);
+    }
+    let cursor = (more || cut)
+        .then(|| summaries.last().map(|e| e.path.clone()))
         .flatten();
     answer(Response::Listing(Listing {
-        entries: entries.iter().map(query::summary).collect(),
+        entries: summaries,
         cursor,
     }))
 }

@@ -738,3 +738,53 @@ async fn streamed_uploads_and_chunks_named_by_reference() {
         .await;
     assert_eq!(alice.get(id, "doc.bin", &key).await.unwrap(), v2_data);
 }
+
+#[tokio::test]
+async fn a_listing_of_long_paths_is_paged_to_fit_the_header_limit() {
+    let s = Harness::start().await;
+    let mut alice = s.user("alice").await;
+    let (f, _) = alice.folder("f").await;
+    let id = f.folder_id.as_str();
+    // 40 directories with 3,000-byte paths: about 120 KB of listing, more
+    // than one 64 KiB header holds.
+    let long = |i: usize| format!("{}/{i:03}", vec!["d".repeat(200); 14].join("/"));
+    for i in 0..40 {
+        alice
+            .ok(Request::Mkdir(PathRef {
+                folder_id: id.into(),
+                path: long(i),
+            }))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let request = Request::List(List {
+            folder_id: id.into(),
+            dir: None,
+            recursive: true,
+            deleted: false,
+            cursor: cursor.take(),
+            limit: None,
+        });
+        let Response::Listing(page) = alice.ok(request).await else {
+            panic!()
+        };
+        pages += 1;
+        seen.extend(page.entries.into_iter().map(|e| e.path));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "{pages} pages");
+    for i in 0..40 {
+        assert!(seen.contains(&long(i)), "{i} missing");
+    }
+    assert_eq!(
+        seen.len(),
+        40 + 14,
+        "the 40 and their 14 parents, once each"
+    );
+}
