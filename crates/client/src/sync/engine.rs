@@ -845,13 +845,9 @@ impl<'a, N: Net> Engine<'a, N> {
             return Ok(());
         }
         if local_changed {
-            // Changed here, deleted there: the change wins; it goes up as new.
-            self.alert(
-                folder,
-                AlertKind::Conflict,
-                Some(path),
-                &format!("{path} was deleted elsewhere but changed here: kept"),
-            );
+            // Changed here, deleted there: the change wins; it goes up as
+            // new. Nothing is lost, so nothing for the user to resolve.
+            tracing::info!(folder = %folder.info.label, path, "deleted elsewhere but changed here: kept");
             index.remove_tree(folder.id(), path).map_err(home_err)?;
             return Ok(());
         }
