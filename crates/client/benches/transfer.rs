@@ -11,25 +11,14 @@
 
 #![allow(clippy::print_stdout)] // a bench reports on stdout
 
+mod support;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Instant;
 
-use coffer_net::SystemClock;
-use coffer_server::{Config, Server};
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use support::{Coffer, env_number, median};
 
 const MIB: usize = 1 << 20;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Writes `len` bytes that do not compress or repeat (xorshift), a MiB at a time.
 fn write_file(path: &Path, len: usize) {
@@ -52,45 +41,6 @@ fn write_file(path: &Path, len: usize) {
     out.get_ref().sync_all().unwrap();
 }
 
-struct Coffer<'a> {
-    addr: String,
-    ca: &'a Path,
-    home: &'a Path,
-}
-
-impl Coffer<'_> {
-    /// Runs `coffer --json ARGS`; its answer and how long it took.
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .arg("--json")
-            .args(args)
-            .arg("--home")
-            .arg(self.home)
-            .env("COFFER_SERVER", &self.addr)
-            .env("COFFER_CA", self.ca)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        assert!(out.status.success(), "coffer {args:?} failed");
-        (serde_json::from_slice(&out.stdout).unwrap(), seconds)
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let size_mib = env_number("BENCH_MIB", 1024);
     let runs = env_number("BENCH_RUNS", 3).max(1);
@@ -98,25 +48,9 @@ fn main() {
     let dir =
         tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
             .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let shutdown = CancellationToken::new();
-    let (addr, ca) = runtime.block_on(async {
-        let config = Config {
-            data: dir.path().join("server"),
-            bcrypt_cost: 4,
-            ..Config::default()
-        };
-        let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
-        let ca = server.ca_path().unwrap().to_owned();
-        let (addr, _) = server.spawn_local(shutdown.clone()).await.unwrap();
-        (addr, ca)
-    });
+    let server = support::Local::start(dir.path());
     let home = dir.path().join("home");
-    let coffer = Coffer {
-        addr: addr.to_string(),
-        ca: &ca,
-        home: &home,
-    };
+    let coffer = server.coffer(&home);
     coffer.run(
         &[
             "register",
@@ -152,6 +86,5 @@ fn main() {
     }
     println!("coffer put: {:.0} MB/s (median of {runs})", median(up));
     println!("coffer get: {:.0} MB/s (median of {runs})", median(down));
-    shutdown.cancel();
-    drop(runtime);
+    drop(server);
 }

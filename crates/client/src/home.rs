@@ -147,6 +147,11 @@ impl Home {
                 .map_err(io(&path))?;
         }
         db.pragma_update(None, "journal_mode", "WAL")?;
+        // In WAL mode NORMAL syncs at checkpoints, not at every commit: a
+        // commit survives the process being killed (it is in the OS's hands),
+        // and only a power loss may take the last few — which the next scan
+        // finds again, since the disk is compared with the index.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::sync::queue::SCHEMA)?;

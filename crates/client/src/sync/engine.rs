@@ -28,6 +28,7 @@ use coffer_proto::request::{Delete, List, Move, PathRef, Stat};
 use coffer_proto::response::FolderInfo;
 use coffer_proto::types::{EntryKind, FileEntry, Role};
 use coffer_proto::{ErrorCode, Request, Response, path as paths};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::RngExt;
 
 use super::ignore::{Ignore, TEMP_PREFIX};
@@ -44,7 +45,10 @@ use crate::transfer::{self, Base, PutOptions, Quiet, Source};
 /// reported); transient failures (no server) do not count.
 const MAX_ATTEMPTS: u32 = 5;
 /// Queue entries taken at a time.
-const BATCH: usize = 64;
+const BATCH: usize = 256;
+/// Changes sent, or remote files fetched, at once: each is a few round
+/// trips and a server fsync, so one at a time would leave both sides idle.
+const IN_FLIGHT: usize = 16;
 
 /// A synced folder.
 #[derive(Debug, Clone)]
@@ -173,6 +177,16 @@ fn changed(known: Option<&Known>, local: &Local) -> bool {
     }
 }
 
+impl Round {
+    fn add(&mut self, r: Round) {
+        self.queued += r.queued;
+        self.sent += r.sent;
+        self.applied += r.applied;
+        self.conflicts += r.conflicts;
+        self.bytes_sent += r.bytes_sent;
+    }
+}
+
 impl<'a, N: Net> Engine<'a, N> {
     /// An engine over this device's home and session.
     pub fn new(home: &'a Home, session: &'a Session<N>, device: &str) -> Self {
@@ -272,6 +286,10 @@ impl<'a, N: Net> Engine<'a, N> {
             if fresh.is_empty() {
                 return Ok(round);
             }
+            // The entries `ready` hands out touch disjoint paths: they go
+            // out together, a bounded number at a time.
+            let mut running = FuturesUnordered::new();
+            let mut outcomes = Vec::new();
             for entry in fresh {
                 tried.insert(entry.seq);
                 let Some(folder) = folders.iter().find(|f| f.id() == entry.folder_id) else {
@@ -282,7 +300,24 @@ impl<'a, N: Net> Engine<'a, N> {
                     self.home.queue().done(entry.seq).map_err(db_err)?;
                     continue;
                 }
-                match self.send_one(folder, &entry.op, &mut round).await {
+                if running.len() >= IN_FLIGHT
+                    && let Some(done) = running.next().await
+                {
+                    outcomes.push(done);
+                }
+                running.push(async move {
+                    let mut r = Round::default();
+                    let result = self.send_one(folder, &entry.op, &mut r).await;
+                    (folder, entry, result, r)
+                });
+            }
+            while let Some(done) = running.next().await {
+                outcomes.push(done);
+            }
+            let mut transient = None;
+            for (folder, entry, result, r) in outcomes {
+                round.add(r);
+                match result {
                     Ok(()) => {
                         self.home.queue().done(entry.seq).map_err(db_err)?;
                         round.sent += 1;
@@ -293,7 +328,7 @@ impl<'a, N: Net> Engine<'a, N> {
                             .failed(entry.seq, &e.to_string())
                             .map_err(db_err)?;
                         if e.is_transient() {
-                            return Err(e);
+                            transient = Some(e);
                         }
                     }
                     Err(e) if entry.attempts + 1 >= MAX_ATTEMPTS => {
@@ -312,6 +347,9 @@ impl<'a, N: Net> Engine<'a, N> {
                             .map_err(db_err)?;
                     }
                 }
+            }
+            if let Some(e) = transient {
+                return Err(e);
             }
         }
     }
@@ -630,13 +668,48 @@ impl<'a, N: Net> Engine<'a, N> {
             if known == Some(e.version) || (e.deleted && known.is_none()) {
                 continue;
             }
-            if e.deleted { &mut dead } else { &mut live }.push(e.path.clone());
+            if e.deleted {
+                dead.push(e.path.clone());
+            } else {
+                live.push((e.path.clone(), e.kind));
+            }
         }
         // Synced here, unknown there (a server that lost it, or never had it).
         dead.extend(versions.into_keys());
         dead.sort();
-        for path in live {
-            self.reconcile(folder, &path, &mut round).await?;
+        // Directories in path order (parents first), then files, several at once.
+        for (path, _) in live.iter().filter(|(_, k)| *k == EntryKind::Dir) {
+            self.reconcile(folder, path, &mut round).await?;
+        }
+        let mut files =
+            live.iter()
+                .filter(|(_, k)| *k == EntryKind::File)
+                .map(|(path, _)| async move {
+                    let mut r = Round::default();
+                    let result = self.reconcile(folder, path, &mut r).await;
+                    (path, result, r)
+                });
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < IN_FLIGHT
+                && let Some(next) = files.next()
+            {
+                running.push(next);
+            }
+            let Some((path, result, r)) = running.next().await else {
+                break;
+            };
+            round.add(r);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => self.alert(
+                    folder,
+                    AlertKind::Error,
+                    Some(path),
+                    &format!("could not apply {path}: {e}"),
+                ),
+            }
         }
         for path in dead.iter().rev() {
             self.reconcile(folder, path, &mut round).await?;

@@ -1,0 +1,110 @@
+//! What the client benches share: an in-process server on loopback and a
+//! way to run the real `coffer` binary against it.
+
+#![allow(dead_code)] // each bench uses part of it
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use coffer_net::SystemClock;
+use coffer_server::{Config, Server};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub struct Coffer<'a> {
+    pub addr: String,
+    pub ca: &'a Path,
+    pub home: &'a Path,
+}
+
+impl Coffer<'_> {
+    /// Runs `coffer --json ARGS`; its answer and how long it took.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--json")
+            .args(args)
+            .arg("--home")
+            .arg(self.home)
+            .env("COFFER_SERVER", &self.addr)
+            .env("COFFER_CA", self.ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(out.status.success(), "coffer {args:?} failed");
+        (serde_json::from_slice(&out.stdout).unwrap(), seconds)
+    }
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A server in this process, stopped when dropped.
+pub struct Local {
+    pub addr: String,
+    pub ca: PathBuf,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Local {
+    /// Starts a server with its data under `dir`.
+    pub fn start(dir: &Path) -> Local {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let shutdown = CancellationToken::new();
+        let (addr, ca) = runtime.block_on(async {
+            let config = Config {
+                data: dir.join("server"),
+                bcrypt_cost: 4,
+                ..Config::default()
+            };
+            let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
+            let ca = server.ca_path().unwrap().to_owned();
+            let (addr, _) = server.spawn_local(shutdown.clone()).await.unwrap();
+            (addr, ca)
+        });
+        Local {
+            addr: addr.to_string(),
+            ca,
+            shutdown,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The binary with the device `home`.
+    pub fn coffer<'a>(&'a self, home: &'a Path) -> Coffer<'a> {
+        Coffer {
+            addr: self.addr.clone(),
+            ca: &self.ca,
+            home,
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        drop(self.runtime.take());
+    }
+}
