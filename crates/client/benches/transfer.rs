@@ -16,7 +16,7 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 
-use support::{Coffer, env_number, median};
+use support::{env_number, median};
 
 const MIB: usize = 1 << 20;
 

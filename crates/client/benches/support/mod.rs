@@ -14,22 +14,22 @@ use coffer_server::{Config, Server};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub fn env_number(name: &str, default: usize) -> usize {
+pub(crate) fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-pub struct Coffer<'a> {
-    pub addr: String,
-    pub ca: &'a Path,
-    pub home: &'a Path,
+pub(crate) struct Coffer<'a> {
+    pub(crate) addr: String,
+    pub(crate) ca: &'a Path,
+    pub(crate) home: &'a Path,
 }
 
 impl Coffer<'_> {
     /// Runs `coffer --json ARGS`; its answer and how long it took.
-    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
             .arg("--json")
@@ -55,22 +55,22 @@ impl Coffer<'_> {
     }
 }
 
-pub fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 /// A server in this process, stopped when dropped.
-pub struct Local {
-    pub addr: String,
-    pub ca: PathBuf,
+pub(crate) struct Local {
+    pub(crate) addr: String,
+    pub(crate) ca: PathBuf,
     shutdown: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Local {
     /// Starts a server with its data under `dir`.
-    pub fn start(dir: &Path) -> Local {
+    pub(crate) fn start(dir: &Path) -> Local {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let shutdown = CancellationToken::new();
         let (addr, ca) = runtime.block_on(async {
@@ -93,7 +93,7 @@ impl Local {
     }
 
     /// The binary with the device `home`.
-    pub fn coffer<'a>(&'a self, home: &'a Path) -> Coffer<'a> {
+    pub(crate) fn coffer<'a>(&'a self, home: &'a Path) -> Coffer<'a> {
         Coffer {
             addr: self.addr.clone(),
             ca: &self.ca,

@@ -28,7 +28,11 @@ CREATE TABLE IF NOT EXISTS sync_queue (
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 ) STRICT;
-CREATE INDEX IF NOT EXISTS sync_queue_path ON sync_queue (folder_id, path);
+-- One index per path column, so that "path = ? OR to_path = ?" is two
+-- index searches (SQLite's multi-index OR), not a scan of the whole queue
+-- per change entered.
+CREATE INDEX IF NOT EXISTS sync_queue_by_path ON sync_queue (path);
+CREATE INDEX IF NOT EXISTS sync_queue_by_to ON sync_queue (to_path);
 "#;
 
 /// A change to send.
