@@ -25,12 +25,13 @@ async fn a_killed_backend_goes_down_no_new_connection_fails_and_a_restart_comes_
     // Clients keep connecting throughout.
     let load = Load::start(rig.addr, servers.ca());
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = tokio::time::Instant::now();
     servers.procs[1].kill();
     let took = state_becomes(&rig, addrs[1], "down", Duration::from_secs(10)).await;
     eprintln!("killed backend marked down after {took:?} (fall × interval = 900 ms)");
     let total_when_down = backend(rig.admin, addrs[1]).await["total"].clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    load.none_failed().await;
+    load.none_failed_since(Some(killed)).await;
     let dead = backend(rig.admin, addrs[1]).await;
     assert_eq!(
         dead["total"], total_when_down,
