@@ -126,9 +126,7 @@ fn main() {
     let runs = env_number("BENCH_RUNS", 50).max(2);
     let files = env_number("BENCH_FILES", 10_000);
     let index_files = env_number("BENCH_INDEX_FILES", 100_000);
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
-            .unwrap();
+    let dir = support::scratch();
 
     // Memory first, so that the peak RSS of children is this run's.
     {

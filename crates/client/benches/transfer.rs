@@ -44,10 +44,7 @@ fn write_file(path: &Path, len: usize) {
 fn main() {
     let size_mib = env_number("BENCH_MIB", 1024);
     let runs = env_number("BENCH_RUNS", 3).max(1);
-    // Disk-backed, as a real home and server data directory would be.
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
-            .unwrap();
+    let dir = support::scratch();
     let server = support::Local::start(dir.path());
     let home = dir.path().join("home");
     let coffer = server.coffer(&home);

@@ -310,9 +310,7 @@ fn main() {
         && std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2
         && pin_self(1);
     // A disk-backed directory, as a server would have (not tmpfs).
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
-            .unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let binary = env!("CARGO_BIN_EXE_coffer-server");
     let mut args: Vec<String> = Vec::new();
     let program = if pinned {

@@ -60,6 +60,13 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// A scratch directory under the target directory (disk-backed, as a real
+/// home and data directory would be; never inside the source tree), removed
+/// when dropped.
+pub(crate) fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
 /// A server in this process, stopped when dropped.
 pub(crate) struct Local {
     pub(crate) addr: String,
