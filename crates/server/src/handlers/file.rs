@@ -36,6 +36,12 @@ const MAX_PAGE: u32 = 10_000;
 /// room for the envelope and the cursor (a path).
 const LISTING_BUDGET: usize =
     coffer_proto::limits::MAX_HEADER as usize - coffer_proto::limits::MAX_PATH_LEN - 4096;
+/// Most bytes an `EntrySummary` takes besides its path, in JSON: its keys,
+/// the kind, three 20-digit numbers, a boolean and punctuation (about 140,
+/// with room to spare). A valid path needs no JSON escapes (no control
+/// characters, quotes or backslashes), so `path.len() + SUMMARY_FIELDS`
+/// bounds an entry without encoding it twice.
+const SUMMARY_FIELDS: usize = 192;
 /// Largest wrapped file key accepted.
 const MAX_WRAPPED_FILE_KEY: usize = 1024;
 /// Largest encrypted metadata accepted.
@@ -93,7 +99,7 @@ pub(super) async fn list(server: &Server, r: List) -> Answer {
     let mut cut = false;
     for e in &entries {
         let summary = query::summary(e);
-        let len = serde_json::to_vec(&summary).map_or(usize::MAX, |v| v.len() + 1);
+        let len = summary.path.len() + SUMMARY_FIELDS;
         if !summaries.is_empty() && bytes + len > LISTING_BUDGET {
             cut = true;
             break;
@@ -655,5 +661,30 @@ pub(super) async fn chunk_get(server: &Server, session: &Session, r: ChunkGet) -
             }
             read_chunk(server, hash).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_proto::types::EntrySummary;
+
+    #[test]
+    fn a_summary_fits_its_path_and_the_field_allowance() {
+        let summary = EntrySummary {
+            path: "ü/日本/a b.txt".into(),
+            kind: EntryKind::File,
+            size: u64::MAX,
+            version: u64::MAX,
+            modified_ms: u64::MAX,
+            deleted: false,
+        };
+        let encoded = serde_json::to_vec(&summary).unwrap();
+        // Strictly less: the comma between entries counts too.
+        assert!(
+            encoded.len() < summary.path.len() + SUMMARY_FIELDS,
+            "{} bytes",
+            encoded.len()
+        );
     }
 }
