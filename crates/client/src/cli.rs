@@ -939,7 +939,16 @@ async fn put(cx: &Context, local: &Path, target: &str) -> Result<()> {
         path.to_owned()
     };
     let bar = Bar::new(&path);
-    let report = transfer::put(&session, &home, local, &f, &path, &bar).await?;
+    let report = transfer::put(
+        &session,
+        &home,
+        local,
+        &f,
+        &path,
+        &bar,
+        &transfer::PutOptions::default(),
+    )
+    .await?;
     drop(bar);
     let entry = &report.entry;
     print(
@@ -965,7 +974,7 @@ async fn get(cx: &Context, source: &str, local: &Path, version: Option<u64>) -> 
     let (folder, path) = split_target(source);
     let bar = Bar::new(path);
     let report = if folder == "shared" {
-        transfer::get(&session, Source::Share(path), local, &bar).await?
+        transfer::get(&session, Source::Share(path), local, &bar, false).await?
     } else {
         if path.is_empty() {
             return Err(usage("name a file: FOLDER:PATH"));
@@ -976,7 +985,7 @@ async fn get(cx: &Context, source: &str, local: &Path, version: Option<u64>) -> 
             path,
             version,
         };
-        transfer::get(&session, source, local, &bar).await?
+        transfer::get(&session, source, local, &bar, false).await?
     };
     drop(bar);
     print(
@@ -1380,12 +1389,15 @@ fn status(cx: &Context) -> Result<()> {
     let state = home.sync_state();
     let mut rows = Vec::new();
     for (folder_id, root) in home.attachments().map_err(ClientError::from)? {
-        let db = |e: rusqlite::Error| ClientError::from(coffer_client::home::HomeError::from(e));
-        let pending = queue.pending(&folder_id).map_err(db)?;
-        let failing = queue.failing(&folder_id).map_err(db)?;
-        let conflicts = state.count(&folder_id, AlertKind::Conflict).map_err(db)?
-            + state.count(&folder_id, AlertKind::ViewerEdit).map_err(db)?;
-        let synced = state.listed(&folder_id).map_err(db)?;
+        let pending = queue.pending(&folder_id).map_err(ClientError::from)?;
+        let failing = queue.failing(&folder_id).map_err(ClientError::from)?;
+        let conflicts = state
+            .count(&folder_id, AlertKind::Conflict)
+            .map_err(ClientError::from)?
+            + state
+                .count(&folder_id, AlertKind::ViewerEdit)
+                .map_err(ClientError::from)?;
+        let synced = state.listed(&folder_id).map_err(ClientError::from)?;
         let condition = if failing > 0 {
             "error"
         } else if pending > 0 || !synced {
@@ -1401,9 +1413,7 @@ fn status(cx: &Context) -> Result<()> {
             "conflicts": conflicts,
         }));
     }
-    let alerts = state
-        .alerts(10)
-        .map_err(|e| ClientError::from(coffer_client::home::HomeError::from(e)))?;
+    let alerts = state.alerts(10).map_err(ClientError::from)?;
     print(cx.json, Value::Array(rows.clone()), || {
         let mut out: Vec<String> = rows
             .iter()

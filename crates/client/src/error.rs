@@ -88,6 +88,18 @@ pub enum ClientError {
     Home(#[from] crate::home::HomeError),
 }
 
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Home(e.into())
+    }
+}
+
+impl From<crate::sync::index::IndexError> for ClientError {
+    fn from(e: crate::sync::index::IndexError) -> Self {
+        ClientError::Home(e.into())
+    }
+}
+
 impl ClientError {
     /// The protocol error code that best describes the failure, for the
     /// one-line `error: <code>: <what>` report.

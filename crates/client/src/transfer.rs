@@ -444,28 +444,6 @@ async fn begin<N: Net>(
     Ok((pending, (0..chunk_count).collect(), reusing))
 }
 
-/// Uploads `local_path` to `path` in `folder`, resuming an interrupted upload
-/// of the same unchanged file.
-pub async fn put<N: Net>(
-    s: &Session<N>,
-    journal: &dyn Journal,
-    local_path: &Path,
-    folder: &FolderInfo,
-    path: &str,
-    progress: &dyn Progress,
-) -> Result<PutReport, ClientError> {
-    put_with(
-        s,
-        journal,
-        local_path,
-        folder,
-        path,
-        progress,
-        &PutOptions::default(),
-    )
-    .await
-}
-
 /// A chunk on its way: sealed and sent, or named by an earlier address.
 struct Sent {
     index: u32,
@@ -475,8 +453,10 @@ struct Sent {
     reused: bool,
 }
 
-/// [`put`], with a base version and chunk reuse as `options` say.
-pub async fn put_with<N: Net>(
+/// Uploads `local_path` to `path` in `folder`, resuming an interrupted upload
+/// of the same unchanged file; the base version and chunk reuse as `options`
+/// say.
+pub async fn put<N: Net>(
     s: &Session<N>,
     journal: &dyn Journal,
     local_path: &Path,
@@ -734,12 +714,14 @@ pub struct GetReport {
     pub entry: FileEntry,
     /// Its chunks' content addresses, in order (from the manifest).
     pub chunks: Vec<[u8; 32]>,
+    /// With `hash_chunks`: each plaintext chunk's SHA-256, in order.
+    pub plain_chunks: Vec<[u8; 32]>,
 }
 
 /// Removes a temporary file unless told it was renamed into place.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+    pub(crate) keep: bool,
 }
 
 impl Drop for TempFile {
@@ -759,11 +741,14 @@ fn integrity(message: String) -> ClientError {
 
 /// Downloads and verifies a file to `dest` (a file path, or an existing
 /// directory to put it in under its own name).
+/// With `hash_chunks`, each plaintext chunk's SHA-256 is reported too
+/// (computed where the chunk is decrypted, so the file is not read again).
 pub async fn get<N: Net>(
     s: &Session<N>,
     source: Source<'_>,
     dest: &Path,
     progress: &dyn Progress,
+    hash_chunks: bool,
 ) -> Result<GetReport, ClientError> {
     let (request, scope, name) = match source {
         Source::Folder {
@@ -875,6 +860,7 @@ pub async fn get<N: Net>(
     let mut next = 0usize;
     let mut writer = Some((out, sha2::Sha256::new()));
     let mut written = 0u64;
+    let mut plain_chunks = Vec::new();
     while next < hashes.len() || !fetching.is_empty() {
         while next < hashes.len() && fetching.len() < in_flight(GET_IN_FLIGHT, entry.chunk_size) {
             let index = next as u32;
@@ -909,7 +895,10 @@ pub async fn get<N: Net>(
                 blocking(move || {
                     cipher.open_in_place(index, &mut sealed)?;
                     sealed.truncate(sealed.len() - TAG_LEN);
-                    Ok(sealed.split_off(HEADER_LEN))
+                    let plain = sealed.split_off(HEADER_LEN);
+                    let digest: Option<[u8; 32]> =
+                        hash_chunks.then(|| sha2::Sha256::digest(&plain).into());
+                    Ok((plain, digest))
                 })
                 .await
                 .map_err(|e: coffer_crypto::OpenError| {
@@ -918,7 +907,8 @@ pub async fn get<N: Net>(
             });
             next += 1;
         }
-        let plain = fetching.next().await.expect("not empty")?;
+        let (plain, digest) = fetching.next().await.expect("not empty")?;
+        plain_chunks.extend(digest);
         let (mut out, mut hasher) = writer
             .take()
             .expect("the writer is returned after each chunk");
@@ -976,6 +966,7 @@ pub async fn get<N: Net>(
         sha256,
         entry,
         chunks: hashes.into_iter().map(|h| h.0).collect(),
+        plain_chunks,
     })
 }
 

@@ -55,29 +55,7 @@ impl Default for Options {
 }
 
 /// What a run did, in total.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Local changes queued.
-    pub queued: usize,
-    /// Changes sent.
-    pub sent: usize,
-    /// Remote changes applied.
-    pub applied: usize,
-    /// Conflict copies made.
-    pub conflicts: usize,
-    /// Sealed chunk bytes uploaded.
-    pub bytes_sent: u64,
-}
-
-impl Summary {
-    fn add(&mut self, r: Round) {
-        self.queued += r.queued;
-        self.sent += r.sent;
-        self.applied += r.applied;
-        self.conflicts += r.conflicts;
-        self.bytes_sent += r.bytes_sent;
-    }
-}
+pub type Summary = Round;
 
 /// Rounds `once` runs before giving up on settling.
 const MAX_ONCE_ROUNDS: usize = 50;
@@ -190,7 +168,7 @@ pub async fn run<N: Net>(
             summary.queued += queued;
             dirty.clear();
             match engine.send(&folders).await {
-                Ok(round) => summary.add(round),
+                Ok(round) => summary.add(&round),
                 Err(e) if e.is_transient() && !options.once => {
                     tracing::warn!("sending paused: {e}");
                     link = None;
@@ -203,8 +181,7 @@ pub async fn run<N: Net>(
                 let waiting: u64 = folders
                     .iter()
                     .map(|f| home.queue().pending(&f.info.folder_id))
-                    .sum::<Result<u64, _>>()
-                    .map_err(db_err)?;
+                    .sum::<Result<u64, _>>()?;
                 if queued == 0 && waiting == 0 {
                     return Ok(summary);
                 }
@@ -290,10 +267,6 @@ async fn next_path(watch: &mut Option<Watch>) -> Option<PathBuf> {
     }
 }
 
-fn db_err(e: rusqlite::Error) -> ClientError {
-    ClientError::Home(crate::home::HomeError::from(e))
-}
-
 /// Opens the subscription from the last cursor applied and reconciles, with
 /// a full listing, the folders never reconciled before.
 async fn connect<N: Net>(
@@ -308,7 +281,7 @@ async fn connect<N: Net>(
         .events()
         .ok_or_else(|| ClientError::Protocol("a new connection without its events".into()))?;
     let state = home.sync_state();
-    let cursor = state.cursor().map_err(db_err)?;
+    let cursor = state.cursor()?;
     let answer = client
         .call(Request::Subscribe(Subscribe {
             cursor: cursor.clone(),
@@ -320,7 +293,7 @@ async fn connect<N: Net>(
             // A cursor this server does not know (its state was reset, or it
             // is another server): start from now, after a full listing.
             tracing::warn!("the server does not know cursor {cursor:?}; listing everything");
-            state.forget_listed().map_err(db_err)?;
+            state.forget_listed()?;
             client
                 .call(Request::Subscribe(Subscribe { cursor: None }))
                 .await?
@@ -332,13 +305,13 @@ async fn connect<N: Net>(
         return Err(crate::session::unexpected("subscribe", &subscribed));
     };
     if cursor.is_none() {
-        state.set_cursor(&subscribed.cursor).map_err(db_err)?;
+        state.set_cursor(&subscribed.cursor)?;
     }
     for folder in folders {
-        if !state.listed(&folder.info.folder_id).map_err(db_err)? {
+        if !state.listed(&folder.info.folder_id)? {
             let round = engine.reconcile_all(folder).await?;
-            summary.add(round);
-            state.set_listed(&folder.info.folder_id).map_err(db_err)?;
+            summary.add(&round);
+            state.set_listed(&folder.info.folder_id)?;
         }
     }
     Ok(Link {
@@ -366,21 +339,14 @@ async fn handle<N: Net>(
         Event::FileChanged(c) => {
             if let Some(folder) = folders.iter().find(|f| f.info.folder_id == c.folder_id) {
                 match engine.remote_change(folder, c).await {
-                    Ok(round) => summary.add(round),
+                    Ok(round) => summary.add(&round),
                     Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => {
-                        let message = format!("could not apply the change to {}: {e}", c.path);
-                        tracing::warn!(folder = %folder.info.label, "{message}");
-                        state
-                            .alert(
-                                Some(&c.folder_id),
-                                AlertKind::Error,
-                                Some(&c.path),
-                                &message,
-                                now_ms(),
-                            )
-                            .map_err(db_err)?;
-                    }
+                    Err(e) => engine.alert(
+                        Some(folder),
+                        AlertKind::Error,
+                        Some(&c.path),
+                        &format!("could not apply the change to {}: {e}", c.path),
+                    ),
                 }
             }
             Some(c.cursor.clone())
@@ -393,20 +359,15 @@ async fn handle<N: Net>(
                             folders.iter().position(|f| f.info.folder_id == m.folder_id)
                         {
                             let folder = folders.remove(i);
-                            let message = format!(
-                                "no longer a member of \"{}\": it is no longer synced",
-                                folder.info.label
+                            engine.alert(
+                                Some(&folder),
+                                AlertKind::Error,
+                                None,
+                                &format!(
+                                    "no longer a member of \"{}\": it is no longer synced",
+                                    folder.info.label
+                                ),
                             );
-                            tracing::warn!("{message}");
-                            state
-                                .alert(
-                                    Some(&m.folder_id),
-                                    AlertKind::Error,
-                                    None,
-                                    &message,
-                                    now_ms(),
-                                )
-                                .map_err(db_err)?;
                         }
                     }
                     MemberChange::RoleChanged | MemberChange::Joined => {
@@ -428,20 +389,15 @@ async fn handle<N: Net>(
             Some(k.cursor.clone())
         }
         Event::Invited(i) => {
-            let message = format!(
-                "{} invites you to \"{}\" as {:?}: `coffer invite accept {}`",
-                i.invite.from, i.invite.label, i.invite.role, i.invite.label
+            engine.alert(
+                None,
+                AlertKind::Invite,
+                None,
+                &format!(
+                    "{} invites you to \"{}\" as {:?}: `coffer invite accept {}`",
+                    i.invite.from, i.invite.label, i.invite.role, i.invite.folder_id
+                ),
             );
-            tracing::info!("{message}");
-            state
-                .alert(
-                    Some(&i.invite.folder_id),
-                    AlertKind::Invite,
-                    None,
-                    &message,
-                    now_ms(),
-                )
-                .map_err(db_err)?;
             Some(i.cursor.clone())
         }
         Event::SessionEnded(e) => {
@@ -451,18 +407,12 @@ async fn handle<N: Net>(
             )));
         }
         Event::CaughtUp(c) => {
-            state.set_cursor(&c.cursor).map_err(db_err)?;
+            state.set_cursor(&c.cursor)?;
             return Ok(Handled::CaughtUp);
         }
     };
     if let Some(cursor) = cursor {
-        state.set_cursor(&cursor).map_err(db_err)?;
+        state.set_cursor(&cursor)?;
     }
     Ok(Handled::Applied)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -39,7 +39,7 @@ use super::state::AlertKind;
 use crate::error::ClientError;
 use crate::home::Home;
 use crate::session::{Session, unexpected};
-use crate::transfer::{self, Base, PutOptions, Quiet, Source};
+use crate::transfer::{self, Base, PutOptions, Quiet, Source, TempFile};
 
 /// Attempts before a change the server keeps refusing is given up (and
 /// reported); transient failures (no server) do not count.
@@ -104,12 +104,6 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `name.conflict-<device>-<yyyymmdd-hhmmss>.ext` beside `path` (the
@@ -178,7 +172,8 @@ fn changed(known: Option<&Known>, local: &Local) -> bool {
 }
 
 impl Round {
-    fn add(&mut self, r: Round) {
+    /// Adds another round's counts to these.
+    pub fn add(&mut self, r: &Round) {
         self.queued += r.queued;
         self.sent += r.sent;
         self.applied += r.applied;
@@ -197,16 +192,27 @@ impl<'a, N: Net> Engine<'a, N> {
         }
     }
 
-    fn alert(&self, folder: &Folder, kind: AlertKind, path: Option<&str>, message: &str) {
+    /// Logs an alert and keeps it for `coffer status` (a failure to keep it
+    /// is logged, never fatal).
+    pub fn alert(
+        &self,
+        folder: Option<&Folder>,
+        kind: AlertKind,
+        path: Option<&str>,
+        message: &str,
+    ) {
+        let label = folder.map(|f| f.info.label.as_str());
         match kind {
-            AlertKind::Error => tracing::warn!(folder = %folder.info.label, path, "{message}"),
-            _ => tracing::info!(folder = %folder.info.label, path, "{message}"),
+            AlertKind::Error => tracing::warn!(folder = label, path, "{message}"),
+            _ => tracing::info!(folder = label, path, "{message}"),
         }
-        if let Err(e) =
-            self.home
-                .sync_state()
-                .alert(Some(folder.id()), kind, path, message, now_ms())
-        {
+        if let Err(e) = self.home.sync_state().alert(
+            folder.map(Folder::id),
+            kind,
+            path,
+            message,
+            super::state::now_ms(),
+        ) {
             tracing::warn!("could not record an alert: {e}");
         }
     }
@@ -216,7 +222,7 @@ impl<'a, N: Net> Engine<'a, N> {
     /// Scans the folder and queues what changed; a viewer's changes are
     /// reported instead. The number of changes queued.
     pub async fn scan(&self, folder: &Folder) -> Result<usize, ClientError> {
-        let known = self.home.index().load(folder.id()).map_err(home_err)?;
+        let known = self.home.index().load(folder.id())?;
         let root = folder.root.clone();
         let found = blocking(move || {
             let ignore = Ignore::load(&root)?;
@@ -230,19 +236,15 @@ impl<'a, N: Net> Engine<'a, N> {
         let mut queued = 0;
         for change in found.changes {
             if let Change::Touched(path, file) = &change {
-                index
-                    .put(folder.id(), path, &Known::File(file.clone()))
-                    .map_err(home_err)?;
+                index.put(folder.id(), path, &Known::File(file.clone()))?;
                 continue;
             }
             if !folder.can_write() {
                 let path = change.path();
-                let already = state
-                    .has_alert(folder.id(), AlertKind::ViewerEdit, path)
-                    .map_err(db_err)?;
+                let already = state.has_alert(folder.id(), AlertKind::ViewerEdit, path)?;
                 if !already {
                     self.alert(
-                        folder,
+            Some(folder),
                         AlertKind::ViewerEdit,
                         Some(path),
                         &format!(
@@ -261,7 +263,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 Change::Moved { from, to, .. } => Op::Move { from, to },
                 Change::Touched(..) => continue,
             };
-            queue.push(folder.id(), &op).map_err(db_err)?;
+            queue.push(folder.id(), &op)?;
             queued += 1;
         }
         for (path, why) in found.skipped {
@@ -278,7 +280,7 @@ impl<'a, N: Net> Engine<'a, N> {
         let mut round = Round::default();
         let mut tried = std::collections::HashSet::new();
         loop {
-            let ready = self.home.queue().ready(BATCH).map_err(db_err)?;
+            let ready = self.home.queue().ready(BATCH)?;
             let fresh: Vec<Entry> = ready
                 .into_iter()
                 .filter(|e| !tried.contains(&e.seq))
@@ -297,7 +299,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 };
                 if !folder.can_write() {
                     // Queued before the role changed: nothing may be sent.
-                    self.home.queue().done(entry.seq).map_err(db_err)?;
+                    self.home.queue().done(entry.seq)?;
                     continue;
                 }
                 if running.len() >= IN_FLIGHT
@@ -316,35 +318,29 @@ impl<'a, N: Net> Engine<'a, N> {
             }
             let mut transient = None;
             for (folder, entry, result, r) in outcomes {
-                round.add(r);
+                round.add(&r);
                 match result {
                     Ok(()) => {
-                        self.home.queue().done(entry.seq).map_err(db_err)?;
+                        self.home.queue().done(entry.seq)?;
                         round.sent += 1;
                     }
                     Err(e) if e.is_transient() || matches!(e, ClientError::Local { .. }) => {
-                        self.home
-                            .queue()
-                            .failed(entry.seq, &e.to_string())
-                            .map_err(db_err)?;
+                        self.home.queue().failed(entry.seq, &e.to_string())?;
                         if e.is_transient() {
                             transient = Some(e);
                         }
                     }
                     Err(e) if entry.attempts + 1 >= MAX_ATTEMPTS => {
-                        self.home.queue().done(entry.seq).map_err(db_err)?;
+                        self.home.queue().done(entry.seq)?;
                         self.alert(
-                            folder,
+                            Some(folder),
                             AlertKind::Error,
                             entry.op.paths().first().copied(),
                             &format!("gave up sending {:?}: {e}", entry.op),
                         );
                     }
                     Err(e) => {
-                        self.home
-                            .queue()
-                            .failed(entry.seq, &e.to_string())
-                            .map_err(db_err)?;
+                        self.home.queue().failed(entry.seq, &e.to_string())?;
                     }
                 }
             }
@@ -364,7 +360,7 @@ impl<'a, N: Net> Engine<'a, N> {
             Op::Put(path) => self.upload(folder, path, round).await,
             Op::Delete(path) | Op::Rmdir(path) => self.delete(folder, path, round).await,
             Op::Move { from, to } => self.move_(folder, from, to, round).await,
-            Op::Mkdir(path) => self.mkdir(folder, path, round).await,
+            Op::Mkdir(path) => self.mkdir(folder, path).await,
         }
     }
 
@@ -376,8 +372,8 @@ impl<'a, N: Net> Engine<'a, N> {
     ) -> Result<(), ClientError> {
         let local = folder.local(path);
         let index = self.home.index();
-        let known = index.get(folder.id(), path).map_err(home_err)?;
-        let synced = index.synced(folder.id(), path).map_err(home_err)?;
+        let known = index.get(folder.id(), path)?;
+        let synced = index.synced(folder.id(), path)?;
         let meta = match look(&local)? {
             Local::File(m) if m.is_file() => m,
             // Gone or no longer a file: the scanner reports what it is now.
@@ -390,9 +386,9 @@ impl<'a, N: Net> Engine<'a, N> {
         let options = PutOptions {
             base: Base::Known(synced.map(|s| s.vv)),
             hash_chunks: true,
-            reuse: index.stored(folder.id(), path).map_err(home_err)?,
+            reuse: index.stored(folder.id(), path)?,
         };
-        let put = transfer::put_with(
+        let put = transfer::put(
             self.session,
             self.home,
             &local,
@@ -438,31 +434,25 @@ impl<'a, N: Net> Engine<'a, N> {
         let Some(state) = state else {
             return Ok(());
         };
-        index
-            .put(folder.id(), path, &Known::File(state))
-            .map_err(home_err)?;
+        index.put(folder.id(), path, &Known::File(state))?;
         if !report.chunks.is_empty() {
             let stored: Vec<[u8; 32]> = report.chunks.iter().map(|c| c.1).collect();
-            index
-                .set_stored(folder.id(), path, &stored)
-                .map_err(home_err)?;
+            index.set_stored(folder.id(), path, &stored)?;
         }
         self.record(folder, path, &report.entry)?;
         Ok(())
     }
 
     fn record(&self, folder: &Folder, path: &str, entry: &FileEntry) -> Result<(), ClientError> {
-        self.home
-            .index()
-            .set_synced(
-                folder.id(),
-                path,
-                &Synced {
-                    version: entry.version,
-                    vv: entry.vv.clone(),
-                },
-            )
-            .map_err(home_err)
+        self.home.index().set_synced(
+            folder.id(),
+            path,
+            &Synced {
+                version: entry.version,
+                vv: entry.vv.clone(),
+            },
+        )?;
+        Ok(())
     }
 
     async fn delete(
@@ -476,11 +466,11 @@ impl<'a, N: Net> Engine<'a, N> {
             return Ok(());
         }
         let index = self.home.index();
-        let Some(synced) = index.synced(folder.id(), path).map_err(home_err)? else {
-            index.remove_tree(folder.id(), path).map_err(home_err)?;
+        let Some(synced) = index.synced(folder.id(), path)? else {
+            index.remove_tree(folder.id(), path)?;
             return Ok(());
         };
-        if let Some(Known::Dir) = index.get(folder.id(), path).map_err(home_err)? {
+        if let Some(Known::Dir) = index.get(folder.id(), path)? {
             // The server deletes a directory with everything in it: only if
             // everything in it is something this device knew and deleted.
             if self.unseen_below(folder, path).await? {
@@ -506,14 +496,14 @@ impl<'a, N: Net> Engine<'a, N> {
             Err(e) => return Err(e),
         }
         tracing::info!(folder = %folder.info.label, path, "deleted");
-        index.remove_tree(folder.id(), path).map_err(home_err)?;
+        index.remove_tree(folder.id(), path)?;
         Ok(())
     }
 
     /// Whether the server holds anything live below `dir` that this device
     /// has not synced.
     async fn unseen_below(&self, folder: &Folder, dir: &str) -> Result<bool, ClientError> {
-        let versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        let versions = self.home.index().versions(folder.id())?;
         let below = self.listing(folder, Some(dir), false).await?;
         Ok(below
             .iter()
@@ -528,7 +518,7 @@ impl<'a, N: Net> Engine<'a, N> {
         round: &mut Round,
     ) -> Result<(), ClientError> {
         let index = self.home.index();
-        let synced = index.synced(folder.id(), from).map_err(home_err)?;
+        let synced = index.synced(folder.id(), from)?;
         let arrived = matches!(look(&folder.local(to))?, Local::File(_));
         let gone = matches!(look(&folder.local(from))?, Local::Absent);
         let (Some(synced), true, true) = (synced, arrived, gone) else {
@@ -548,7 +538,7 @@ impl<'a, N: Net> Engine<'a, N> {
         match answer {
             Ok(Response::Entry(entry)) => {
                 tracing::info!(folder = %folder.info.label, from, to, "moved");
-                index.rename(folder.id(), from, to).map_err(home_err)?;
+                index.rename(folder.id(), from, to)?;
                 self.record(folder, to, &entry)?;
                 Ok(())
             }
@@ -566,12 +556,7 @@ impl<'a, N: Net> Engine<'a, N> {
         }
     }
 
-    async fn mkdir(
-        &self,
-        folder: &Folder,
-        path: &str,
-        _round: &mut Round,
-    ) -> Result<(), ClientError> {
+    async fn mkdir(&self, folder: &Folder, path: &str) -> Result<(), ClientError> {
         if !matches!(look(&folder.local(path))?, Local::Dir) {
             return Ok(());
         }
@@ -594,9 +579,7 @@ impl<'a, N: Net> Engine<'a, N> {
             Err(e) => return Err(e),
         };
         let index = self.home.index();
-        index
-            .put(folder.id(), path, &Known::Dir)
-            .map_err(home_err)?;
+        index.put(folder.id(), path, &Known::Dir)?;
         self.record(folder, path, &entry)
     }
 
@@ -660,7 +643,7 @@ impl<'a, N: Net> Engine<'a, N> {
     pub async fn reconcile_all(&self, folder: &Folder) -> Result<Round, ClientError> {
         let mut round = Round::default();
         let listed = self.listing(folder, None, true).await?;
-        let mut versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        let mut versions = self.home.index().versions(folder.id())?;
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for e in &listed {
@@ -699,12 +682,12 @@ impl<'a, N: Net> Engine<'a, N> {
             let Some((path, result, r)) = running.next().await else {
                 break;
             };
-            round.add(r);
+            round.add(&r);
             match result {
                 Ok(()) => {}
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => self.alert(
-                    folder,
+                    Some(folder),
                     AlertKind::Error,
                     Some(path),
                     &format!("could not apply {path}: {e}"),
@@ -724,7 +707,7 @@ impl<'a, N: Net> Engine<'a, N> {
         dir: &str,
         round: &mut Round,
     ) -> Result<(), ClientError> {
-        let versions = self.home.index().versions(folder.id()).map_err(home_err)?;
+        let versions = self.home.index().versions(folder.id())?;
         self.reconcile(folder, dir, round).await?;
         for e in self.listing(folder, Some(dir), false).await? {
             if versions.get(&e.path) != Some(&e.version) {
@@ -741,21 +724,18 @@ impl<'a, N: Net> Engine<'a, N> {
         change: &coffer_proto::event::FileChanged,
     ) -> Result<Round, ClientError> {
         let mut round = Round::default();
-        let index = self.home.index();
-        let known_version = index
-            .synced(folder.id(), &change.path)
-            .map_err(home_err)?
-            .map(|s| s.version);
         if let Some(from) = &change.from {
             self.remote_move(folder, from, &change.path, &mut round)
                 .await?;
-            return Ok(round);
+        } else if self
+            .home
+            .index()
+            .synced(folder.id(), &change.path)?
+            .is_none_or(|s| s.version != change.entry.version)
+        {
+            // Not this device's own change coming back, nor one applied already.
+            self.reconcile(folder, &change.path, &mut round).await?;
         }
-        if known_version == Some(change.entry.version) {
-            // This device's own change coming back, or already applied.
-            return Ok(round);
-        }
-        self.reconcile(folder, &change.path, &mut round).await?;
         Ok(round)
     }
 
@@ -767,15 +747,15 @@ impl<'a, N: Net> Engine<'a, N> {
         round: &mut Round,
     ) -> Result<(), ClientError> {
         let index = self.home.index();
-        let from_known = index.get(folder.id(), from).map_err(home_err)?;
+        let from_known = index.get(folder.id(), from)?;
         let from_local = look(&folder.local(from))?;
-        let to_known = index.get(folder.id(), to).map_err(home_err)?;
+        let to_known = index.get(folder.id(), to)?;
         let to_local = look(&folder.local(to))?;
         let remote = self.stat(folder, to).await?;
         let Some(remote) = remote.filter(|e| !e.deleted) else {
             return self.reconcile(folder, from, round).await;
         };
-        if let Some(s) = index.synced(folder.id(), to).map_err(home_err)?
+        if let Some(s) = index.synced(folder.id(), to)?
             && s.vv == remote.vv
         {
             return Ok(()); // this device's own move
@@ -788,7 +768,7 @@ impl<'a, N: Net> Engine<'a, N> {
             let (src, dst) = (folder.local(from), folder.local(to));
             self.make_parents(folder, to)?;
             std::fs::rename(&src, &dst).map_err(local_err(&dst))?;
-            index.rename(folder.id(), from, to).map_err(home_err)?;
+            index.rename(folder.id(), from, to)?;
             self.record(folder, to, &remote)?;
             round.applied += 1;
             // The source's tombstone is what the index now says of it.
@@ -818,7 +798,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 Local::Dir => {}
                 Local::Absent => {
                     std::fs::create_dir(&local).map_err(local_err(&local))?;
-                    index.put(folder.id(), &at, &Known::Dir).map_err(home_err)?;
+                    index.put(folder.id(), &at, &Known::Dir)?;
                 }
                 Local::File(_) => {
                     return Err(ClientError::Local {
@@ -846,17 +826,17 @@ impl<'a, N: Net> Engine<'a, N> {
         }
         let remote = self.stat(folder, path).await?;
         let index = self.home.index();
-        let synced = index.synced(folder.id(), path).map_err(home_err)?;
+        let synced = index.synced(folder.id(), path)?;
         if let (Some(r), Some(s)) = (&remote, &synced)
             && r.vv == s.vv
         {
             return Ok(());
         }
-        let known = index.get(folder.id(), path).map_err(home_err)?;
+        let known = index.get(folder.id(), path)?;
         let target = folder.local(path);
         let here = look(&target)?;
         let local_changed = changed(known.as_ref(), &here);
-        match remote {
+        match remote.filter(|r| !r.deleted) {
             None => self.apply_deletion(
                 folder,
                 path,
@@ -866,32 +846,17 @@ impl<'a, N: Net> Engine<'a, N> {
                 local_changed,
                 round,
             ),
-            Some(r) if r.deleted => self.apply_deletion(
-                folder,
-                path,
-                &target,
-                &here,
-                known.is_some(),
-                local_changed,
-                round,
-            ),
             Some(r) if r.kind == EntryKind::Dir => {
-                match here {
-                    Local::Dir => {}
-                    Local::Absent => {
-                        self.make_parents(folder, path)?;
-                        std::fs::create_dir(&target).map_err(local_err(&target))?;
-                        round.applied += 1;
-                    }
-                    Local::File(_) => {
+                if !matches!(here, Local::Dir) {
+                    if let Local::File(_) = here {
                         self.set_aside(folder, path, round)?;
-                        std::fs::create_dir(&target).map_err(local_err(&target))?;
-                        round.applied += 1;
+                    } else {
+                        self.make_parents(folder, path)?;
                     }
+                    std::fs::create_dir(&target).map_err(local_err(&target))?;
+                    round.applied += 1;
                 }
-                index
-                    .put(folder.id(), path, &Known::Dir)
-                    .map_err(home_err)?;
+                index.put(folder.id(), path, &Known::Dir)?;
                 self.record(folder, path, &r)
             }
             Some(r) => {
@@ -914,14 +879,14 @@ impl<'a, N: Net> Engine<'a, N> {
     ) -> Result<(), ClientError> {
         let index = self.home.index();
         if matches!(here, Local::Absent) || !was_known {
-            index.remove_tree(folder.id(), path).map_err(home_err)?;
+            index.remove_tree(folder.id(), path)?;
             return Ok(());
         }
         if local_changed {
             // Changed here, deleted there: the change wins; it goes up as
             // new. Nothing is lost, so nothing for the user to resolve.
             tracing::info!(folder = %folder.info.label, path, "deleted elsewhere but changed here: kept");
-            index.remove_tree(folder.id(), path).map_err(home_err)?;
+            index.remove_tree(folder.id(), path)?;
             return Ok(());
         }
         match here {
@@ -930,15 +895,15 @@ impl<'a, N: Net> Engine<'a, N> {
                 // what is left is new here and keeps the directory.
                 if std::fs::remove_dir(target).is_ok() {
                     round.applied += 1;
-                    index.remove_tree(folder.id(), path).map_err(home_err)?;
+                    index.remove_tree(folder.id(), path)?;
                 } else {
-                    index.remove(folder.id(), path).map_err(home_err)?;
+                    index.remove(folder.id(), path)?;
                 }
             }
             _ => {
                 std::fs::remove_file(target).map_err(local_err(target))?;
                 round.applied += 1;
-                index.remove_tree(folder.id(), path).map_err(home_err)?;
+                index.remove_tree(folder.id(), path)?;
             }
         }
         tracing::info!(folder = %folder.info.label, path, "deleted (remote)");
@@ -970,7 +935,7 @@ impl<'a, N: Net> Engine<'a, N> {
             AlertKind::ViewerEdit
         };
         self.alert(
-            folder,
+            Some(folder),
             kind,
             Some(path),
             &format!("{path} changed here and elsewhere: the other version is at {path}, this one at {name}"),
@@ -993,59 +958,42 @@ impl<'a, N: Net> Engine<'a, N> {
             "{TEMP_PREFIX}{}",
             hex::encode(self.session.rng().random::<[u8; 8]>())
         ));
-        let got = transfer::get(
+        let mut temp = TempFile {
+            path: temp,
+            keep: false,
+        };
+        let mut report = transfer::get(
             self.session,
             Source::Folder {
                 folder_id: folder.id(),
                 path,
                 version: Some(remote.version),
             },
-            &temp,
+            &temp.path,
             &Quiet,
+            true,
         )
-        .await;
-        let report = match got {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                return Err(e);
-            }
-        };
-        let guard = TempGuard(temp.clone());
-        let at = temp.clone();
-        let state = blocking(move || scan::hash_file(&at))
-            .await
-            .map_err(local_err(&temp))?
-            .ok_or_else(|| ClientError::Local {
-                path: temp.clone(),
-                source: std::io::Error::other("changed while it was checked"),
-            })?;
-        let index = self.home.index();
+        .await?;
+        let written = std::fs::metadata(&temp.path).map_err(local_err(&temp.path))?;
+        let state = FileState::new(
+            &written,
+            report.sha256,
+            report.entry.chunk_size,
+            std::mem::take(&mut report.plain_chunks),
+        );
         // Look again, right before replacing anything.
-        let known = index.get(folder.id(), path).map_err(home_err)?;
+        let known = self.home.index().get(folder.id(), path)?;
         let here = look(target)?;
-        let changed_now = local_changed || changed(known.as_ref(), &here);
-        if changed_now {
+        if local_changed || changed(known.as_ref(), &here) {
             match &here {
                 Local::File(_) => {
                     let at = target.to_owned();
                     let mine = blocking(move || scan::hash_file(&at))
                         .await
                         .map_err(local_err(target))?;
-                    if mine.as_ref().is_some_and(|m| m.sha256 == report.sha256) {
+                    if let Some(mine) = mine.filter(|m| m.sha256 == report.sha256) {
                         // The same content on both sides: no conflict.
-                        drop(guard);
-                        let mine = mine.expect("checked above");
-                        let same_chunks = mine.chunk_size == report.entry.chunk_size;
-                        index
-                            .put(folder.id(), path, &Known::File(mine))
-                            .map_err(home_err)?;
-                        if same_chunks {
-                            index
-                                .set_stored(folder.id(), path, &report.chunks)
-                                .map_err(home_err)?;
-                        }
-                        return self.record(folder, path, &report.entry);
+                        return self.settle(folder, path, mine, &report);
                     }
                     self.set_aside(folder, path, round)?;
                 }
@@ -1061,41 +1009,35 @@ impl<'a, N: Net> Engine<'a, N> {
                 Local::Absent => {}
             }
         }
-        std::fs::rename(&temp, target).map_err(local_err(target))?;
-        std::mem::forget(guard);
+        std::fs::rename(&temp.path, target).map_err(local_err(target))?;
+        temp.keep = true;
         if let Ok(dir) = std::fs::File::open(&parent) {
             let _ = dir.sync_all();
         }
         round.applied += 1;
         tracing::info!(folder = %folder.info.label, path, version = remote.version, "downloaded");
-        let same_chunks = state.chunk_size == report.entry.chunk_size;
-        index
-            .put(folder.id(), path, &Known::File(state))
-            .map_err(home_err)?;
-        if same_chunks {
-            index
-                .set_stored(folder.id(), path, &report.chunks)
-                .map_err(home_err)?;
+        self.settle(folder, path, state, &report)
+    }
+
+    /// Records that `path` now holds the version `report` fetched, as `state`.
+    fn settle(
+        &self,
+        folder: &Folder,
+        path: &str,
+        state: FileState,
+        report: &transfer::GetReport,
+    ) -> Result<(), ClientError> {
+        let index = self.home.index();
+        // The chunk hashes pair with the stored addresses only if they were
+        // cut alike.
+        let paired = state.chunk_size == report.entry.chunk_size
+            && state.chunks.len() == report.chunks.len();
+        index.put(folder.id(), path, &Known::File(state))?;
+        if paired {
+            index.set_stored(folder.id(), path, &report.chunks)?;
         }
         self.record(folder, path, &report.entry)
     }
-}
-
-/// Removes a temporary file when dropped (unless forgotten).
-struct TempGuard(PathBuf);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn home_err(e: super::index::IndexError) -> ClientError {
-    ClientError::Home(crate::home::HomeError::from(e))
-}
-
-fn db_err(e: rusqlite::Error) -> ClientError {
-    ClientError::Home(crate::home::HomeError::from(e))
 }
 
 #[cfg(test)]

@@ -51,6 +51,23 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// The state of a file with metadata `m` and the given content hashes.
+    pub fn new(m: &Metadata, sha256: [u8; 32], chunk_size: u32, chunks: Vec<[u8; 32]>) -> Self {
+        let Stat {
+            size,
+            mtime_ns,
+            inode,
+        } = stat(m);
+        FileState {
+            size,
+            mtime_ns,
+            inode,
+            sha256,
+            chunk_size,
+            chunks,
+        }
+    }
+
     /// Whether a file with metadata `m` is, as far as its metadata tells,
     /// the file this state was taken of.
     pub fn matches(&self, m: &Metadata) -> bool {

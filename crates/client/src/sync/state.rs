@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS sync_alerts (
 ) STRICT;
 "#;
 
+/// Now, in Unix milliseconds (an alert's time).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Alerts kept; older ones are dropped as new ones come.
 const MAX_ALERTS: i64 = 10_000;
 

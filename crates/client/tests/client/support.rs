@@ -127,6 +127,17 @@ impl Env {
 
     /// Registers `user` on device `home` (password "pw-USER").
     pub async fn register(&self, home: &str, user: &str) {
+        self.sign_in("register", home, user).await;
+    }
+
+    /// Logs `user` in on another device `home`, which it registers.
+    pub async fn login(&self, home: &str, user: &str) {
+        self.sign_in("login", home, user).await;
+    }
+
+    /// `register` or `login` as `user` on device `home`, named after the
+    /// home, with a MAC address derived from its name.
+    async fn sign_in(&self, verb: &str, home: &str, user: &str) {
         let mac = format!(
             "02:00:00:00:00:{:02x}",
             home.bytes().map(u32::from).sum::<u32>() % 256
@@ -135,7 +146,7 @@ impl Env {
             .run(
                 home,
                 &[
-                    "register",
+                    verb,
                     user,
                     "--device",
                     home,
@@ -148,7 +159,7 @@ impl Env {
             .await;
         assert!(
             out.status.success(),
-            "register {user}: {}",
+            "{verb} {user}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

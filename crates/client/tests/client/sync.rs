@@ -19,26 +19,7 @@ async fn team(env: &Env, bob_role: Option<&str>) -> Vec<PathBuf> {
         &["folder", "create", "team", "--path", a1.to_str().unwrap()],
     )
     .await;
-    let out = env
-        .run(
-            "a2",
-            &[
-                "login",
-                "alice",
-                "--device",
-                "a2",
-                "--mac",
-                "02:00:00:00:00:a2",
-                "--password-stdin",
-            ],
-            Some("pw-alice\n"),
-        )
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.login("a2", "alice").await;
     let a2 = env.path("dir-a2");
     env.ok("a2", &["folder", "attach", "team", a2.to_str().unwrap()])
         .await;
