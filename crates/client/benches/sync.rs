@@ -18,7 +18,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Coffer, env_number, median};
@@ -67,15 +67,10 @@ struct Daemon(Child);
 impl Daemon {
     fn start(coffer: &Coffer<'_>) -> Daemon {
         Daemon(
-            Command::new(env!("CARGO_BIN_EXE_coffer"))
-                .args(["sync", "--home"])
-                .arg(coffer.home)
-                .env("COFFER_SERVER", &coffer.addr)
-                .env("COFFER_CA", coffer.ca)
-                .env("RUST_LOG", "warn")
+            coffer
+                .command(&["sync"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
         )
@@ -103,15 +98,10 @@ fn wait_for(path: &Path, bytes: &[u8], limit: Duration) -> bool {
 /// Runs `coffer sync --once` for `coffer`: seconds taken and peak RSS (KiB).
 fn once(coffer: &Coffer<'_>) -> (f64, i64) {
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "sync", "--once", "--home"])
-        .arg(coffer.home)
-        .env("COFFER_SERVER", &coffer.addr)
-        .env("COFFER_CA", coffer.ca)
-        .env("RUST_LOG", "warn")
+    let status = coffer
+        .command(&["sync", "--once"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .status()
         .unwrap();
     let seconds = started.elapsed().as_secs_f64();

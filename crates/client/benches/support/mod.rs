@@ -28,19 +28,29 @@ pub(crate) struct Coffer<'a> {
 }
 
 impl Coffer<'_> {
-    /// Runs `coffer --json ARGS`; its answer and how long it took.
-    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+    /// `coffer --json ARGS` for this device and server, daemon logs at `warn`
+    /// on standard error; standard input and output are the caller's to set.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        command
             .arg("--json")
             .args(args)
             .arg("--home")
             .arg(self.home)
             .env("COFFER_SERVER", &self.addr)
             .env("COFFER_CA", self.ca)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// Runs `coffer --json ARGS`; its answer and how long it took.
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
+        let started = Instant::now();
+        let mut child = self
+            .command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut input = child.stdin.take().unwrap();
