@@ -125,8 +125,8 @@ impl Drop for Client {
     }
 }
 
-/// Events queued for a client that does not read them before new ones are
-/// dropped (a subscriber that falls behind resubscribes from its cursor).
+/// Events queued for a client that does not read them; one more ends the
+/// event stream (a subscriber that falls behind resubscribes from its cursor).
 const EVENT_QUEUE: usize = 4096;
 
 fn fail_all(pending: &Mutex<Pending>, closed: &AtomicBool, why: &str) {
@@ -193,6 +193,7 @@ impl Client {
         let closed = Arc::new(AtomicBool::new(false));
         let (outgoing, mut queue) = mpsc::channel::<Frame<Request>>(64);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let mut events_tx = Some(events_tx);
 
         let (p, c) = (pending.clone(), closed.clone());
         let write_task = tokio::spawn(async move {
@@ -218,9 +219,17 @@ impl Client {
                 };
                 if header.id == 0 && header.kind != "error" {
                     match Frame::<Event>::from_header(header, raw.body) {
-                        // A full queue means nobody reads events: drop them.
+                        // A full queue means the reader fell behind: the stream
+                        // ends there (after what it holds), so that the reader
+                        // knows it missed events and resubscribes from the last
+                        // cursor it applied — never a silent gap.
                         Ok(event) => {
-                            let _ = events_tx.try_send(event.msg);
+                            if events_tx
+                                .as_ref()
+                                .is_some_and(|tx| tx.try_send(event.msg).is_err())
+                            {
+                                events_tx = None;
+                            }
                         }
                         Err(e) => {
                             return fail_all(&p, &c, &format!("bad event from the server: {e}"));
@@ -277,6 +286,8 @@ impl Client {
     }
 
     /// The events the server pushes (after `subscribe`); can be taken once.
+    /// The stream ends with the connection, or when more events arrive than
+    /// wait unread (4096): the reader then resubscribes from its last cursor.
     pub fn events(&self) -> Option<mpsc::Receiver<Event>> {
         self.events.lock().expect("events lock").take()
     }

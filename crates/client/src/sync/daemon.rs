@@ -138,6 +138,9 @@ pub async fn run<N: Net>(
     };
     let mut link: Option<Link> = None;
     let mut caught_up = false;
+    // Whether the subscription delivered anything since it was opened: one
+    // that ends at once is retried with backoff, not in a tight loop.
+    let mut delivered = false;
     let mut dirty: BTreeSet<usize> = (0..folders.len()).collect();
     let mut backoff = Duration::from_millis(250);
     let mut retry_at = Instant::now();
@@ -149,7 +152,7 @@ pub async fn run<N: Net>(
                 Ok(l) => {
                     link = Some(l);
                     caught_up = false;
-                    backoff = Duration::from_millis(250);
+                    delivered = false;
                     dirty = (0..folders.len()).collect();
                 }
                 Err(e) if options.once || !e.is_transient() => return Err(e),
@@ -198,14 +201,18 @@ pub async fn run<N: Net>(
             event = next_event(&mut link) => {
                 match event {
                     None => {
-                        if options.once {
-                            return Err(ClientError::Lost("the server closed the subscription".into()));
-                        }
-                        tracing::warn!("subscription lost; reconnecting");
+                        // The connection ended, or this daemon fell behind
+                        // the events: resubscribe from the last cursor applied.
+                        tracing::info!("event stream ended; resubscribing from the last cursor");
                         link = None;
-                        retry_at = Instant::now() + backoff;
+                        if !delivered {
+                            retry_at = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(options.max_backoff);
+                        }
                     }
                     Some(event) => {
+                        delivered = true;
+                        backoff = Duration::from_millis(250);
                         let outcome = handle(&engine, home, session, &mut folders, event, &mut summary).await;
                         match outcome {
                             Ok(Handled::CaughtUp) => {

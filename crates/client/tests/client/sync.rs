@@ -441,3 +441,60 @@ async fn a_daemon_killed_mid_sync_resumes_without_loss() {
     assert_same(&dirs);
     assert_eq!(tree(&dirs[1]).len(), 1_002);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_sees_its_event_stream_end() {
+    use coffer_client::{ClientTimeouts, Endpoint, Home, Pool};
+    use coffer_net::TokioNet;
+    use coffer_proto::request::{PathRef, Subscribe};
+    use coffer_proto::{Request, Response};
+
+    let env = Env::start().await;
+    env.register("a1", "alice").await;
+    let folder = env.json("a1", &["folder", "create", "team"]).await;
+    let folder_id = folder["folder_id"].as_str().unwrap().to_owned();
+    let (account, _) = Home::open(&env.home("a1"))
+        .unwrap()
+        .account()
+        .unwrap()
+        .unwrap();
+    let endpoint = Endpoint::trusting(
+        env.server.addr,
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+        &env.server.ca,
+        ClientTimeouts::default(),
+    )
+    .unwrap();
+    let pool = Pool::new(TokioNet, endpoint, 1);
+    pool.set_token(Some(account.token));
+    let subscriber = pool.dedicated().await.unwrap();
+    let mut events = subscriber.events().unwrap();
+    let answer = subscriber
+        .call(Request::Subscribe(Subscribe { cursor: None }))
+        .await
+        .unwrap();
+    assert!(matches!(answer.msg, Response::Subscribed(_)), "{answer:?}");
+
+    // More changes than the client queues, none of them read meanwhile.
+    let writer = pool.dedicated().await.unwrap();
+    for i in 0..4_200 {
+        writer
+            .call(Request::Mkdir(PathRef {
+                folder_id: folder_id.clone(),
+                path: format!("d{i}"),
+            }))
+            .await
+            .unwrap();
+    }
+    // What was queued is delivered, then the stream ends (instead of
+    // going on after a silent gap), so the reader knows to resubscribe.
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => break,
+            Err(_) => panic!("the stream neither ended nor went on after {received} events"),
+        }
+    }
+    assert!((1..4_200).contains(&received), "{received} events");
+}
