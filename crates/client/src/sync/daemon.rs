@@ -9,7 +9,7 @@
 //! periodic full rescan (watchers drop events). When the server cannot be
 //! reached the daemon keeps its queue and tries again with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +112,62 @@ fn watch_err(e: notify::Error) -> ClientError {
     }
 }
 
+/// What to scan next: per folder, the directory that holds every change
+/// seen since the last scan (`""`: the whole folder).
+#[derive(Debug, Default)]
+struct Dirty(BTreeMap<usize, String>);
+
+impl Dirty {
+    fn everything(folders: usize) -> Dirty {
+        Dirty((0..folders).map(|i| (i, String::new())).collect())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Marks `dir` of folder `i`: the scope widens to what it and the
+    /// directory already marked have in common.
+    fn mark(&mut self, i: usize, dir: &str) {
+        let scope = match self.0.get(&i) {
+            None => dir.to_owned(),
+            Some(marked) => common_dir(marked, dir).to_owned(),
+        };
+        self.0.insert(i, scope);
+    }
+
+    fn take(&mut self) -> BTreeMap<usize, String> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// The deepest directory holding both `a` and `b` (`""`: the root).
+fn common_dir<'p>(a: &'p str, b: &str) -> &'p str {
+    let (mut end, mut at) = (0, 0);
+    for (x, y) in a.split('/').zip(b.split('/')) {
+        if x != y || x.is_empty() {
+            break;
+        }
+        end = at + x.len();
+        at = end + 1;
+    }
+    &a[..end]
+}
+
+/// The folder directory holding the changed path `rel` (relative to the
+/// root), `/`-separated; the root for anything not plain UTF-8.
+fn parent_dir(rel: &std::path::Path) -> String {
+    let parts: Option<Vec<&str>> = rel.parent().map_or(Some(Vec::new()), |p| {
+        p.components()
+            .map(|c| match c {
+                std::path::Component::Normal(n) => n.to_str(),
+                _ => None,
+            })
+            .collect()
+    });
+    parts.map(|p| p.join("/")).unwrap_or_default()
+}
+
 /// A subscribed connection.
 struct Link {
     _client: Client,
@@ -141,7 +197,7 @@ pub async fn run<N: Net>(
     // Whether the subscription delivered anything since it was opened: one
     // that ends at once is retried with backoff, not in a tight loop.
     let mut delivered = false;
-    let mut dirty: BTreeSet<usize> = (0..folders.len()).collect();
+    let mut dirty = Dirty::everything(folders.len());
     let mut backoff = Duration::from_millis(250);
     let mut retry_at = Instant::now();
     let mut rescan = tokio::time::interval_at(Instant::now() + options.rescan, options.rescan);
@@ -153,7 +209,7 @@ pub async fn run<N: Net>(
                     link = Some(l);
                     caught_up = false;
                     delivered = false;
-                    dirty = (0..folders.len()).collect();
+                    dirty = Dirty::everything(folders.len());
                 }
                 Err(e) if options.once || !e.is_transient() => return Err(e),
                 Err(e) => {
@@ -165,11 +221,10 @@ pub async fn run<N: Net>(
         }
         if link.is_some() && !dirty.is_empty() {
             let mut queued = 0;
-            for &i in &dirty {
-                queued += engine.scan(&folders[i]).await?;
+            for (i, scope) in dirty.take() {
+                queued += engine.scan(&folders[i], &scope).await?;
             }
             summary.queued += queued;
-            dirty.clear();
             match engine.send(&folders).await {
                 Ok(round) => summary.add(&round),
                 Err(e) if e.is_transient() && !options.once => {
@@ -194,7 +249,7 @@ pub async fn run<N: Net>(
                     )));
                 }
                 // Sending may have made conflict copies to send in turn.
-                dirty = (0..folders.len()).collect();
+                dirty = Dirty::everything(folders.len());
             }
         }
         tokio::select! {
@@ -218,7 +273,7 @@ pub async fn run<N: Net>(
                             Ok(Handled::CaughtUp) => {
                                 caught_up = true;
                                 if options.once {
-                                    dirty = (0..folders.len()).collect();
+                                    dirty = Dirty::everything(folders.len());
                                 }
                             }
                             Ok(Handled::Applied) => {}
@@ -241,16 +296,18 @@ pub async fn run<N: Net>(
                         paths.push(p);
                     }
                     if w.overflow.swap(false, Ordering::Relaxed) {
-                        dirty.extend(0..folders.len());
+                        dirty = Dirty::everything(folders.len());
                     }
                 }
                 for p in paths {
-                    if let Some(i) = folders.iter().position(|f| p.starts_with(&f.root)) {
-                        dirty.insert(i);
+                    for (i, f) in folders.iter().enumerate() {
+                        if let Ok(rel) = p.strip_prefix(&f.root) {
+                            dirty.mark(i, &parent_dir(rel));
+                        }
                     }
                 }
             }
-            _ = rescan.tick() => dirty.extend(0..folders.len()),
+            _ = rescan.tick() => dirty = Dirty::everything(folders.len()),
             () = tokio::time::sleep_until(retry_at), if link.is_none() => {}
             () = &mut shutdown => {
                 tracing::info!("stopping");
@@ -422,4 +479,27 @@ async fn handle<N: Net>(
         state.set_cursor(&cursor)?;
     }
     Ok(Handled::Applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_widen_the_scan_to_their_common_directory() {
+        assert_eq!(common_dir("a/b/c", "a/b/d"), "a/b");
+        assert_eq!(common_dir("a/b", "a/b/c"), "a/b");
+        assert_eq!(common_dir("a/bc", "a/b"), "a");
+        assert_eq!(common_dir("a", "b"), "");
+        assert_eq!(common_dir("", "a/b"), "");
+        let mut dirty = Dirty::default();
+        dirty.mark(0, "docs/2026/nov");
+        dirty.mark(0, "docs/2026/oct");
+        dirty.mark(1, "x");
+        let marked: Vec<_> = dirty.take().into_iter().collect();
+        assert_eq!(marked, [(0, "docs/2026".to_owned()), (1, "x".to_owned())]);
+        assert!(dirty.is_empty());
+        assert_eq!(parent_dir(std::path::Path::new("a/b/c.txt")), "a/b");
+        assert_eq!(parent_dir(std::path::Path::new("c.txt")), "");
+    }
 }

@@ -219,14 +219,26 @@ impl<'a, N: Net> Engine<'a, N> {
 
     // ---- local → server -------------------------------------------------
 
-    /// Scans the folder and queues what changed; a viewer's changes are
-    /// reported instead. The number of changes queued.
-    pub async fn scan(&self, folder: &Folder) -> Result<usize, ClientError> {
-        let known = self.home.index().load(folder.id())?;
-        let root = folder.root.clone();
+    /// Scans the folder's directory `scope` (`""`: all of it) and queues what
+    /// changed; a viewer's changes are reported instead. The number of
+    /// changes queued.
+    pub async fn scan(&self, folder: &Folder, scope: &str) -> Result<usize, ClientError> {
+        // Narrowed to a directory both the index and the disk hold (a new or
+        // vanished one is seen from its parent); the whole folder at worst.
+        let mut scope = scope;
+        while !scope.is_empty() {
+            let held = self.home.index().get(folder.id(), scope)? == Some(Known::Dir)
+                && folder.local(scope).is_dir();
+            if held {
+                break;
+            }
+            scope = scope.rsplit_once('/').map_or("", |(parent, _)| parent);
+        }
+        let known = self.home.index().load_under(folder.id(), scope)?;
+        let (root, scope) = (folder.root.clone(), scope.to_owned());
         let found = blocking(move || {
             let ignore = Ignore::load(&root)?;
-            scan::scan(&root, &known, &ignore)
+            scan::scan_under(&root, &scope, &known, &ignore)
         })
         .await
         .map_err(local_err(&folder.root))?;

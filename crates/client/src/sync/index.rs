@@ -131,10 +131,26 @@ impl<'a> Index<'a> {
 
     /// Everything known of `folder_id`, by path.
     pub fn load(&self, folder_id: &str) -> Result<BTreeMap<String, Known>, IndexError> {
+        self.load_under(folder_id, "")
+    }
+
+    /// What is known below the directory `dir` (everything for `""`).
+    pub fn load_under(
+        &self,
+        folder_id: &str,
+        dir: &str,
+    ) -> Result<BTreeMap<String, Known>, IndexError> {
+        // Every path below "a" sorts between "a/" and "a0" ('0' follows '/').
+        let (low, high) = if dir.is_empty() {
+            (String::new(), None)
+        } else {
+            (format!("{dir}/"), Some(format!("{dir}0")))
+        };
         let mut statement = self.db.prepare(&format!(
-            "SELECT {COLUMNS} FROM sync_index WHERE folder_id = ?1"
+            "SELECT {COLUMNS} FROM sync_index WHERE folder_id = ?1 AND path > ?2
+             AND (?3 IS NULL OR path < ?3)"
         ))?;
-        let mut rows = statement.query([folder_id])?;
+        let mut rows = statement.query(params![folder_id, low, high])?;
         let mut out = BTreeMap::new();
         while let Some(row) = rows.next()? {
             let (path, known) = known_from_row(row)?;
@@ -418,6 +434,15 @@ mod tests {
             index.versions("f").unwrap().into_iter().collect::<Vec<_>>(),
             [("e/a".to_owned(), 4)]
         );
+        assert_eq!(
+            index
+                .load_under("f", "e")
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["e/a"]
+        );
+        assert_eq!(index.load_under("f", "").unwrap().len(), 3);
         index.remove_tree("f", "e").unwrap();
         assert_eq!(index.load("f").unwrap().keys().collect::<Vec<_>>(), ["d0"]);
     }

@@ -214,13 +214,32 @@ pub fn scan(
     index: &BTreeMap<String, Known>,
     ignore: &Ignore,
 ) -> std::io::Result<Scan> {
+    scan_under(root, "", index, ignore)
+}
+
+/// [`scan`] of the directory `scope` only (`""`: the whole folder), which the
+/// index must know as a directory: only what is below it is walked, and only
+/// index entries below it can be reported gone.
+pub fn scan_under(
+    root: &Path,
+    scope: &str,
+    index: &BTreeMap<String, Known>,
+    ignore: &Ignore,
+) -> std::io::Result<Scan> {
     let mut out = Scan::default();
+    let (top, start) = if scope.is_empty() {
+        (String::new(), root.to_owned())
+    } else {
+        let mut dir = root.to_owned();
+        dir.extend(scope.split('/'));
+        (format!("{scope}/"), dir)
+    };
     let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     // Each level: its path prefix and its entries not yet visited, in name
     // order. A directory is listed when it is reached and its entries are
     // visited before its next sibling: pre-order, depth first.
     let mut stack: Vec<(String, std::vec::IntoIter<(std::ffi::OsString, PathBuf)>)> =
-        vec![(String::new(), list(root)?.into_iter())];
+        vec![(top.clone(), list(&start)?.into_iter())];
     while let Some((prefix, entries)) = stack.last_mut() {
         let Some((name, full)) = entries.next() else {
             stack.pop();
@@ -316,7 +335,7 @@ pub fn scan(
     }
     let gone: Vec<(&String, &Known)> = index
         .iter()
-        .filter(|(p, _)| !seen.contains(p.as_str()))
+        .filter(|(p, _)| p.starts_with(&top) && !seen.contains(p.as_str()))
         .collect();
     // Deepest first, so a directory is deleted after what it held.
     for (path, known) in gone.into_iter().rev() {
@@ -504,6 +523,33 @@ mod tests {
         );
         apply(&mut index, &changed);
         assert!(scan(root, &index, &ignore).unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn a_scoped_scan_sees_only_below_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/sub")).unwrap();
+        fs::create_dir_all(root.join("ab")).unwrap();
+        fs::write(root.join("a/x.txt"), b"x").unwrap();
+        fs::write(root.join("ab/y.txt"), b"y").unwrap();
+        let ignore = Ignore::default();
+        let mut index = BTreeMap::new();
+        let first = scan(root, &index, &ignore).unwrap();
+        apply(&mut index, &first);
+
+        fs::write(root.join("a/sub/new.txt"), b"new").unwrap();
+        fs::remove_file(root.join("a/x.txt")).unwrap();
+        fs::remove_file(root.join("ab/y.txt")).unwrap();
+        fs::write(root.join("top.txt"), b"top").unwrap();
+        let scoped = scan_under(root, "a", &index, &ignore).unwrap();
+        // "ab" sorts right after "a/": its deleted file is outside the scope.
+        assert_eq!(kinds(&scoped), ["+ a/sub/new.txt", "- a/x.txt"]);
+        let whole = scan(root, &index, &ignore).unwrap();
+        assert_eq!(
+            kinds(&whole),
+            ["+ a/sub/new.txt", "+ top.txt", "- ab/y.txt", "- a/x.txt"]
+        );
     }
 
     #[cfg(unix)]
