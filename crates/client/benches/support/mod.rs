@@ -28,8 +28,8 @@ pub(crate) struct Coffer<'a> {
 }
 
 impl Coffer<'_> {
-    /// `coffer --json ARGS` for this device and server, daemon logs at `warn`
-    /// on standard error; standard input and output are the caller's to set.
+    /// `coffer --json ARGS` for this device and server, daemon logs on
+    /// standard error at `warn` (or as `BENCH_LOG` says); standard input and output are the caller's to set.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
         command
@@ -39,7 +39,10 @@ impl Coffer<'_> {
             .arg(self.home)
             .env("COFFER_SERVER", &self.addr)
             .env("COFFER_CA", self.ca)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stderr(Stdio::inherit());
         command
     }

@@ -81,6 +81,12 @@ fn watch(folders: &[Folder]) -> Result<Watch, ClientError> {
         if event.need_rescan() {
             flag.store(true, Ordering::Relaxed);
         }
+        // Opening and reading change nothing — and the daemon's own scans
+        // and uploads open every directory and file they look at: counting
+        // those would make each scan schedule the next.
+        if let notify::EventKind::Access(_) = event.kind {
+            return;
+        }
         for path in event.paths {
             // The daemon's own temporary files come and go with every download.
             let own = path

@@ -234,14 +234,23 @@ impl<'a, N: Net> Engine<'a, N> {
             }
             scope = scope.rsplit_once('/').map_or("", |(parent, _)| parent);
         }
+        let started = std::time::Instant::now();
         let known = self.home.index().load_under(folder.id(), scope)?;
-        let (root, scope) = (folder.root.clone(), scope.to_owned());
+        let (root, under) = (folder.root.clone(), scope.to_owned());
         let found = blocking(move || {
             let ignore = Ignore::load(&root)?;
-            scan::scan_under(&root, &scope, &known, &ignore)
+            scan::scan_under(&root, &under, &known, &ignore)
         })
         .await
         .map_err(local_err(&folder.root))?;
+        tracing::debug!(
+            folder = %folder.info.label,
+            scope,
+            changes = found.changes.len(),
+            hashed = found.hashed,
+            took = ?started.elapsed(),
+            "scanned"
+        );
         let index = self.home.index();
         let queue = self.home.queue();
         let state = self.home.sync_state();

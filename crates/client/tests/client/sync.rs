@@ -350,16 +350,26 @@ async fn ignored_files_stay_local() {
 
 /// The daemon, started in the background.
 fn daemon(env: &Env, home: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
+    daemon_logging(env, home, None)
+}
+
+/// The daemon, its log (at `filter`) written to `log` if given.
+fn daemon_logging(env: &Env, home: &str, log: Option<(&Path, &str)>) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"));
+    command
         .args(["sync", "--home"])
         .arg(env.home(home))
         .env("COFFER_SERVER", env.server.addr.to_string())
         .env("COFFER_CA", &env.server.ca)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(std::process::Stdio::null());
+    if let Some((path, filter)) = log {
+        command
+            .env("RUST_LOG", filter)
+            .stderr(std::fs::File::create(path).unwrap());
+    }
+    command.spawn().unwrap()
 }
 
 /// Kills a child process on drop, so a failing test leaves none behind.
@@ -497,4 +507,34 @@ async fn a_subscriber_that_falls_behind_sees_its_event_stream_end() {
         }
     }
     assert!((1..4_200).contains(&received), "{received} events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_does_not_rescan_what_its_own_scans_touch() {
+    let env = Env::start().await;
+    let dirs = team(&env, None).await;
+    for i in 0..50 {
+        write(&dirs[0], &format!("d{}/f{i}.txt", i % 5), b"x");
+    }
+    sync(&env, "a1").await;
+    let log = env.path("a1.log");
+    let _daemon = Reap(daemon_logging(
+        &env,
+        "a1",
+        Some((&log, "coffer_client::sync=debug")),
+    ));
+    let scans = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("scanned")
+            .count()
+    };
+    // Started: its first full scan is done, then nothing happens.
+    until("the first scan", || scans(&log) >= 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = scans(&log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reading directories and files is not a change: no scan follows scan.
+    assert_eq!(scans(&log), settled, "the daemon keeps rescanning");
+    assert!(settled <= 3, "{settled} scans with nothing changed");
 }
