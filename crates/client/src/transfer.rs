@@ -9,7 +9,8 @@
 //! again on an unchanged file resumes: the server says which chunks it lacks
 //! and only those are sealed and sent. The commit carries the sealed
 //! metadata (plaintext SHA-256, size, mtime, mode) and the version the upload
-//! started from.
+//! started from. A file of one chunk or none goes in a single request instead,
+//! begun, sent and committed at once.
 //!
 //! **get** fetches chunks over several connections, verifies each chunk's tag
 //! and decrypts it on the blocking pool, writes them in order to a temporary
@@ -325,37 +326,53 @@ async fn resumable<N: Net>(
 /// Begins a streamed upload of a new version of `path`: the pending upload,
 /// the chunks to send, and whether the chunks of the version replaced may be
 /// named by address (the file keeps its key).
-#[allow(clippy::too_many_arguments)]
-async fn begin<N: Net>(
+/// What an upload is sealed under and replaces.
+struct Prepared {
+    file_id: FileId,
+    file_key: FileKey,
+    wrapped: Vec<u8>,
+    base: Option<VersionVector>,
+    /// The file key is the replaced version's, so its chunks may be reused.
+    reusing: bool,
+}
+
+/// Decides the version an upload replaces and the file key it is sealed
+/// under. With `look` false and a path the caller believes new (`Known(None)`,
+/// nothing to reuse), the server is not asked first: the commit itself refuses
+/// a path that exists after all.
+async fn prepare<N: Net>(
     s: &Session<N>,
     folder: &FolderInfo,
     path: &str,
-    local_path: &Path,
-    size: u64,
-    mtime: i64,
     chunk_size: u32,
     options: &PutOptions,
-) -> Result<(PendingUpload, HashSet<u32>, bool), ClientError> {
+    look: bool,
+) -> Result<Prepared, ClientError> {
+    let believed_new = matches!(options.base, Base::Known(None)) && options.reuse.is_empty();
     // The version this upload replaces: its version vector is the base, and
     // the file keeps its identity.
-    let current = match s
-        .call(Request::Stat(Stat {
-            folder_id: folder.folder_id.clone(),
-            path: path.to_owned(),
-            version: None,
-        }))
-        .await
-    {
-        Ok(Response::Entry(e)) if e.kind == EntryKind::Dir && !e.deleted => {
-            return Err(ClientError::Usage(format!(
-                "{path} is a directory in \"{}\"",
-                folder.label
-            )));
+    let current = if !look && believed_new {
+        None
+    } else {
+        match s
+            .call(Request::Stat(Stat {
+                folder_id: folder.folder_id.clone(),
+                path: path.to_owned(),
+                version: None,
+            }))
+            .await
+        {
+            Ok(Response::Entry(e)) if e.kind == EntryKind::Dir && !e.deleted => {
+                return Err(ClientError::Usage(format!(
+                    "{path} is a directory in \"{}\"",
+                    folder.label
+                )));
+            }
+            Ok(Response::Entry(e)) => Some(e),
+            Ok(other) => return Err(unexpected("stat", &other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => None,
+            Err(e) => return Err(e),
         }
-        Ok(Response::Entry(e)) => Some(e),
-        Ok(other) => return Err(unexpected("stat", &other)),
-        Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => None,
-        Err(e) => return Err(e),
     };
     let live = current.as_ref().filter(|c| !c.deleted);
     let base = match &options.base {
@@ -409,6 +426,33 @@ async fn begin<N: Net>(
             (file_id, file_key, wrapped)
         }
     };
+    Ok(Prepared {
+        file_id,
+        file_key,
+        wrapped,
+        base,
+        reusing,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn begin<N: Net>(
+    s: &Session<N>,
+    folder: &FolderInfo,
+    path: &str,
+    local_path: &Path,
+    size: u64,
+    mtime: i64,
+    chunk_size: u32,
+    options: &PutOptions,
+) -> Result<(PendingUpload, HashSet<u32>, bool), ClientError> {
+    let Prepared {
+        file_id,
+        file_key,
+        wrapped,
+        base,
+        reusing,
+    } = prepare(s, folder, path, chunk_size, options, true).await?;
     let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
     let request = Request::UploadBegin(UploadBegin {
         folder_id: folder.folder_id.clone(),
@@ -479,7 +523,19 @@ pub async fn put<N: Net>(
     let chunk_size = chunk_size_for(size)?;
     let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
 
-    let resumed = match journal.pending(&folder.folder_id, path)? {
+    let pending = journal.pending(&folder.folder_id, path)?;
+    if chunk_count <= 1 && pending.is_none() {
+        return put_whole(
+            s,
+            folder,
+            path,
+            (&local_path, file, &meta),
+            progress,
+            options,
+        )
+        .await;
+    }
+    let resumed = match pending {
         Some(p) => {
             resumable(
                 s,
@@ -682,6 +738,97 @@ pub async fn put<N: Net>(
         inode: inode(&meta),
         chunk_size,
         chunks,
+    })
+}
+
+/// A file of at most one chunk, in one request: begun with its sealed chunk
+/// and committed at once (`upload_begin` with `commit`). There is nothing to
+/// resume, so nothing is journaled; a path believed new costs no `stat`
+/// either. One round trip instead of four, which is what a folder of many
+/// small files waits on.
+async fn put_whole<N: Net>(
+    s: &Session<N>,
+    folder: &FolderInfo,
+    path: &str,
+    (local_path, mut file, meta): (&Path, std::fs::File, &std::fs::Metadata),
+    progress: &dyn Progress,
+    options: &PutOptions,
+) -> Result<PutReport, ClientError> {
+    let (size, mtime) = (meta.len(), mtime_ns(meta));
+    let chunk_size = chunk_size_for(size)?;
+    let prepared = prepare(s, folder, path, chunk_size, options, false).await?;
+    progress.start(size);
+    let cipher = ChunkCipher::new(&prepared.file_key, prepared.file_id.0);
+    let iv: [u8; 16] = s.rng().random();
+    let len = usize::try_from(size).expect("one chunk fits in memory");
+    // Read where it is sealed: after room for the envelope's header, with
+    // room for its tag.
+    let (sealed, sha256) = blocking(move || {
+        let mut buf = Vec::with_capacity(HEADER_LEN + len + TAG_LEN);
+        buf.resize(HEADER_LEN + len, 0);
+        file.read_exact(&mut buf[HEADER_LEN..])?;
+        let sha256: [u8; 32] = sha2::Sha256::digest(&buf[HEADER_LEN..]).into();
+        if len > 0 {
+            cipher.seal_in_place(iv, 0, &mut buf);
+        } else {
+            buf.clear();
+        }
+        Ok::<_, std::io::Error>((buf, sha256))
+    })
+    .await
+    .map_err(local(local_path))?;
+    let after = std::fs::metadata(local_path).map_err(local(local_path))?;
+    if after.len() != size || mtime_ns(&after) != mtime {
+        return Err(ClientError::Usage(format!(
+            "{} changed while it was uploaded; run put again",
+            local_path.display()
+        )));
+    }
+    let address = (len > 0).then(|| coffer_crypto::content_address(&sealed));
+    let sealed_meta = FileMeta {
+        sha256,
+        size,
+        mtime_ms: mtime / 1_000_000,
+        mode: mode(meta),
+        name: String::new(),
+    }
+    .seal(&mut *s.rng(), &prepared.file_key, prepared.file_id.0);
+    let request = Request::UploadBegin(UploadBegin {
+        folder_id: folder.folder_id.clone(),
+        path: path.to_owned(),
+        file_id: prepared.file_id,
+        size,
+        chunk_size,
+        chunk_count: u32::from(address.is_some()),
+        epoch: folder.epoch,
+        wrapped_file_key: Blob(prepared.wrapped),
+        meta: Blob(sealed_meta),
+        base: prepared.base,
+        commit: true,
+    });
+    let sealed_len = sealed.len() as u64;
+    let mut body = BytesMut::with_capacity(32 + sealed.len());
+    body.extend_from_slice(address.as_ref().map_or(&[][..], |a| &a[..]));
+    body.extend_from_slice(&sealed);
+    let entry = match s.call_with_body(request, body.freeze()).await?.msg {
+        Response::Entry(entry) => entry,
+        other => return Err(unexpected("upload_begin", &other)),
+    };
+    progress.advance(size);
+    Ok(PutReport {
+        entry,
+        sha256,
+        resumed: false,
+        chunks_sent: u32::from(address.is_some()),
+        bytes_sent: sealed_len,
+        chunks_reused: 0,
+        mtime_ns: mtime,
+        inode: inode(meta),
+        chunk_size,
+        chunks: match address {
+            Some(address) if options.hash_chunks => vec![(sha256, address)],
+            _ => Vec::new(),
+        },
     })
 }
 
