@@ -10,10 +10,13 @@
 //!
 //! - [`world`]: topology, timeline (warm-up, faults, heal) and the driver;
 //! - [`oracle`]: what clients saw and the invariants it must satisfy;
+//! - [`workload`]: the files workload's devices and the ledger of what the
+//!   system acknowledged;
 //! - [`net`]: the turmoil implementations of the seam.
 
 pub mod net;
 pub mod oracle;
+pub mod workload;
 pub mod world;
 
 pub use net::{SimClock, TurmoilNet};

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-/// How one client operation (connect through the balancer, hello, ping) ended.
+/// How one client operation (a ping through the balancer, or a step of the
+/// files workload) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Answered by this node.
+    /// Done: answered by a node (a ping), or what a workload step did.
     Ok {
-        /// The node that answered.
-        node: String,
+        /// The node that answered, or what was done.
+        detail: String,
     },
     /// Failed with a typed error (its code).
     Failed {
@@ -92,7 +93,7 @@ mod tests {
     #[test]
     fn each_invariant_can_fail() {
         let bound = Duration::from_secs(10);
-        let ok = Outcome::Ok { node: "n".into() };
+        let ok = Outcome::Ok { detail: "n".into() };
         let failed = Outcome::Failed {
             code: "unavailable".into(),
         };

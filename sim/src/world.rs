@@ -23,7 +23,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coffer_balancer::{BackendSpec, Balancer, Config as BalancerConfig, Verifier};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use coffer_balancer::{BackendSpec, Balancer, Config as BalancerConfig, HealthConfig, Verifier};
 use coffer_certs::{Ca, Kind, Validity};
 use coffer_client::{Client, ClientTimeouts, Endpoint};
 use coffer_net::{Net, SharedClock, tls};
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::{SimClock, TurmoilNet};
 use crate::oracle::{self, Op, Outcome, WarmupSpread};
+use crate::workload::{Device, Done, KEEP_VERSIONS, Leak, Ledger};
 
 /// The fixed calendar time every simulation starts at: 2030-01-01T00:00:00Z.
 pub const EPOCH_SECS: u64 = 1_893_456_000;
@@ -44,6 +48,15 @@ const PORT: u16 = 8000;
 /// A deliberately broken system, to prove the oracle catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sabotage {
+    /// At the heal, one byte of every stored chunk is flipped and the chunk
+    /// store's own checksum recomputed: the server serves wrong bytes as sound.
+    CorruptChunks,
+    /// carol is quietly let into the shared folder, which the model says
+    /// she may not read.
+    LeakAccess,
+    /// The balancer ignores health: neither checks nor failed connects ever
+    /// take a backend down.
+    IgnoreHealth,
     /// One client stays cut off from the balancer after the heal.
     NeverHeal,
     /// Clients (and the balancer, which would otherwise close a client that
@@ -68,6 +81,11 @@ pub struct Options {
     pub final_ops: usize,
     /// Whether faults are injected at all.
     pub faults: bool,
+    /// The files workload (accounts, a shared folder, uploads, downloads,
+    /// moves, deletes, a stranger's probes) instead of pings. It needs one
+    /// shared state, so until servers replicate it runs against one server
+    /// behind the balancer ([`Options::service`]).
+    pub files: bool,
     /// A deliberately broken system.
     pub sabotage: Option<Sabotage>,
 }
@@ -82,7 +100,21 @@ impl Default for Options {
             settle: Duration::from_secs(5),
             final_ops: 2,
             faults: true,
+            files: false,
             sabotage: None,
+        }
+    }
+}
+
+impl Options {
+    /// The files workload: four devices of three users against one server
+    /// behind the balancer.
+    pub fn service() -> Options {
+        Options {
+            servers: 1,
+            files: true,
+            final_ops: 4,
+            ..Options::default()
         }
     }
 }
@@ -98,12 +130,35 @@ pub struct FaultCounts {
     pub client_partitions: u32,
     /// Server crashes (each later restarted).
     pub crashes: u32,
+    /// Links whose latency jumped to hundreds of milliseconds.
+    pub latency_spikes: u32,
+    /// Balancer restarts.
+    pub balancer_restarts: u32,
+    /// Clients cut off while a multi-chunk upload was in flight.
+    pub upload_drops: u32,
 }
 
 impl FaultCounts {
     /// All faults.
     pub fn total(&self) -> u32 {
-        self.backend_partitions + self.backend_holds + self.client_partitions + self.crashes
+        self.backend_partitions
+            + self.backend_holds
+            + self.client_partitions
+            + self.crashes
+            + self.latency_spikes
+            + self.balancer_restarts
+            + self.upload_drops
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &FaultCounts) {
+        self.backend_partitions += other.backend_partitions;
+        self.backend_holds += other.backend_holds;
+        self.client_partitions += other.client_partitions;
+        self.crashes += other.crashes;
+        self.latency_spikes += other.latency_spikes;
+        self.balancer_restarts += other.balancer_restarts;
+        self.upload_drops += other.upload_drops;
     }
 }
 
@@ -119,6 +174,10 @@ pub struct Report {
     pub ops: Vec<Op>,
     /// Faults injected.
     pub faults: FaultCounts,
+    /// Reads checked against an acknowledged upload's SHA-256.
+    pub checked_reads: u32,
+    /// Reads a stranger or a connection without a session attempted.
+    pub probes: u32,
     /// Invariant violations; empty when the run passed.
     pub violations: Vec<String>,
 }
@@ -163,6 +222,7 @@ fn server_config(pki: &Pki, n: usize) -> Config {
         tls_key: Some(pki.path("server.key")),
         ca: Some(pki.path("ca.pem")),
         bcrypt_cost: 4,
+        keep_versions: KEEP_VERSIONS,
         ..Config::default()
     }
 }
@@ -177,6 +237,80 @@ fn fmt_time(t: Duration) -> String {
     format!("{:>9.3}s", t.as_secs_f64())
 }
 
+/// Records one client operation for the oracle and the trace.
+struct Recorder {
+    ops: Shared<Vec<Op>>,
+    trace: Shared<Vec<String>>,
+    client: String,
+    /// Longer than every client deadline together: beyond it, an operation hangs.
+    bound: Duration,
+}
+
+impl Recorder {
+    async fn op(&self, after_heal: bool, attempt: impl Future<Output = Done>) {
+        let start = now();
+        let outcome = match tokio::time::timeout(self.bound + Duration::from_secs(5), attempt).await
+        {
+            Err(_) => Outcome::Hung,
+            Ok(Ok(detail)) => Outcome::Ok { detail },
+            Ok(Err(e)) => Outcome::Failed {
+                code: e.code().to_string(),
+            },
+        };
+        let end = now();
+        self.trace
+            .borrow_mut()
+            .push(format!("{} {} {outcome:?}", fmt_time(end), self.client));
+        self.ops.borrow_mut().push(Op {
+            client: self.client.clone(),
+            start,
+            end,
+            after_heal,
+            outcome,
+        });
+    }
+}
+
+/// Flips one byte of every chunk the server stores and recomputes the store's
+/// checksum, so that the server serves the wrong bytes as sound.
+fn corrupt_chunks(data: &std::path::Path) -> std::io::Result<u32> {
+    let mut corrupted = 0;
+    let root = data.join("chunks");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    dirs.sort();
+    for dir in dirs.iter().filter(|d| !d.ends_with("tmp") && d.is_dir()) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        for file in files {
+            let mut bytes = std::fs::read(&file)?;
+            let Some(len) = bytes.len().checked_sub(4).filter(|&l| l > 0) else {
+                continue;
+            };
+            bytes[len / 2] ^= 0x01;
+            let crc = crc32c::crc32c(&bytes[..len]).to_le_bytes();
+            bytes[len..].copy_from_slice(&crc);
+            std::fs::write(&file, bytes)?;
+            corrupted += 1;
+        }
+    }
+    Ok(corrupted)
+}
+
+/// The longest a backend that went down may still be handed new
+/// connections: a settled check interval, then `fall` failed checks at the
+/// fast interval, each up to its timeout, and a connect already under way.
+fn detection_bound(config: &BalancerConfig) -> Duration {
+    let h = &config.health;
+    let slack = 1.0 + h.jitter;
+    h.interval.mul_f64(slack)
+        + (h.timeout + h.fast_interval.mul_f64(slack)) * h.fall
+        + config.connect_timeout
+}
+
 /// Runs one simulation.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::Error>> {
     let pki = Rc::new(Pki::new()?);
@@ -184,8 +318,8 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .simulation_duration(Duration::from_secs(600))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(20))
+        .min_message_latency(MIN_LATENCY)
+        .max_message_latency(MAX_LATENCY)
         .build();
 
     let clock: SharedClock = Arc::new(SimClock);
@@ -218,25 +352,49 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             name: Some("localhost".into()),
         })
         .collect();
-    let balancer_config = BalancerConfig {
+    let sabotage = options.sabotage;
+    let mut balancer_config = BalancerConfig {
         backends,
         connect_timeout: Duration::from_secs(1),
         max_attempts: 3,
-        first_byte_timeout: if options.sabotage == Some(Sabotage::NoClientTimeouts) {
+        first_byte_timeout: if sabotage == Some(Sabotage::NoClientTimeouts) {
             Duration::from_secs(3600)
         } else {
             BalancerConfig::default().first_byte_timeout
         },
         ..BalancerConfig::default()
     };
+    // What the balancer promises, whatever the sabotage makes it do.
+    let detect = detection_bound(&balancer_config);
+    if sabotage == Some(Sabotage::IgnoreHealth) {
+        balancer_config.health = HealthConfig {
+            interval: Duration::from_secs(3600),
+            fast_interval: Duration::from_secs(3600),
+            fall: u32::MAX,
+            ..balancer_config.health
+        };
+    }
     // Health checks verify the servers' TLS against the simulated clock.
     let verifier = Verifier::new(tls::load_roots(&pki.path("ca.pem"))?, clock.clone())?;
-    let balancer = Arc::new(Balancer::new(balancer_config, Some(verifier), seed)?);
+    // The running balancer and when it started: a restart is a new one,
+    // knowing nothing of the backends' health.
+    let current: Shared<Option<(Arc<Balancer>, Duration)>> = Rc::default();
     {
-        let balancer = balancer.clone();
+        let current = current.clone();
+        let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host("balancer", move || {
-            let balancer = balancer.clone();
+            starts.set(starts.get() + 1);
+            let balancer = Balancer::new(
+                balancer_config.clone(),
+                Some(verifier.clone()),
+                seed ^ (starts.get() << 40),
+            )
+            .map(Arc::new);
+            if let Ok(balancer) = &balancer {
+                *current.borrow_mut() = Some((balancer.clone(), now()));
+            }
             async move {
+                let balancer = balancer?;
                 let listener = TurmoilNet
                     .bind(SocketAddr::from(([0, 0, 0, 0], PORT)))
                     .await?;
@@ -256,7 +414,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             Duration::ZERO
         };
     let settled = heal_at + options.settle;
-    let timeouts = if options.sabotage == Some(Sabotage::NoClientTimeouts) {
+    let timeouts = if sabotage == Some(Sabotage::NoClientTimeouts) {
         let forever = Duration::from_secs(3600);
         ClientTimeouts {
             connect: forever,
@@ -273,16 +431,24 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         }
     };
     // Longer than every client deadline together: beyond it, an operation hangs.
-    let op_bound = Duration::from_secs(12);
+    // A files step makes several requests, each retried a few times.
+    let op_bound = Duration::from_secs(if options.files { 60 } else { 12 });
 
     let ops: Shared<Vec<Op>> = Rc::default();
     let trace: Shared<Vec<String>> = Rc::default();
+    let ledger: Rc<RefCell<Ledger>> = Rc::default();
+    let scratch = Rc::new(tempfile::tempdir()?);
     let balancer_ip = sim.lookup("balancer");
     let clients: Vec<String> = (1..=options.clients)
         .map(|n| format!("client-{n}"))
         .collect();
-    for name in &clients {
-        let (ops, trace, name_owned) = (ops.clone(), trace.clone(), name.clone());
+    for (index, name) in clients.iter().enumerate() {
+        let recorder = Recorder {
+            ops: ops.clone(),
+            trace: trace.clone(),
+            client: name.clone(),
+            bound: op_bound,
+        };
         let roots = tls::load_roots(&pki.path("ca.pem"))?;
         let endpoint = Endpoint {
             addr: SocketAddr::new(balancer_ip, PORT),
@@ -292,154 +458,359 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             timeouts,
         };
         let options = options.clone();
+        let ledger = ledger.clone();
+        let leak = if sabotage == Some(Sabotage::LeakAccess) {
+            Leak::Carol
+        } else {
+            Leak::None
+        };
+        let mut device = options.files.then(|| {
+            Device::new(
+                name.clone(),
+                index,
+                endpoint.clone(),
+                seed,
+                scratch.path(),
+                leak,
+            )
+        });
         sim.client(name.as_str(), async move {
             // Let servers and balancer bind first.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let op = async |after_heal: bool| {
-                let start = now();
-                let attempt = async {
-                    let client = Client::connect(&TurmoilNet, &endpoint).await?;
-                    let pong = client.ping().await?;
-                    Ok::<_, coffer_client::ClientError>(pong.node_id)
-                };
-                let outcome =
-                    match tokio::time::timeout(op_bound + Duration::from_secs(5), attempt).await {
-                        Err(_) => Outcome::Hung,
-                        Ok(Ok(node)) => Outcome::Ok { node },
-                        Ok(Err(e)) => Outcome::Failed {
-                            code: e.code().to_string(),
-                        },
-                    };
-                let end = now();
-                trace
-                    .borrow_mut()
-                    .push(format!("{} {name_owned} {outcome:?}", fmt_time(end)));
-                ops.borrow_mut().push(Op {
-                    client: name_owned.clone(),
-                    start,
-                    end,
-                    after_heal,
-                    outcome,
-                });
+            let ping = async || {
+                let client = Client::connect(&TurmoilNet, &endpoint).await?;
+                Ok(client.ping().await?.node_id)
             };
+            if let Some(device) = &mut device {
+                // Setting up (accounts, the folder) is part of the warm-up.
+                while now() < settled {
+                    recorder.op(false, device.step(&ledger)).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                for _ in 0..options.final_ops {
+                    recorder.op(true, device.step(&ledger)).await;
+                }
+                if index == 0 {
+                    recorder.op(true, device.sweep(&ledger)).await;
+                }
+                return Ok(());
+            }
             for _ in 0..options.warmup_ops {
-                op(false).await;
+                recorder.op(false, ping()).await;
             }
             while now() < settled {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if now() >= warmup_end && now() < settled {
-                    op(false).await;
+                    recorder.op(false, ping()).await;
                 }
             }
             for _ in 0..options.final_ops {
-                op(true).await;
+                recorder.op(true, ping()).await;
             }
             Ok(())
         });
     }
 
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_fa17);
-    let mut faults = FaultCounts::default();
+    let mut faults = Faults {
+        rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_fa17),
+        counts: FaultCounts::default(),
+        servers: servers.clone(),
+        clients: clients.clone(),
+        crashed: BTreeMap::new(),
+        cut: BTreeSet::new(),
+        spiked: Vec::new(),
+        rejoin: Vec::new(),
+        trace: trace.clone(),
+        sabotage,
+    };
     let mut spread = None;
     let mut next_fault = warmup_end;
     let mut healed = !options.faults;
-    let mut crashed: Vec<String> = Vec::new();
+    let mut watch = Detection::new(servers.len(), detect);
     loop {
         let done = sim.step()?;
         let t = sim.elapsed();
+        let (balancer, balancer_started) =
+            current.borrow().clone().expect("the balancer host started");
+        let stats = balancer.stats();
         if spread.is_none() && t >= warmup_end {
-            let stats = balancer.stats();
             spread = Some(WarmupSpread {
                 totals: stats.iter().map(|s| s.total).collect(),
                 failures: stats.iter().map(|s| s.failures).collect(),
             });
         }
-        if options.faults && !healed && t >= next_fault {
-            if options.sabotage == Some(Sabotage::NoClientTimeouts) && faults.total() == 0 {
-                // Black-hole the first client: with no deadlines it waits forever.
-                sim.hold("client-1", "balancer");
-                faults.client_partitions += 1;
-                trace
-                    .borrow_mut()
-                    .push(format!("{} fault hold client-1 balancer", fmt_time(t)));
+        if !healed {
+            faults.due(&mut sim, t);
+            if t >= next_fault {
+                faults.inject(&mut sim, t, &ledger.borrow().uploading);
+                next_fault = t + Duration::from_millis(faults.rng.random_range(300..2000));
             }
-            let server = servers[rng.random_range(0..servers.len())].clone();
-            let line = match rng.random_range(0..4u32) {
-                0 => {
-                    sim.partition("balancer", server.as_str());
-                    faults.backend_partitions += 1;
-                    format!("partition balancer {server}")
-                }
-                1 => {
-                    sim.hold("balancer", server.as_str());
-                    faults.backend_holds += 1;
-                    format!("hold balancer {server}")
-                }
-                2 => {
-                    // The black-holed client of the hang sabotage stays
-                    // black-holed: a partition would fail its operation.
-                    let open = if options.sabotage == Some(Sabotage::NoClientTimeouts) {
-                        &clients[1..]
-                    } else {
-                        &clients[..]
-                    };
-                    let client = open[rng.random_range(0..open.len())].clone();
-                    sim.partition(client.as_str(), "balancer");
-                    faults.client_partitions += 1;
-                    format!("partition {client} balancer")
-                }
-                _ if !crashed.contains(&server) => {
-                    sim.crash(server.as_str());
-                    crashed.push(server.clone());
-                    faults.crashes += 1;
-                    format!("crash {server}")
-                }
-                _ => {
-                    // Already down: repair links instead, so faults also come and go.
-                    sim.repair("balancer", server.as_str());
-                    sim.release("balancer", server.as_str());
-                    format!("repair balancer {server}")
-                }
-            };
-            trace
-                .borrow_mut()
-                .push(format!("{} fault {line}", fmt_time(t)));
-            next_fault = t + Duration::from_millis(rng.random_range(300..2000));
         }
         if !healed && t >= heal_at {
             healed = true;
-            for server in &servers {
-                sim.repair("balancer", server.as_str());
-                sim.release("balancer", server.as_str());
-            }
-            for client in &clients {
-                sim.repair(client.as_str(), "balancer");
-                sim.release(client.as_str(), "balancer");
-            }
-            for server in crashed.drain(..) {
-                sim.bounce(server.as_str());
-            }
-            if options.sabotage == Some(Sabotage::NeverHeal) {
+            faults.heal(&mut sim);
+            if sabotage == Some(Sabotage::NeverHeal) {
                 sim.partition("client-1", "balancer");
+            }
+            if sabotage == Some(Sabotage::CorruptChunks) {
+                let n = corrupt_chunks(&pki.path("server-1"))?;
+                trace
+                    .borrow_mut()
+                    .push(format!("{} sabotage: corrupted {n} chunks", fmt_time(t)));
             }
             trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
         }
+        let down: Vec<bool> = servers.iter().map(|s| faults.is_down(s)).collect();
+        watch.observe(t, balancer_started, &down, &stats);
         if done {
             break;
         }
     }
 
     let ops = ops.borrow().clone();
-    let violations = oracle::check(&ops, op_bound, spread.as_ref());
+    let mut violations = oracle::check(
+        &ops,
+        op_bound,
+        spread.as_ref().filter(|_| servers.len() > 1),
+    );
+    violations.extend(watch.violations);
+    let ledger = ledger.borrow();
+    violations.extend(ledger.violations.iter().cloned());
     let mut trace = trace.borrow().clone();
-    trace.push(format!("faults {faults:?}"));
+    trace.push(format!(
+        "faults {:?}; {} reads checked, {} probes refused or caught",
+        faults.counts, ledger.checked_reads, ledger.probes
+    ));
     Ok(Report {
         seed,
         trace,
         ops,
-        faults,
+        faults: faults.counts,
+        checked_reads: ledger.checked_reads,
+        probes: ledger.probes,
         violations,
     })
+}
+
+/// Link latency outside spikes.
+const MIN_LATENCY: Duration = Duration::from_millis(1);
+const MAX_LATENCY: Duration = Duration::from_millis(20);
+
+/// The fault schedule: what is broken now, and what gets broken next.
+struct Faults {
+    rng: ChaCha8Rng,
+    counts: FaultCounts,
+    servers: Vec<String>,
+    clients: Vec<String>,
+    /// Crashed servers and when each comes back.
+    crashed: BTreeMap<String, Duration>,
+    /// Servers whose link from the balancer is partitioned or held.
+    cut: BTreeSet<String>,
+    /// Links with a latency spike.
+    spiked: Vec<(String, String)>,
+    /// Clients cut off mid-upload, and when they are let back.
+    rejoin: Vec<(Duration, String)>,
+    trace: Shared<Vec<String>>,
+    sabotage: Option<Sabotage>,
+}
+
+impl Faults {
+    fn log(&self, t: Duration, line: &str) {
+        self.trace
+            .borrow_mut()
+            .push(format!("{} fault {line}", fmt_time(t)));
+    }
+
+    fn is_down(&self, server: &str) -> bool {
+        self.crashed.contains_key(server) || self.cut.contains(server)
+    }
+
+    /// Brings back what is due: restarted servers, clients cut mid-upload.
+    fn due(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        let back: Vec<String> = self
+            .crashed
+            .iter()
+            .filter(|(_, at)| **at <= t)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for server in back {
+            self.crashed.remove(&server);
+            sim.bounce(server.as_str());
+            self.log(t, &format!("restart {server}"));
+        }
+        let (now, later): (Vec<_>, Vec<_>) = self.rejoin.drain(..).partition(|(at, _)| *at <= t);
+        self.rejoin = later;
+        for (_, client) in now {
+            sim.repair(client.as_str(), "balancer");
+            self.log(t, &format!("repair {client} balancer"));
+        }
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, uploading: &BTreeSet<String>) {
+        if self.sabotage == Some(Sabotage::NoClientTimeouts) && self.counts.total() == 0 {
+            // Black-hole the first client: with no deadlines it waits forever.
+            sim.hold("client-1", "balancer");
+            self.counts.client_partitions += 1;
+            self.log(t, "hold client-1 balancer");
+        }
+        // A multi-chunk upload in flight: cut its client off now and then.
+        if let Some(client) = uploading.iter().next()
+            && self.rng.random_bool(0.5)
+        {
+            sim.partition(client.as_str(), "balancer");
+            self.rejoin.push((
+                t + Duration::from_millis(self.rng.random_range(200..1500)),
+                client.clone(),
+            ));
+            self.counts.upload_drops += 1;
+            self.log(t, &format!("drop {client} mid-upload"));
+            return;
+        }
+        let server = self.servers[self.rng.random_range(0..self.servers.len())].clone();
+        let line = match self.rng.random_range(0..8u32) {
+            0 => {
+                sim.partition("balancer", server.as_str());
+                self.cut.insert(server.clone());
+                self.counts.backend_partitions += 1;
+                format!("partition balancer {server}")
+            }
+            1 => {
+                sim.hold("balancer", server.as_str());
+                self.cut.insert(server.clone());
+                self.counts.backend_holds += 1;
+                format!("hold balancer {server}")
+            }
+            2 => {
+                // The black-holed client of the hang sabotage stays
+                // black-holed: a partition would fail its operation.
+                let open = if self.sabotage == Some(Sabotage::NoClientTimeouts) {
+                    &self.clients[1..]
+                } else {
+                    &self.clients[..]
+                };
+                let client = open[self.rng.random_range(0..open.len())].clone();
+                sim.partition(client.as_str(), "balancer");
+                self.counts.client_partitions += 1;
+                format!("partition {client} balancer")
+            }
+            3 if !self.crashed.contains_key(&server) => {
+                sim.crash(server.as_str());
+                let back = t + Duration::from_millis(self.rng.random_range(1000..8000));
+                self.crashed.insert(server.clone(), back);
+                self.counts.crashes += 1;
+                format!("crash {server}")
+            }
+            4 => {
+                let (a, b) = if self.rng.random_bool(0.5) {
+                    let client = &self.clients[self.rng.random_range(0..self.clients.len())];
+                    (client.clone(), "balancer".to_owned())
+                } else {
+                    ("balancer".to_owned(), server.clone())
+                };
+                let spike = Duration::from_millis(self.rng.random_range(200..1500));
+                sim.set_link_latency(a.as_str(), b.as_str(), spike);
+                self.spiked.push((a.clone(), b.clone()));
+                self.counts.latency_spikes += 1;
+                format!("latency {a} {b} {spike:?}")
+            }
+            5 => {
+                sim.bounce("balancer");
+                self.counts.balancer_restarts += 1;
+                "restart balancer".to_owned()
+            }
+            _ => {
+                // Faults also come and go before the heal.
+                sim.repair("balancer", server.as_str());
+                sim.release("balancer", server.as_str());
+                self.cut.remove(&server);
+                if let Some((a, b)) = self.spiked.pop() {
+                    unspike(sim, &a, &b);
+                }
+                format!("repair balancer {server}")
+            }
+        };
+        self.log(t, &line);
+    }
+
+    /// Undoes every fault.
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
+        for server in &self.servers {
+            sim.repair("balancer", server.as_str());
+            sim.release("balancer", server.as_str());
+        }
+        for client in &self.clients {
+            sim.repair(client.as_str(), "balancer");
+            sim.release(client.as_str(), "balancer");
+        }
+        for (a, b) in self.spiked.drain(..) {
+            unspike(sim, &a, &b);
+        }
+        for server in std::mem::take(&mut self.crashed).into_keys() {
+            sim.bounce(server.as_str());
+        }
+        self.cut.clear();
+        self.rejoin.clear();
+    }
+}
+
+fn unspike(sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+    sim.set_link_latency(a, b, MIN_LATENCY);
+    sim.set_link_max_message_latency(a, b, MAX_LATENCY);
+}
+
+/// Invariant 3, first half: a backend down for longer than the detection
+/// bound is handed no new connection. Each down backend's failed-connect
+/// count is snapshotted once the bound has passed (counted from the later of
+/// its going down and the balancer's start); any growth after is a violation.
+struct Detection {
+    bound: Duration,
+    since: Vec<Option<Duration>>,
+    snapshot: Vec<Option<u64>>,
+    violations: Vec<String>,
+}
+
+impl Detection {
+    fn new(servers: usize, bound: Duration) -> Detection {
+        Detection {
+            bound,
+            since: vec![None; servers],
+            snapshot: vec![None; servers],
+            violations: Vec::new(),
+        }
+    }
+
+    fn observe(
+        &mut self,
+        t: Duration,
+        balancer_started: Duration,
+        down: &[bool],
+        stats: &[coffer_balancer::BackendStats],
+    ) {
+        for (i, (&down, stats)) in down.iter().zip(stats).enumerate() {
+            if !down {
+                self.since[i] = None;
+                self.snapshot[i] = None;
+                continue;
+            }
+            let since = *self.since[i].get_or_insert(t);
+            if t < since.max(balancer_started) + self.bound {
+                self.snapshot[i] = None;
+                continue;
+            }
+            match self.snapshot[i] {
+                None => self.snapshot[i] = Some(stats.failures),
+                Some(before) if stats.failures > before => {
+                    self.violations.push(format!(
+                        "the balancer handed server-{} a new connection at {t:?}, down since {since:?} (bound {:?})",
+                        i + 1,
+                        self.bound
+                    ));
+                    self.snapshot[i] = Some(stats.failures);
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 /// A seed from `TURMOIL_SEED`, or the system clock when unset (printed, so any

@@ -21,38 +21,83 @@ fn passing(seed: u64, options: &Options) -> Report {
 #[test]
 fn a_block_of_seeds_holds_every_invariant() {
     for seed in SEEDS {
-        let report = passing(seed, &Options::default());
-        // Faults must really fire, and operations really run, in every seed.
-        assert!(
-            report.faults.total() >= 5,
-            "seed {seed}: only {:?}",
-            report.faults
-        );
-        assert!(
-            report.ops.len() >= 20,
-            "seed {seed}: only {} operations",
-            report.ops.len()
-        );
-        let failed = report
-            .ops
-            .iter()
-            .filter(|op| !matches!(op.outcome, coffer_sim::oracle::Outcome::Ok { .. }))
-            .count();
-        eprintln!(
-            "seed {seed}: {} ops ({failed} failed under faults), {:?}",
-            report.ops.len(),
-            report.faults
-        );
+        for options in [Options::default(), Options::service()] {
+            let report = passing(seed, &options);
+            // Faults must really fire, and operations really run, in every seed.
+            assert!(
+                report.faults.total() >= 5,
+                "seed {seed}: only {:?}",
+                report.faults
+            );
+            assert!(
+                report.ops.len() >= 20,
+                "seed {seed}: only {} operations",
+                report.ops.len()
+            );
+            if options.files {
+                // Reads were checked against acknowledged uploads, and the
+                // stranger really tried.
+                assert!(
+                    report.checked_reads >= 10,
+                    "seed {seed}: {}",
+                    report.checked_reads
+                );
+                assert!(report.probes >= 10, "seed {seed}: {}", report.probes);
+            }
+            let failed = report
+                .ops
+                .iter()
+                .filter(|op| !matches!(op.outcome, coffer_sim::oracle::Outcome::Ok { .. }))
+                .count();
+            eprintln!(
+                "seed {seed} ({} servers): {} ops ({failed} failed under faults), {:?}",
+                options.servers,
+                report.ops.len(),
+                report.faults
+            );
+        }
     }
 }
 
 #[test]
 fn the_same_seed_gives_the_same_run() {
-    let first = passing(42, &Options::default());
-    let second = passing(42, &Options::default());
-    assert_eq!(first.trace, second.trace);
-    let other = passing(43, &Options::default());
-    assert_ne!(first.trace, other.trace, "different seeds should differ");
+    for options in [Options::default(), Options::service()] {
+        let first = passing(42, &options);
+        let second = passing(42, &options);
+        assert_eq!(first.trace, second.trace);
+        let other = passing(43, &options);
+        assert_ne!(first.trace, other.trace, "different seeds should differ");
+    }
+}
+
+/// Runs `seed` with `sabotage` and expects a violation mentioning `expect`.
+fn caught(options: Options, sabotage: Sabotage, expect: &str) {
+    let options = Options {
+        sabotage: Some(sabotage),
+        ..options
+    };
+    let report = run(7, &options).unwrap();
+    assert!(
+        report.violations.iter().any(|v| v.contains(expect)),
+        "{sabotage:?} went unnoticed: {:?}\n{}",
+        report.violations,
+        report.trace.join("\n")
+    );
+}
+
+#[test]
+fn the_oracle_catches_a_server_serving_wrong_bytes() {
+    caught(Options::service(), Sabotage::CorruptChunks, "integrity");
+}
+
+#[test]
+fn the_oracle_catches_a_read_without_a_right() {
+    caught(Options::service(), Sabotage::LeakAccess, "not in");
+}
+
+#[test]
+fn the_oracle_catches_a_balancer_ignoring_health() {
+    caught(Options::default(), Sabotage::IgnoreHealth, "handed");
 }
 
 #[test]

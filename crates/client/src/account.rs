@@ -79,12 +79,19 @@ pub async fn register<N: Net>(
     kdf: KdfParams,
 ) -> Result<(Registered, UserKeys), ClientError> {
     let keys = UserKeys::generate(&mut os_rng());
-    let wrapped = keys.wrap(
-        &mut os_rng(),
-        &credentials.username,
-        &credentials.password,
-        &kdf,
-    )?;
+    register_keys(pool, credentials, kdf, keys, &mut os_rng()).await
+}
+
+/// Creates an account with a key pair made beforehand, its private half
+/// wrapped with randomness from `rng` (the simulation's seeded one).
+pub async fn register_keys<N: Net>(
+    pool: &Pool<N>,
+    credentials: &Credentials,
+    kdf: KdfParams,
+    keys: UserKeys,
+    rng: &mut (impl rand::CryptoRng + ?Sized),
+) -> Result<(Registered, UserKeys), ClientError> {
+    let wrapped = keys.wrap(rng, &credentials.username, &credentials.password, &kdf)?;
     let request = Request::Register(Register {
         username: credentials.username.clone(),
         login_secret: credentials.secret(),

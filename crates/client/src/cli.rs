@@ -7,20 +7,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use coffer_client::account::{self, Credentials};
+use coffer_client::folders;
 use coffer_client::home::Account;
 use coffer_client::sync::daemon;
 use coffer_client::sync::engine::Folder;
 use coffer_client::sync::state::AlertKind;
 use coffer_client::transfer::{self, Progress, Source};
 use coffer_client::{ClientError, ClientTimeouts, Endpoint, Home, Pool, Session};
-use coffer_crypto::{FileKeyContext, FolderKey, KdfParams, PublicKey, UserKeys};
+use coffer_crypto::{FileKeyContext, KdfParams, UserKeys};
 use coffer_net::TokioNet;
 use coffer_proto::request::{
-    Delete, DeviceRemove, DeviceRename, FileShare, FolderCreate, FolderRef, FolderSetRole,
-    FolderShare, FolderUnshare, List, Move, PathRef, PublicKeyGet, Restore, SessionRevoke, Stat,
+    Delete, DeviceRemove, DeviceRename, FileShare, FolderRef, FolderSetRole, List, Move, PathRef,
+    Restore, SessionRevoke, Stat,
 };
 use coffer_proto::response::FolderInfo;
-use coffer_proto::types::{Blob, EntryKind, EpochKey, MemberKey, Role};
+use coffer_proto::types::{Blob, EntryKind, Role};
 use coffer_proto::{ErrorCode, Request, Response};
 use rustls_pki_types::ServerName;
 use serde_json::{Value, json};
@@ -607,38 +608,12 @@ fn attach_dir(home: &Home, folder_id: &str, dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-async fn public_key(session: &Session<TokioNet>, user: &str) -> Result<(String, PublicKey)> {
-    let pk = ask!(
-        session,
-        Request::PublicKeyGet(PublicKeyGet {
-            username: user.into(),
-        }),
-        PublicKey
-    );
-    let key = PublicKey::from_der(pk.public_key.as_bytes()).map_err(ClientError::from)?;
-    Ok((pk.username, key))
-}
-
 async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
     let home = cx.home()?;
     let (session, _) = cx.session(&home)?;
     match command {
         FolderCommand::Create { label, path } => {
-            let (key, wrapped) = {
-                let mut rng = session.rng();
-                let key = FolderKey::generate(&mut *rng);
-                let wrapped = session.keys().public().wrap_folder_key(&mut *rng, &key);
-                (key, wrapped)
-            };
-            drop(key);
-            let f = ask!(
-                session,
-                Request::FolderCreate(FolderCreate {
-                    label,
-                    wrapped_key: Blob(wrapped),
-                }),
-                Folder
-            );
+            let f = folders::create(&session, label).await?;
             let attached = match path {
                 Some(dir) => Some(attach_dir(&home, &f.folder_id, &dir)?),
                 None => None,
@@ -672,13 +647,7 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
         }
         FolderCommand::Info { folder } => {
             let f = session.resolve(&folder).await?;
-            let detail = ask!(
-                session,
-                Request::FolderInfo(FolderRef {
-                    folder_id: f.folder_id.clone(),
-                }),
-                FolderDetail
-            );
+            let detail = folders::detail(&session, &f.folder_id).await?;
             let members: Vec<Value> = detail
                 .members
                 .iter()
@@ -714,26 +683,8 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
         }
         FolderCommand::Share { folder, user, role } => {
             let f = session.resolve(&folder).await?;
-            let (invitee, key) = public_key(&session, &user).await?;
+            let (invitee, key) = folders::share(&session, &f, &user, role.into()).await?;
             eprintln!("{invitee}'s key fingerprint: {}", key.fingerprint());
-            let keys: Vec<EpochKey> = {
-                let all = session.folder_keys(&f.folder_id).await?;
-                let mut rng = session.rng();
-                all.iter()
-                    .map(|(epoch, k)| EpochKey {
-                        epoch: *epoch,
-                        wrapped_key: Blob(key.wrap_folder_key(&mut *rng, k)),
-                    })
-                    .collect()
-            };
-            session
-                .call(Request::FolderShare(FolderShare {
-                    folder_id: f.folder_id.clone(),
-                    username: invitee.clone(),
-                    role: role.into(),
-                    keys,
-                }))
-                .await?;
             print(
                 cx.json,
                 json!({"folder_id": f.folder_id, "invited": invitee, "role": role_name(role.into()),
@@ -751,32 +702,7 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
             let f = session.resolve(&folder).await?;
             let member =
                 coffer_proto::name::normalize_username(&user).map_err(|e| usage(e.to_string()))?;
-            let detail = ask!(
-                session,
-                Request::FolderInfo(FolderRef {
-                    folder_id: f.folder_id.clone(),
-                }),
-                FolderDetail
-            );
-            // A new key for a new epoch, wrapped for everyone who stays.
-            let new_key = FolderKey::generate(&mut *session.rng());
-            let mut keys = Vec::new();
-            for m in detail.members.iter().filter(|m| m.username != member) {
-                let (_, pk) = public_key(&session, &m.username).await?;
-                keys.push(MemberKey {
-                    username: m.username.clone(),
-                    wrapped_key: Blob(pk.wrap_folder_key(&mut *session.rng(), &new_key)),
-                });
-            }
-            let epoch = detail.folder.epoch + 1;
-            session
-                .call(Request::FolderUnshare(FolderUnshare {
-                    folder_id: f.folder_id.clone(),
-                    username: member.clone(),
-                    epoch,
-                    keys,
-                }))
-                .await?;
+            let epoch = folders::unshare(&session, &f, &member).await?;
             print(
                 cx.json,
                 json!({"folder_id": f.folder_id, "removed": member, "epoch": epoch}),
@@ -837,16 +763,9 @@ async fn folder(cx: &Context, command: FolderCommand) -> Result<()> {
     Ok(())
 }
 
-async fn pending_invites(
-    session: &Session<TokioNet>,
-) -> Result<Vec<coffer_proto::response::Invite>> {
-    let invites = ask!(session, Request::InviteList, Invites);
-    Ok(invites.invites)
-}
-
 async fn invites(cx: &Context) -> Result<()> {
     let session = cx.signed_in()?;
-    let invites = pending_invites(&session).await?;
+    let invites = folders::invites(&session).await?;
     let rows: Vec<Value> = invites
         .iter()
         .map(|i| json!({"folder_id": i.folder_id, "label": i.label, "from": i.from, "role": role_name(i.role)}))
@@ -872,7 +791,7 @@ async fn invites(cx: &Context) -> Result<()> {
 async fn invite(cx: &Context, command: InviteCommand) -> Result<()> {
     let home = cx.home()?;
     let (session, _) = cx.session(&home)?;
-    let invites = pending_invites(&session).await?;
+    let invites = folders::invites(&session).await?;
     let find = |folder: &str| {
         let mut matching = invites
             .iter()
@@ -891,11 +810,7 @@ async fn invite(cx: &Context, command: InviteCommand) -> Result<()> {
     match command {
         InviteCommand::Accept { folder, path } => {
             let i = find(&folder)?;
-            session
-                .call(Request::InviteAccept(FolderRef {
-                    folder_id: i.folder_id.clone(),
-                }))
-                .await?;
+            folders::accept(&session, &i.folder_id).await?;
             let attached = match path {
                 Some(dir) => Some(attach_dir(&home, &i.folder_id, &dir)?),
                 None => None,
@@ -1220,7 +1135,7 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
             .map_err(|e| {
                 ClientError::Integrity(format!("the file key of {path} does not unwrap: {e}"))
             })?;
-    let (recipient, key) = public_key(&session, user).await?;
+    let (recipient, key) = folders::public_key(&session, user).await?;
     eprintln!("{recipient}'s key fingerprint: {}", key.fingerprint());
     let wrapped = key.wrap_file_key(&mut *session.rng(), &file_key);
     let shared = ask!(

@@ -333,6 +333,18 @@ impl Client {
                     .expect("pending lock")
                     .waiters
                     .remove(&id);
+                // No answer in time: the link is as good as dead (a cut
+                // path never closes a connection by itself, and the idle
+                // timeout is long). Give it up, so that a pool replaces it
+                // rather than sending every later request into it.
+                fail_all(
+                    &self.pending,
+                    &self.closed,
+                    &format!("no answer within {:?}", self.request_timeout),
+                );
+                for task in &self.tasks {
+                    task.abort();
+                }
                 return Err(ClientError::Timeout(self.request_timeout));
             }
             Ok(Err(_)) => return Err(ClientError::Lost("the connection is closed".into())),

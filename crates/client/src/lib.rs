@@ -7,6 +7,7 @@
 //! - [`account`]: sign-up and sign-in — key pairs made and unwrapped here; the
 //!   password never leaves the device.
 //! - [`Session`]: a signed-in user: connections, keys, unwrapped folder keys.
+//! - [`folders`]: folders and members — keys made, wrapped and rotated here.
 //! - [`transfer`]: `put` (read once, seal on every core, stream, resume) and
 //!   `get` (fetch, verify, write atomically).
 //! - [`home`]: the device's state on disk.
@@ -19,6 +20,7 @@
 pub mod account;
 mod client;
 mod error;
+pub mod folders;
 pub mod home;
 pub mod pool;
 pub mod session;

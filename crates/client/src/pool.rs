@@ -14,7 +14,8 @@ use coffer_net::Net;
 use coffer_proto::request::Auth;
 use coffer_proto::types::Token;
 use coffer_proto::{Frame, Message, Request, Response};
-use rand::RngExt;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 use tokio::sync::Mutex;
 
 use crate::client::{Client, Endpoint};
@@ -64,6 +65,8 @@ pub struct Pool<N: Net> {
     links: Mutex<Vec<Arc<Client>>>,
     size: usize,
     next: AtomicUsize,
+    /// Draws the backoff jitter.
+    rng: std::sync::Mutex<ChaCha20Rng>,
 }
 
 impl<N: Net> std::fmt::Debug for Pool<N> {
@@ -85,7 +88,14 @@ impl<N: Net> Pool<N> {
             links: Mutex::new(Vec::new()),
             size: size.max(1),
             next: AtomicUsize::new(0),
+            rng: std::sync::Mutex::new(crate::session::os_rng()),
         }
+    }
+
+    /// Draws the backoff jitter from `seed`: reproducible runs.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = std::sync::Mutex::new(ChaCha20Rng::seed_from_u64(seed));
+        self
     }
 
     /// The endpoint.
@@ -164,7 +174,11 @@ impl<N: Net> Pool<N> {
                 Err(e) if attempt < ATTEMPTS && e.is_transient() && (again || !e.was_sent()) => {
                     // Jittered, so that clients cut off together do not all
                     // come back together.
-                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+                    let jitter = self
+                        .rng
+                        .lock()
+                        .expect("rng lock")
+                        .random_range(0..=pause.as_millis() as u64 / 2);
                     tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
                     pause *= 2;
                     attempt += 1;
