@@ -84,6 +84,8 @@ pub struct Ledger {
     /// Clients with a multi-chunk upload in flight (where the fault schedule
     /// drops connections).
     pub(crate) uploading: BTreeSet<String>,
+    /// Devices done with their last steps.
+    pub(crate) finished: usize,
     /// Reads checked against an acknowledged upload.
     pub checked_reads: u32,
     /// Reads a stranger or a connection without a session attempted.
@@ -336,8 +338,11 @@ impl Device {
             0..40 => self.put(ledger, folder, path).await,
             40..75 => self.get(ledger, folder, path).await,
             75..85 => {
-                let path = PATHS[self.rng.random_range(CHURNED..PATHS.len())];
-                let to = PATHS[self.rng.random_range(CHURNED..PATHS.len())];
+                let from = self.rng.random_range(CHURNED..PATHS.len());
+                let to = CHURNED
+                    + (from - CHURNED + self.rng.random_range(1..PATHS.len() - CHURNED))
+                        % (PATHS.len() - CHURNED);
+                let (path, to) = (PATHS[from], PATHS[to]);
                 ledger
                     .borrow_mut()
                     .touched

@@ -64,7 +64,17 @@ fn the_same_seed_gives_the_same_run() {
     for options in [Options::default(), Options::service()] {
         let first = passing(42, &options);
         let second = passing(42, &options);
-        assert_eq!(first.trace, second.trace);
+        if let Some(at) = (0..first.trace.len().max(second.trace.len()))
+            .find(|&i| first.trace.get(i) != second.trace.get(i))
+        {
+            let window = |t: &[String]| t[at.saturating_sub(3)..(at + 3).min(t.len())].join("\n");
+            panic!(
+                "seed 42 ({} servers) diverged at line {at}:\n{}\n---\n{}",
+                options.servers,
+                window(&first.trace),
+                window(&second.trace)
+            );
+        }
         let other = passing(43, &options);
         assert_ne!(first.trace, other.trace, "different seeds should differ");
     }
