@@ -10,6 +10,7 @@
 //! is bob's (invited as an editor), `client-4` is carol's, who is invited to
 //! nothing.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -78,8 +79,8 @@ pub struct Ledger {
     joined: bool,
     /// Acknowledged uploads: (path, file id, version) → plaintext SHA-256.
     acked: BTreeMap<(String, FileId, u64), [u8; 32]>,
-    /// Paths a move or delete was attempted on: their later reads are
-    /// checked for integrity only.
+    /// Paths a move or delete was attempted on: what was acknowledged there
+    /// may have gone with them, so the final sweep leaves them out.
     touched: BTreeSet<String>,
     /// Clients with a multi-chunk upload in flight (where the fault schedule
     /// drops connections).
@@ -115,9 +116,9 @@ impl Ledger {
         }
     }
 
-    /// Acknowledged uploads at paths no move or delete touched: each must
-    /// still read back, at its version, with its SHA-256.
-    fn sweep(&self) -> Vec<(String, FileId, u64, [u8; 32])> {
+    /// Acknowledged uploads at paths no move or delete touched, by path: each
+    /// must still read back, at its version, with its SHA-256.
+    fn untouched(&self) -> Vec<(String, FileId, u64, [u8; 32])> {
         self.acked
             .iter()
             .filter(|((path, ..), _)| !self.touched.contains(path))
@@ -182,7 +183,7 @@ impl Device {
     }
 
     /// One step of the workload: whatever this device should do next.
-    pub(crate) async fn step(&mut self, ledger: &std::cell::RefCell<Ledger>) -> Done {
+    pub(crate) async fn step(&mut self, ledger: &RefCell<Ledger>) -> Done {
         if self.session.is_none() {
             return self.sign_in(ledger).await;
         }
@@ -197,7 +198,7 @@ impl Device {
         }
     }
 
-    async fn sign_in(&mut self, ledger: &std::cell::RefCell<Ledger>) -> Done {
+    async fn sign_in(&mut self, ledger: &RefCell<Ledger>) -> Done {
         let user = self.user();
         let credentials =
             Credentials::new(USERS[user], Zeroizing::new(PASSWORD.to_owned())).expect("valid");
@@ -229,7 +230,7 @@ impl Device {
         self.session.as_ref().expect("signed in")
     }
 
-    async fn create_and_share(&mut self, ledger: &std::cell::RefCell<Ledger>) -> Done {
+    async fn create_and_share(&mut self, ledger: &RefCell<Ledger>) -> Done {
         let s = self.session();
         let folder = folders::create(s, "shared".into()).await?;
         folders::share(s, &folder, "bob", Role::Editor).await?;
@@ -240,7 +241,7 @@ impl Device {
         Ok("created and shared the folder".into())
     }
 
-    async fn join(&mut self, ledger: &std::cell::RefCell<Ledger>) -> Done {
+    async fn join(&mut self, ledger: &RefCell<Ledger>) -> Done {
         let s = self.session();
         let invites = folders::invites(s).await?;
         let folder_id = ledger.borrow().folder.as_ref().map(|f| f.folder_id.clone());
@@ -259,11 +260,7 @@ impl Device {
 
     /// carol, and a connection that never signed in, try to read the shared
     /// folder. Every such read must be refused.
-    async fn probe(
-        &mut self,
-        ledger: &std::cell::RefCell<Ledger>,
-        folder: Option<FolderInfo>,
-    ) -> Done {
+    async fn probe(&mut self, ledger: &RefCell<Ledger>, folder: Option<FolderInfo>) -> Done {
         let Some(folder) = folder else {
             return Ok("nothing to probe yet".into());
         };
@@ -331,12 +328,15 @@ impl Device {
         }
     }
 
-    async fn file_op(&mut self, ledger: &std::cell::RefCell<Ledger>, folder: &FolderInfo) -> Done {
+    async fn file_op(&mut self, ledger: &RefCell<Ledger>, folder: &FolderInfo) -> Done {
         let path = PATHS[self.rng.random_range(0..PATHS.len())];
         let roll = self.rng.random_range(0..100u32);
         let done = match roll {
             0..40 => self.put(ledger, folder, path).await,
-            40..75 => self.get(ledger, folder, path).await,
+            40..75 => self
+                .get(ledger, folder, path, None)
+                .await
+                .map(|report| format!("get {path} v{}", report.entry.version)),
             75..85 => {
                 let from = self.rng.random_range(CHURNED..PATHS.len());
                 let to = CHURNED
@@ -382,12 +382,7 @@ impl Device {
         }
     }
 
-    async fn put(
-        &mut self,
-        ledger: &std::cell::RefCell<Ledger>,
-        folder: &FolderInfo,
-        path: &str,
-    ) -> Done {
+    async fn put(&mut self, ledger: &RefCell<Ledger>, folder: &FolderInfo, path: &str) -> Done {
         let size = match self.rng.random_range(0..100u32) {
             0..5 => 0,
             5..60 => self.rng.random_range(1..4096),
@@ -428,20 +423,11 @@ impl Device {
 
     async fn get(
         &mut self,
-        ledger: &std::cell::RefCell<Ledger>,
-        folder: &FolderInfo,
-        path: &str,
-    ) -> Done {
-        self.get_version(ledger, folder, path, None).await
-    }
-
-    async fn get_version(
-        &mut self,
-        ledger: &std::cell::RefCell<Ledger>,
+        ledger: &RefCell<Ledger>,
         folder: &FolderInfo,
         path: &str,
         version: Option<u64>,
-    ) -> Done {
+    ) -> Result<transfer::GetReport, ClientError> {
         let dest = self.scratch.join("download");
         let source = Source::Folder {
             folder_id: &folder.folder_id,
@@ -454,7 +440,7 @@ impl Device {
                 ledger
                     .borrow_mut()
                     .read(&self.name, path, (e.file_id, e.version), report.sha256);
-                Ok(format!("get {path} v{}", e.version))
+                Ok(report)
             }
             Err(e) => {
                 ledger.borrow_mut().failed_read(&self.name, path, &e);
@@ -465,48 +451,54 @@ impl Device {
 
     /// After the heal: every acknowledged upload no move or delete touched
     /// reads back at its version with its SHA-256 (invariant 1, in full).
-    pub(crate) async fn sweep(&mut self, ledger: &std::cell::RefCell<Ledger>) -> Done {
+    pub(crate) async fn sweep(&mut self, ledger: &RefCell<Ledger>) -> Done {
         let Some(folder) = ledger.borrow().folder.clone() else {
             return Ok("no folder".into());
         };
-        let all = ledger.borrow().sweep();
-        // The server keeps the newest versions of each path: those of the
-        // acknowledged ones must all be there.
-        let mut latest = BTreeMap::new();
-        for (path, ..) in &all {
-            if !latest.contains_key(path) {
-                let stat = Request::Stat(Stat {
-                    folder_id: folder.folder_id.clone(),
-                    path: path.clone(),
-                    version: None,
-                });
-                let version = match self.session().call(stat).await? {
-                    coffer_proto::Response::Entry(e) => e.version,
-                    _ => 0,
-                };
-                latest.insert(path.clone(), version);
-            }
-        }
-        let kept: Vec<_> = all
-            .iter()
-            .filter(|(path, _, version, _)| version + u64::from(KEEP_VERSIONS) > latest[path])
-            .collect();
-        for (path, _, version, _) in &kept {
-            match self
-                .get_version(ledger, &folder, path, Some(*version))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    ledger.borrow_mut().violations.push(format!(
-                        "acknowledged {path} v{version} does not read back: {e}"
-                    ));
+        let mut newest: Option<(String, u64)> = None;
+        let mut swept = 0;
+        let acked = ledger.borrow().untouched();
+        for (path, file_id, version, sha256) in acked {
+            // The server keeps the newest versions of each path: every
+            // acknowledged one among them must be there.
+            let latest = match &newest {
+                Some((p, v)) if *p == path => *v,
+                _ => {
+                    let v = self.latest_version(&folder, &path).await?;
+                    newest = Some((path.clone(), v));
+                    v
                 }
+            };
+            if version + u64::from(KEEP_VERSIONS) <= latest {
+                continue;
             }
+            swept += 1;
+            let why = match self.get(ledger, &folder, &path, Some(version)).await {
+                Ok(r) if r.entry.file_id == file_id && r.sha256 == sha256 => continue,
+                Ok(_) => "it reads back as another file or other content".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            ledger.borrow_mut().violations.push(format!(
+                "acknowledged {path} v{version} does not read back: {why}"
+            ));
         }
         Ok(format!(
-            "swept {} acknowledged uploads still in history",
-            kept.len()
+            "swept {swept} acknowledged uploads still in history"
         ))
+    }
+
+    async fn latest_version(&self, folder: &FolderInfo, path: &str) -> Result<u64, ClientError> {
+        let stat = Request::Stat(Stat {
+            folder_id: folder.folder_id.clone(),
+            path: path.to_owned(),
+            version: None,
+        });
+        match self.session().call(stat).await? {
+            coffer_proto::Response::Entry(e) => Ok(e.version),
+            other => Err(ClientError::Protocol(format!(
+                "`{}` in answer to stat",
+                coffer_proto::Message::kind(&other)
+            ))),
+        }
     }
 }

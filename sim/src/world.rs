@@ -391,7 +391,8 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         };
     }
     // Health checks verify the servers' TLS against the simulated clock.
-    let verifier = Verifier::new(tls::load_roots(&pki.path("ca.pem"))?, clock.clone())?;
+    let roots = tls::load_roots(&pki.path("ca.pem"))?;
+    let verifier = Verifier::new(roots.clone(), clock.clone())?;
     // The running balancer and when it started: a restart is a new one,
     // knowing nothing of the backends' health.
     let current: Shared<Option<(Arc<Balancer>, Duration)>> = Rc::default();
@@ -465,11 +466,11 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             client: name.clone(),
             bound: op_bound,
         };
-        let roots = tls::load_roots(&pki.path("ca.pem"))?;
+        // A device's own TLS configuration: its own session cache.
         let endpoint = Endpoint {
             addr: SocketAddr::new(balancer_ip, PORT),
             name: ServerName::try_from("localhost")?,
-            tls: tls::client_config(roots, None, clock.clone())?,
+            tls: tls::client_config(roots.clone(), None, clock.clone())?,
             ca_label: "sim CA".into(),
             timeouts,
         };
@@ -510,8 +511,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                 if index == 0 {
                     // Once no device writes any more: a later write would
                     // push an old version out of history mid-sweep.
-                    let others = options.clients;
-                    while ledger.borrow().finished < others {
+                    while ledger.borrow().finished < options.clients {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     recorder.op(true, device.sweep(&ledger)).await;
@@ -555,8 +555,8 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         let t = sim.elapsed();
         let (balancer, balancer_started) =
             current.borrow().clone().expect("the balancer host started");
-        let stats = balancer.stats();
         if spread.is_none() && t >= warmup_end {
+            let stats = balancer.stats();
             spread = Some(WarmupSpread {
                 totals: stats.iter().map(|s| s.total).collect(),
                 failures: stats.iter().map(|s| s.failures).collect(),
@@ -584,7 +584,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
         }
         let down: Vec<bool> = servers.iter().map(|s| faults.is_down(s)).collect();
-        watch.observe(t, balancer_started, &down, &stats);
+        watch.observe(t, balancer_started, &down, || balancer.stats());
         if done {
             break;
         }
@@ -813,9 +813,12 @@ impl Detection {
         t: Duration,
         balancer_started: Duration,
         down: &[bool],
-        stats: &[coffer_balancer::BackendStats],
+        stats: impl FnOnce() -> Vec<coffer_balancer::BackendStats>,
     ) {
-        for (i, (&down, stats)) in down.iter().zip(stats).enumerate() {
+        // Read the balancer's counters only when a bound has passed.
+        let mut stats = Some(stats);
+        let mut read: Vec<coffer_balancer::BackendStats> = Vec::new();
+        for (i, &down) in down.iter().enumerate() {
             if !down {
                 self.since[i] = None;
                 self.snapshot[i] = None;
@@ -826,15 +829,19 @@ impl Detection {
                 self.snapshot[i] = None;
                 continue;
             }
+            if let Some(stats) = stats.take() {
+                read = stats();
+            }
+            let failures = read[i].failures;
             match self.snapshot[i] {
-                None => self.snapshot[i] = Some(stats.failures),
-                Some(before) if stats.failures > before => {
+                None => self.snapshot[i] = Some(failures),
+                Some(before) if failures > before => {
                     self.violations.push(format!(
                         "the balancer handed server-{} a new connection at {t:?}, down since {since:?} (bound {:?})",
                         i + 1,
                         self.bound
                     ));
-                    self.snapshot[i] = Some(stats.failures);
+                    self.snapshot[i] = Some(failures);
                 }
                 Some(_) => {}
             }

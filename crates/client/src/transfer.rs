@@ -530,6 +530,7 @@ pub async fn put<N: Net>(
             folder,
             path,
             (&local_path, file, &meta),
+            chunk_size,
             progress,
             options,
         )
@@ -695,22 +696,7 @@ pub async fn put<N: Net>(
         .take()
         .expect("the reader is returned after each chunk");
     let sha256: [u8; 32] = hasher.finalize().into();
-    // A file that changed while it was read would commit a mix of contents.
-    let after = std::fs::metadata(&local_path).map_err(local(&local_path))?;
-    if after.len() != size || mtime_ns(&after) != mtime {
-        return Err(ClientError::Usage(format!(
-            "{} changed while it was uploaded; run put again",
-            local_path.display()
-        )));
-    }
-    let sealed_meta = FileMeta {
-        sha256,
-        size,
-        mtime_ms: mtime / 1_000_000,
-        mode: mode(&meta),
-        name: String::new(),
-    }
-    .seal(&mut *s.rng(), &file_key, pending.file_id.0);
+    let sealed_meta = sealed_meta(s, &local_path, &meta, sha256, &file_key, pending.file_id)?;
     let commit = Request::UploadCommit(UploadCommit {
         upload_id: pending.upload_id.clone(),
         meta: Some(Blob(sealed_meta)),
@@ -741,6 +727,34 @@ pub async fn put<N: Net>(
     })
 }
 
+/// The file's metadata sealed under its key, once the whole file was read:
+/// refused if it changed meanwhile, which would commit a mix of contents.
+fn sealed_meta<N: Net>(
+    s: &Session<N>,
+    local_path: &Path,
+    meta: &std::fs::Metadata,
+    sha256: [u8; 32],
+    file_key: &FileKey,
+    file_id: FileId,
+) -> Result<Vec<u8>, ClientError> {
+    let (size, mtime) = (meta.len(), mtime_ns(meta));
+    let after = std::fs::metadata(local_path).map_err(local(local_path))?;
+    if after.len() != size || mtime_ns(&after) != mtime {
+        return Err(ClientError::Usage(format!(
+            "{} changed while it was uploaded; run put again",
+            local_path.display()
+        )));
+    }
+    Ok(FileMeta {
+        sha256,
+        size,
+        mtime_ms: mtime / 1_000_000,
+        mode: mode(meta),
+        name: String::new(),
+    }
+    .seal(&mut *s.rng(), file_key, file_id.0))
+}
+
 /// A file of at most one chunk, in one request: begun with its sealed chunk
 /// and committed at once (`upload_begin` with `commit`). There is nothing to
 /// resume, so nothing is journaled; a path believed new costs no `stat`
@@ -751,11 +765,11 @@ async fn put_whole<N: Net>(
     folder: &FolderInfo,
     path: &str,
     (local_path, mut file, meta): (&Path, std::fs::File, &std::fs::Metadata),
+    chunk_size: u32,
     progress: &dyn Progress,
     options: &PutOptions,
 ) -> Result<PutReport, ClientError> {
     let (size, mtime) = (meta.len(), mtime_ns(meta));
-    let chunk_size = chunk_size_for(size)?;
     let prepared = prepare(s, folder, path, chunk_size, options, false).await?;
     progress.start(size);
     let cipher = ChunkCipher::new(&prepared.file_key, prepared.file_id.0);
@@ -777,22 +791,15 @@ async fn put_whole<N: Net>(
     })
     .await
     .map_err(local(local_path))?;
-    let after = std::fs::metadata(local_path).map_err(local(local_path))?;
-    if after.len() != size || mtime_ns(&after) != mtime {
-        return Err(ClientError::Usage(format!(
-            "{} changed while it was uploaded; run put again",
-            local_path.display()
-        )));
-    }
     let address = (len > 0).then(|| coffer_crypto::content_address(&sealed));
-    let sealed_meta = FileMeta {
+    let sealed_meta = sealed_meta(
+        s,
+        local_path,
+        meta,
         sha256,
-        size,
-        mtime_ms: mtime / 1_000_000,
-        mode: mode(meta),
-        name: String::new(),
-    }
-    .seal(&mut *s.rng(), &prepared.file_key, prepared.file_id.0);
+        &prepared.file_key,
+        prepared.file_id,
+    )?;
     let request = Request::UploadBegin(UploadBegin {
         folder_id: folder.folder_id.clone(),
         path: path.to_owned(),

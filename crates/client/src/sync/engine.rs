@@ -542,39 +542,33 @@ impl<'a, N: Net> Engine<'a, N> {
         let synced = index.synced(folder.id(), from)?;
         let arrived = matches!(look(&folder.local(to))?, Local::File(_));
         let gone = matches!(look(&folder.local(from))?, Local::Absent);
-        let (Some(synced), true, true) = (synced, arrived, gone) else {
-            // Not a plain move any more: send each side as it is.
-            self.upload(folder, to, round).await?;
-            return self.delete(folder, from, round).await;
-        };
-        let answer = self
-            .session
-            .call(Request::Move(Move {
-                folder_id: folder.id().to_owned(),
-                from: from.to_owned(),
-                to: to.to_owned(),
-                base: Some(synced.vv),
-            }))
-            .await;
-        match answer {
-            Ok(Response::Entry(entry)) => {
-                tracing::info!(folder = %folder.info.label, from, to, "moved");
-                index.rename(folder.id(), from, to)?;
-                self.record(folder, to, &entry)?;
-                Ok(())
+        if let (Some(synced), true, true) = (synced, arrived, gone) {
+            let answer = self
+                .session
+                .call(Request::Move(Move {
+                    folder_id: folder.id().to_owned(),
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    base: Some(synced.vv),
+                }))
+                .await;
+            match answer {
+                Ok(Response::Entry(entry)) => {
+                    tracing::info!(folder = %folder.info.label, from, to, "moved");
+                    index.rename(folder.id(), from, to)?;
+                    return self.record(folder, to, &entry);
+                }
+                Ok(other) => return Err(unexpected("move", &other)),
+                // The source changed there, or the destination is taken.
+                Err(ClientError::Server(e))
+                    if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) => {}
+                Err(e) => return Err(e),
             }
-            Ok(other) => Err(unexpected("move", &other)),
-            Err(ClientError::Server(e))
-                if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) =>
-            {
-                // The source changed there, or the destination is taken:
-                // the destination goes up as a file of its own, and the
-                // source follows the delete rules.
-                self.upload(folder, to, round).await?;
-                self.delete(folder, from, round).await
-            }
-            Err(e) => Err(e),
         }
+        // Not a plain move (any more): the destination goes up as a file of
+        // its own, and the source follows the delete rules.
+        self.upload(folder, to, round).await?;
+        self.delete(folder, from, round).await
     }
 
     async fn mkdir(&self, folder: &Folder, path: &str) -> Result<(), ClientError> {
