@@ -1,9 +1,9 @@
-//! A cluster of real processes on 127.0.0.x: servers with certificates from one
-//! CA, and a balancer in front of them.
+//! The [`Cluster`] trait — what the suite does to a deployment, whatever runs
+//! it — and its processes implementation on 127.0.0.x, with a [`FaultProxy`]
+//! on every link.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use coffer_certs::{Ca, Kind, Validity};
@@ -12,46 +12,178 @@ use coffer_net::TokioNet;
 use rustls_pki_types::ServerName;
 
 use crate::process::{Process, ProcessError, bin_dir};
+use crate::proxy::{Fault, FaultProxy, ProxyStats};
+
+/// A member of a cluster, or the suite's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    /// The users' side: every client the suite runs.
+    Clients,
+    /// The balancer.
+    Balancer,
+    /// Server `i` (0-based).
+    Server(usize),
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Member::Clients => f.write_str("clients"),
+            Member::Balancer => f.write_str("balancer"),
+            Member::Server(i) => write!(f, "node-{}", i + 1),
+        }
+    }
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// A process could not be started or signalled.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The container engine refused or failed.
+    #[error("container engine: {0}")]
+    Engine(String),
+    /// Setting up (certificates, directories, images) failed.
+    #[error("setting up: {0}")]
+    Setup(String),
+    /// The operation makes no sense for this member or link.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A graceful stop ended with a failure status.
+    #[error("{member} exited with {status} on a graceful stop")]
+    ExitStatus {
+        /// Who.
+        member: Member,
+        /// Its exit status.
+        status: String,
+    },
+}
+
+/// What the suite asks of a deployment.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Servers behind the balancer.
+    pub servers: usize,
+    /// The balancer's strategy (`round-robin`, `least-connections`).
+    pub strategy: String,
+    /// Extra lines for every server's TOML configuration.
+    pub server_toml: String,
+}
+
+impl Spec {
+    /// `servers` servers behind a round-robin balancer, default configuration
+    /// but for bcrypt at its cheapest cost (the suite logs in a lot).
+    pub fn new(servers: usize) -> Spec {
+        Spec {
+            servers,
+            strategy: "round-robin".into(),
+            server_toml: String::new(),
+        }
+    }
+
+    /// The same with another balancing strategy.
+    pub fn strategy(mut self, strategy: &str) -> Spec {
+        self.strategy = strategy.into();
+        self
+    }
+
+    /// The same with extra server configuration.
+    pub fn server_toml(mut self, toml: &str) -> Spec {
+        self.server_toml.push_str(toml);
+        self.server_toml.push('\n');
+        self
+    }
+}
 
 /// What the suite does to the members of a cluster, whatever runs them.
+///
+/// Every implementation puts a balancer in front of `servers()` servers that
+/// share one CA, one certificate name (`localhost`) and one cluster secret.
+#[allow(async_fn_in_trait)] // used generically from one test task; never boxed
 pub trait Cluster {
-    /// The address clients use (the balancer).
+    /// What runs the members (`processes`, `containers`).
+    fn kind(&self) -> &'static str;
+    /// The address clients use (the balancer, through the clients' link).
     fn front(&self) -> SocketAddr;
-    /// The address of server `i`.
+    /// The address the suite reaches server `i` at directly.
     fn server(&self, i: usize) -> SocketAddr;
     /// How many servers there are.
     fn servers(&self) -> usize;
-    /// Kills server `i` at once (SIGKILL).
-    fn kill(&mut self, i: usize);
-    /// Freezes server `i` (SIGSTOP): it keeps its sockets and answers nothing.
-    fn pause(&mut self, i: usize) -> Result<(), ProcessError>;
-    /// Thaws server `i`.
-    fn resume(&mut self, i: usize) -> Result<(), ProcessError>;
-    /// Starts server `i` again on its data directory and address.
-    fn restart(&mut self, i: usize) -> Result<(), ProcessError>;
-    /// Stops server `i` gracefully (SIGTERM); its exit status.
-    fn stop(&mut self, i: usize) -> Result<ExitStatus, ProcessError>;
+    /// The balancer's admin endpoint (plain HTTP).
+    fn admin(&self) -> SocketAddr;
+    /// How the balancer names server `i` in `/backends` and in drain paths.
+    fn backend(&self, i: usize) -> SocketAddr;
     /// The CA clients trust.
     fn ca(&self) -> &Path;
+    /// Server `i`'s data directory, as the host sees it.
+    fn data_dir(&self, i: usize) -> PathBuf;
+    /// The cluster secret that signs session tokens.
+    fn secret(&self) -> &[u8];
+    /// Kills `member` at once (SIGKILL); its data stays.
+    async fn kill(&mut self, member: Member) -> Result<(), ClusterError>;
+    /// Stops `member` gracefully (SIGTERM); an error if it exits with a failure.
+    async fn stop(&mut self, member: Member) -> Result<(), ClusterError>;
+    /// Starts a killed or stopped `member` again on its data and address, and
+    /// waits until it listens.
+    async fn start(&mut self, member: Member) -> Result<(), ClusterError>;
+    /// Kills `member` and starts it again.
+    async fn restart(&mut self, member: Member) -> Result<(), ClusterError> {
+        self.kill(member).await?;
+        self.start(member).await
+    }
+    /// Freezes `member`: it keeps its sockets and answers nothing.
+    async fn pause(&mut self, member: Member) -> Result<(), ClusterError>;
+    /// Thaws `member`.
+    async fn resume(&mut self, member: Member) -> Result<(), ClusterError>;
+    /// Cuts the link between `a` and `b`: nothing crosses it either way.
+    async fn partition(&mut self, a: Member, b: Member) -> Result<(), ClusterError>;
+    /// Restores the link between `a` and `b`.
+    async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError>;
+    /// Injected faults so far.
+    fn faults(&self) -> usize;
+}
+
+/// A fresh CA, a server certificate for `localhost` and `ips`, and a cluster
+/// secret, written into `dir` as `ca.pem`, `server.pem`, `server.key` and
+/// `secret`.
+pub fn pki(dir: &Path, ips: &[IpAddr]) -> Result<Vec<u8>, ClusterError> {
+    let setup = |e: coffer_certs::CertError| ClusterError::Setup(e.to_string());
+    let now = time::OffsetDateTime::now_utc();
+    let ca = Ca::generate("conformance CA", Validity::days_from(now, 2)).map_err(setup)?;
+    ca.write(dir, false).map_err(setup)?;
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    sans.extend(ips.iter().map(IpAddr::to_string));
+    ca.issue(Kind::Server, "localhost", &sans, Validity::days_from(now, 2))
+        .and_then(|issued| issued.write(dir, "server", false))
+        .map_err(setup)?;
+    let secret: Vec<u8> = {
+        use rand::Rng as _;
+        let mut bytes = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes
+    };
+    std::fs::write(dir.join("secret"), &secret).map_err(|e| ClusterError::Setup(e.to_string()))?;
+    Ok(secret)
+}
+
+/// The configuration file of a server in `spec`.
+pub fn server_toml(spec: &Spec) -> String {
+    format!("bcrypt_cost = 4\n{}", spec.server_toml)
 }
 
 /// Servers as processes: server `i` on 127.0.0.(i+2) at a fixed port (a
 /// restart comes back where a balancer expects it), each with a data
 /// directory of its own, all with one certificate (SANs: `localhost` and
-/// every server's IP) from one CA.
+/// every server's IP) from one CA and one cluster secret.
 #[derive(Debug)]
 pub struct Servers {
     /// The running servers, in order.
     pub procs: Vec<Process>,
     ca: PathBuf,
+    secret: Vec<u8>,
     dir: tempfile::TempDir,
-}
-
-/// The processes implementation: [`Servers`] and a balancer on 127.0.0.1.
-#[derive(Debug)]
-pub struct Processes {
-    servers: Servers,
-    balancer: Process,
 }
 
 /// A port free on `ip` right now.
@@ -63,50 +195,55 @@ pub fn free_port(ip: IpAddr) -> Result<u16, ProcessError> {
 }
 
 impl Servers {
-    /// Starts `n` servers.
-    pub fn start(n: usize) -> Result<Servers, ProcessError> {
+    /// Starts `n` servers with the default configuration.
+    pub fn start(n: usize) -> Result<Servers, ClusterError> {
+        Self::start_spec(&Spec::new(n))
+    }
+
+    /// Starts the servers of `spec`.
+    pub fn start_spec(spec: &Spec) -> Result<Servers, ClusterError> {
         let bins = bin_dir()?;
-        let dir = tempfile::tempdir().map_err(|e| ProcessError::Build(e.to_string()))?;
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let pki = |e: coffer_certs::CertError| ProcessError::Build(e.to_string());
-        let now = time::OffsetDateTime::now_utc();
-        let ca = Ca::generate("conformance CA", Validity::days_from(now, 2)).map_err(pki)?;
-        ca.write(dir.path(), false).map_err(pki)?;
-        let ips: Vec<IpAddr> = (0..n)
+        let dir = tempfile::tempdir().map_err(|e| ClusterError::Setup(e.to_string()))?;
+        let ips: Vec<IpAddr> = (0..spec.servers)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
             .collect();
-        let mut sans = vec!["localhost".to_owned()];
-        sans.extend(ips.iter().map(|ip| ip.to_string()));
-        ca.issue(
-            Kind::Server,
-            "localhost",
-            &sans,
-            Validity::days_from(now, 2),
-        )
-        .and_then(|issued| issued.write(dir.path(), "server", false))
-        .map_err(pki)?;
+        let secret = pki(dir.path(), &ips)?;
+        let config = dir.path().join("server.toml");
+        std::fs::write(&config, server_toml(spec)).map_err(|e| ClusterError::Setup(e.to_string()))?;
+        let path = |name: &str| dir.path().join(name).display().to_string();
         let mut procs = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let node = format!("node-{}", i + 1);
             let args = vec![
+                "--config".to_owned(),
+                path("server.toml"),
                 "--listen".to_owned(),
                 SocketAddr::new(*ip, free_port(*ip)?).to_string(),
                 "--data".to_owned(),
                 path(&node),
                 "--node-id".to_owned(),
-                node,
+                node.clone(),
                 "--tls-cert".to_owned(),
                 path("server.pem"),
                 "--tls-key".to_owned(),
                 path("server.key"),
                 "--ca".to_owned(),
                 path("ca.pem"),
+                "--cluster-secret-file".to_owned(),
+                path("secret"),
             ];
-            procs.push(Process::start(&bins.join("coffer-server"), args)?);
+            let log = dir.path().join(format!("{node}.log"));
+            procs.push(Process::start_with(
+                &bins.join("coffer-server"),
+                args,
+                &[],
+                Some(&log),
+            )?);
         }
         Ok(Servers {
             procs,
             ca: dir.path().join("ca.pem"),
+            secret,
             dir,
         })
     }
@@ -127,21 +264,47 @@ impl Servers {
     }
 }
 
+/// The processes implementation: [`Servers`], a balancer on 127.0.0.1, and a
+/// [`FaultProxy`] on every link — clients → balancer, balancer → each server.
+#[derive(Debug)]
+pub struct Processes {
+    servers: Servers,
+    balancer: Process,
+    admin: SocketAddr,
+    front: FaultProxy,
+    backends: Vec<FaultProxy>,
+    faults: usize,
+    // Last: the proxies' tasks run here, apart from the test's own threads.
+    runtime: tokio::runtime::Runtime,
+}
+
 impl Processes {
-    /// Starts `servers` servers and a balancer (round-robin, health checks
-    /// verified against the CA) in front of them.
-    pub fn start(servers: usize) -> Result<Processes, ProcessError> {
-        let servers = Servers::start(servers)?;
-        let bins = bin_dir()?;
-        let admin = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
-        );
+    /// Starts the servers of `spec`, a proxy in front of each, a balancer
+    /// (health checks verified against the CA every 500 ms) over the proxies,
+    /// and a proxy in front of the balancer for the clients.
+    pub fn start(spec: &Spec) -> Result<Processes, ClusterError> {
+        let setup = |e: std::io::Error| ClusterError::Setup(e.to_string());
+        let servers = Servers::start_spec(spec)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fault-proxy")
+            .enable_all()
+            .build()
+            .map_err(setup)?;
+        let mut backends = Vec::new();
+        for addr in servers.addrs() {
+            let listen = SocketAddr::new(addr.ip(), 0);
+            backends.push(FaultProxy::start(runtime.handle(), listen, addr).map_err(setup)?);
+        }
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let admin = SocketAddr::new(loopback, free_port(loopback)?);
         let mut args: Vec<String> = vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--admin".into(),
             admin.to_string(),
+            "--strategy".into(),
+            spec.strategy.clone(),
             "--connect-timeout".into(),
             "1s".into(),
             "--health-interval".into(),
@@ -149,17 +312,89 @@ impl Processes {
             "--ca".into(),
             servers.ca().display().to_string(),
         ];
-        for addr in servers.addrs() {
-            args.extend(["--backend".to_owned(), addr.to_string()]);
+        for proxy in &backends {
+            args.extend(["--backend".to_owned(), format!("localhost={}", proxy.addr())]);
         }
-        let balancer = Process::start(&bins.join("coffer-balancer"), args)?;
-        Ok(Processes { servers, balancer })
+        let log = servers.dir().join("balancer.log");
+        let balancer = Process::start_with(
+            &bin_dir()?.join("coffer-balancer"),
+            args,
+            &[],
+            Some(&log),
+        )?;
+        let front = FaultProxy::start(
+            runtime.handle(),
+            SocketAddr::new(loopback, 0),
+            balancer.addr(),
+        )
+        .map_err(setup)?;
+        Ok(Processes {
+            servers,
+            balancer,
+            admin,
+            front,
+            backends,
+            faults: 0,
+            runtime,
+        })
+    }
+
+    /// The proxy on the link between `a` and `b`.
+    fn link(&self, a: Member, b: Member) -> Result<&FaultProxy, ClusterError> {
+        match (a.min(b), a.max(b)) {
+            (Member::Clients, Member::Balancer) => Ok(&self.front),
+            (Member::Balancer, Member::Server(i)) if i < self.backends.len() => {
+                Ok(&self.backends[i])
+            }
+            (a, b) => Err(ClusterError::Unsupported(format!(
+                "no link between {a} and {b}"
+            ))),
+        }
+    }
+
+    /// Sets the fault on the link between `a` and `b` (any of the proxy's
+    /// faults, not only a partition).
+    pub fn set_link(&mut self, a: Member, b: Member, fault: Fault) -> Result<(), ClusterError> {
+        self.link(a, b)?.set(fault);
+        if fault != Fault::Pass {
+            self.faults += 1;
+        }
+        Ok(())
+    }
+
+    /// The counters of the link between `a` and `b`.
+    pub fn link_stats(&self, a: Member, b: Member) -> Result<ProxyStats, ClusterError> {
+        Ok(self.link(a, b)?.stats())
+    }
+
+    /// The directory holding the certificates, configuration and logs.
+    pub fn dir(&self) -> &Path {
+        self.servers.dir()
+    }
+
+    /// The runtime the proxies run on.
+    pub fn proxy_runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    fn process(&mut self, member: Member) -> Result<&mut Process, ClusterError> {
+        match member {
+            Member::Balancer => Ok(&mut self.balancer),
+            Member::Server(i) if i < self.servers.procs.len() => Ok(&mut self.servers.procs[i]),
+            other => Err(ClusterError::Unsupported(format!(
+                "{other} is not a process of this cluster"
+            ))),
+        }
     }
 }
 
 impl Cluster for Processes {
+    fn kind(&self) -> &'static str {
+        "processes"
+    }
+
     fn front(&self) -> SocketAddr {
-        self.balancer.addr()
+        self.front.addr()
     }
 
     fn server(&self, i: usize) -> SocketAddr {
@@ -170,40 +405,89 @@ impl Cluster for Processes {
         self.servers.procs.len()
     }
 
-    fn kill(&mut self, i: usize) {
-        self.servers.procs[i].kill();
+    fn admin(&self) -> SocketAddr {
+        self.admin
     }
 
-    fn pause(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers.procs[i].pause()
-    }
-
-    fn resume(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers.procs[i].resume()
-    }
-
-    fn restart(&mut self, i: usize) -> Result<(), ProcessError> {
-        self.servers.procs[i].restart()
-    }
-
-    fn stop(&mut self, i: usize) -> Result<ExitStatus, ProcessError> {
-        self.servers.procs[i].terminate()
+    fn backend(&self, i: usize) -> SocketAddr {
+        self.backends[i].addr()
     }
 
     fn ca(&self) -> &Path {
         self.servers.ca()
     }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.servers.dir().join(format!("node-{}", i + 1))
+    }
+
+    fn secret(&self) -> &[u8] {
+        &self.servers.secret
+    }
+
+    async fn kill(&mut self, member: Member) -> Result<(), ClusterError> {
+        self.process(member)?.kill();
+        self.faults += 1;
+        Ok(())
+    }
+
+    async fn stop(&mut self, member: Member) -> Result<(), ClusterError> {
+        let process = self.process(member)?;
+        let status = tokio::task::block_in_place(|| process.terminate())?;
+        self.faults += 1;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::ExitStatus {
+                member,
+                status: status.to_string(),
+            })
+        }
+    }
+
+    async fn start(&mut self, member: Member) -> Result<(), ClusterError> {
+        let process = self.process(member)?;
+        tokio::task::block_in_place(|| process.restart())?;
+        if member == Member::Balancer {
+            // The balancer took a fresh port: the clients' link leads there now.
+            self.front.retarget(self.balancer.addr());
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self, member: Member) -> Result<(), ClusterError> {
+        self.process(member)?.pause()?;
+        self.faults += 1;
+        Ok(())
+    }
+
+    async fn resume(&mut self, member: Member) -> Result<(), ClusterError> {
+        self.process(member)?.resume()?;
+        Ok(())
+    }
+
+    async fn partition(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
+        self.set_link(a, b, Fault::BlackHole)
+    }
+
+    async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
+        self.set_link(a, b, Fault::Pass)
+    }
+
+    fn faults(&self) -> usize {
+        self.faults
+    }
 }
 
-/// How a client sees the cluster.
+/// How a client sees the cluster: a connection with short deadlines, so that
+/// a silent server is reported quickly.
 #[derive(Debug, Clone)]
 pub struct Probe {
     endpoint: Endpoint,
 }
 
 impl Probe {
-    /// A probe trusting `ca`, with short deadlines so that a silent server is
-    /// reported quickly.
+    /// A probe trusting `ca`.
     pub fn new(ca: &Path) -> Result<Probe, coffer_net::tls::TlsConfigError> {
         let quick = Duration::from_secs(2);
         let endpoint = Endpoint::trusting(
@@ -222,11 +506,31 @@ impl Probe {
 
     /// Connects to `addr`, says hello and pings: the node that answered.
     pub async fn ping(&self, addr: SocketAddr) -> Result<String, ClientError> {
+        let client = self.connect(addr).await?;
+        Ok(client.ping().await?.node_id)
+    }
+
+    /// A client connection to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
         let endpoint = Endpoint {
             addr,
             ..self.endpoint.clone()
         };
-        let client = Client::connect(&TokioNet, &endpoint).await?;
-        Ok(client.ping().await?.node_id)
+        Client::connect(&TokioNet, &endpoint).await
+    }
+
+    /// Pings `addr` until it answers or `deadline` passes (readiness by
+    /// polling, never by sleeping a fixed time): the node that answered.
+    pub async fn until_ready(&self, addr: SocketAddr, deadline: Duration) -> Result<String, String> {
+        let start = tokio::time::Instant::now();
+        loop {
+            match self.ping(addr).await {
+                Ok(node) => return Ok(node),
+                Err(e) if start.elapsed() > deadline => {
+                    return Err(format!("{addr} not ready after {deadline:?}: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 }

@@ -5,13 +5,20 @@
 //! - [`process`]: a binary as a child process — start and wait for its
 //!   `listening on` line, signal it by PID (SIGSTOP/SIGCONT/SIGTERM/SIGKILL),
 //!   restart it on the same data directory;
+//! - [`proxy`]: the fault proxy on every link of the processes implementation
+//!   (refuse, black-hole, reset, delay, bandwidth limit);
 //! - [`cluster`]: the [`Cluster`] trait and its processes implementation on
-//!   127.0.0.x addresses, and [`Probe`], a client's view.
+//!   127.0.0.x addresses, and [`Probe`], a client's view;
+//! - [`device`]: a user's device — the `coffer` binary with a home of its own.
 //!
 //! Scenarios live in `tests/conformance.rs`; `just conformance` runs them.
 
 pub mod cluster;
+pub mod device;
 pub mod process;
+pub mod proxy;
 
-pub use cluster::{Cluster, Probe, Processes, Servers, free_port};
+pub use cluster::{Cluster, ClusterError, Member, Probe, Processes, Servers, Spec, free_port};
+pub use device::{CommandError, Device};
 pub use process::{Process, ProcessError};
+pub use proxy::{Fault, FaultProxy, ProxyStats};

@@ -82,6 +82,8 @@ pub fn bin_dir() -> Result<&'static Path, ProcessError> {
 pub struct Process {
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
     child: Child,
     addr: SocketAddr,
     /// Set once the child is reaped: its PID may then belong to someone else,
@@ -160,6 +162,11 @@ impl Process {
         Ok(Process {
             program: program.to_owned(),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            log: log.map(Path::to_owned),
             child,
             addr,
             reaped: false,
@@ -221,11 +228,24 @@ impl Process {
         }
     }
 
-    /// Kills it and starts it again with the same arguments (same data
-    /// directory, same address when one was fixed).
+    /// Whether it has exited (killed, stopped, or crashed on its own).
+    pub fn exited(&mut self) -> bool {
+        if !self.reaped && matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.reaped = true;
+        }
+        self.reaped
+    }
+
+    /// Kills it and starts it again with the same arguments, environment and
+    /// log (same data directory, same address when one was fixed).
     pub fn restart(&mut self) -> Result<(), ProcessError> {
         self.kill();
-        let again = Process::start(&self.program, self.args.clone())?;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let again = Process::start_with(&self.program, self.args.clone(), &env, self.log.as_deref())?;
         *self = again;
         Ok(())
     }
