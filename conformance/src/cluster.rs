@@ -274,8 +274,19 @@ pub struct Processes {
     front: FaultProxy,
     backends: Vec<FaultProxy>,
     faults: usize,
-    // Last: the proxies' tasks run here, apart from the test's own threads.
-    runtime: tokio::runtime::Runtime,
+    // The proxies' tasks run here, apart from the test's own threads; always
+    // `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        // Dropped from inside the test's runtime, where blocking on the
+        // proxies' shutdown is not allowed: let them go in the background.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Processes {
@@ -335,7 +346,7 @@ impl Processes {
             front,
             backends,
             faults: 0,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -370,11 +381,6 @@ impl Processes {
     /// The directory holding the certificates, configuration and logs.
     pub fn dir(&self) -> &Path {
         self.servers.dir()
-    }
-
-    /// The runtime the proxies run on.
-    pub fn proxy_runtime(&self) -> &tokio::runtime::Handle {
-        self.runtime.handle()
     }
 
     fn process(&mut self, member: Member) -> Result<&mut Process, ClusterError> {

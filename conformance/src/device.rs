@@ -50,6 +50,12 @@ impl Device {
         }
     }
 
+    /// The same device typing another password.
+    pub fn with_password(mut self, password: &str) -> Device {
+        self.password = password.into();
+        self
+    }
+
     /// Its home directory (session, keys, index).
     pub fn home(&self) -> &Path {
         &self.home

@@ -9,15 +9,24 @@
 //!   (refuse, black-hole, reset, delay, bandwidth limit);
 //! - [`cluster`]: the [`Cluster`] trait and its processes implementation on
 //!   127.0.0.x addresses, and [`Probe`], a client's view;
-//! - [`device`]: a user's device — the `coffer` binary with a home of its own.
+//! - [`containers`]: the containers implementation (testcontainers, images
+//!   `FROM scratch`, a private Docker network), skipped with a printed reason
+//!   where no engine is reachable;
+//! - [`device`]: a user's device — the `coffer` binary with a home of its own;
+//! - [`scenario`] and [`scenarios`]: the checks, generic over [`Cluster`].
 //!
-//! Scenarios live in `tests/conformance.rs`; `just conformance` runs them.
+//! `tests/conformance.rs` runs every scenario on every implementation;
+//! `just conformance` runs it.
 
 pub mod cluster;
+pub mod containers;
 pub mod device;
 pub mod process;
 pub mod proxy;
+pub mod scenario;
+pub mod scenarios;
 
+pub use containers::Containers;
 pub use cluster::{Cluster, ClusterError, Member, Probe, Processes, Servers, Spec, free_port};
 pub use device::{CommandError, Device};
 pub use process::{Process, ProcessError};

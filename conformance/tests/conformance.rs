@@ -1,147 +1,102 @@
-//! Scenarios against real binaries. Each prints one summary line; the suite
-//! ends with `N passed, M failed`.
+//! Every scenario on every cluster implementation. Each prints one summary
+//! line; the suite ends with `N passed, M failed`.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Instant;
 
-use coffer_conformance::{Cluster, Probe, Processes};
+use coffer_conformance::scenario::{Failure, Tally};
+use coffer_conformance::scenarios::{self, authz, bad_input, balancing, crash, many_clients, sync};
+use coffer_conformance::{Cluster, ClusterError, Containers, Processes, Spec, containers};
 
-/// What a scenario did.
+/// The suite's running score.
 #[derive(Debug, Default)]
-struct Tally {
-    operations: usize,
-    faults: usize,
-    checks: usize,
+struct Score {
+    passed: usize,
+    failed: Vec<String>,
 }
 
-impl Tally {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
-        self.checks += 1;
-        if ok { Ok(()) } else { Err(what()) }
-    }
-}
-
-/// Pings `addr` until it answers or `deadline` passes (readiness by polling,
-/// never by sleeping a fixed time).
-async fn until_ready(
-    probe: &Probe,
-    addr: std::net::SocketAddr,
-    deadline: Duration,
-) -> Result<String, String> {
-    let start = Instant::now();
-    loop {
-        match probe.ping(addr).await {
-            Ok(node) => return Ok(node),
-            Err(e) if start.elapsed() > deadline => {
-                return Err(format!("{addr} not ready after {deadline:?}: {e}"));
+impl Score {
+    /// Runs one scenario and prints its summary line.
+    async fn run(&mut self, name: String, scenario: impl Future<Output = Result<Tally, Failure>>) {
+        let started = Instant::now();
+        let outcome = scenario.await;
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(t) => {
+                self.passed += 1;
+                eprintln!(
+                    "{name}: passed — {} operations, {} faults injected, {} checks passed ({secs:.1} s)",
+                    t.operations, t.faults, t.checks
+                );
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                eprintln!("{name}: FAILED after {secs:.1} s — {e}");
+                self.failed.push(name);
+            }
+        }
+    }
+
+    /// A cluster that would not start fails the scenarios meant for it.
+    fn not_started(&mut self, names: &[&str], kind: &str, e: &ClusterError) {
+        for name in names {
+            eprintln!("{name} [{kind}]: FAILED — the cluster did not start: {e}");
+            self.failed.push(format!("{name} [{kind}]"));
         }
     }
 }
 
-/// Servers start, answer directly and through the balancer in rotation,
-/// survive SIGSTOP/SIGCONT, SIGKILL and restart, and stop cleanly on SIGTERM.
-async fn lifecycle(cluster: &mut impl Cluster) -> Result<Tally, String> {
-    let mut t = Tally::default();
-    let probe = Probe::new(cluster.ca()).map_err(|e| e.to_string())?;
-
-    for i in 0..cluster.servers() {
-        let node = probe
-            .ping(cluster.server(i))
-            .await
-            .map_err(|e| e.to_string())?;
-        t.operations += 1;
-        t.check(node == format!("node-{}", i + 1), || {
-            format!("server {i} says it is {node}")
-        })?;
+/// The scenarios, in order, on clusters that `start` makes.
+async fn all<C: Cluster>(
+    score: &mut Score,
+    kind: &str,
+    dir: &std::path::Path,
+    start: impl AsyncFn(&Spec) -> Result<C, ClusterError>,
+) {
+    let state = ["1 many clients", "2 authorization", "4 failover", "5 crash consistency", "6 bad input", "7 sync"];
+    match start(&scenarios::service()).await {
+        Err(e) => score.not_started(&state, kind, &e),
+        Ok(mut c) => {
+            let n = |s: &str| format!("{s} [{kind}]");
+            score.run(n(state[0]), many_clients::run(&mut c, &dir.join("1"))).await;
+            score.run(n(state[1]), authz::run(&mut c, &dir.join("2"))).await;
+            score.run(n(state[2]), crash::failover(&mut c, &dir.join("4"))).await;
+            score.run(n(state[3]), crash::consistency(&mut c, &dir.join("5"))).await;
+            score.run(n(state[4]), bad_input::run(&mut c, &dir.join("6"))).await;
+            score.run(n(state[5]), sync::run(&mut c, &dir.join("7"))).await;
+        }
     }
-
-    let mut landed = BTreeMap::new();
-    for _ in 0..3 * cluster.servers() {
-        let node = probe
-            .ping(cluster.front())
-            .await
-            .map_err(|e| e.to_string())?;
-        t.operations += 1;
-        *landed.entry(node).or_insert(0) += 1;
+    match start(&scenarios::balanced("round-robin")).await {
+        Err(e) => score.not_started(&["3 balancing, round-robin"], kind, &e),
+        Ok(mut c) => {
+            score.run(format!("3 balancing, round-robin [{kind}]"), balancing::round_robin(&mut c)).await;
+        }
     }
-    t.check(
-        landed.len() == cluster.servers() && landed.values().all(|&n| n == 3),
-        || format!("round-robin through the balancer landed {landed:?}"),
-    )?;
-
-    // A frozen server: a client gets a typed error within its deadlines, not a hang.
-    cluster.pause(1).map_err(|e| e.to_string())?;
-    t.faults += 1;
-    let started = Instant::now();
-    let frozen = probe.ping(cluster.server(1)).await;
-    t.operations += 1;
-    t.check(
-        frozen.is_err() && started.elapsed() < Duration::from_secs(10),
-        || {
-            format!(
-                "paused server answered {frozen:?} after {:?}",
-                started.elapsed()
-            )
-        },
-    )?;
-    cluster.resume(1).map_err(|e| e.to_string())?;
-    until_ready(&probe, cluster.server(1), Duration::from_secs(10)).await?;
-    t.operations += 1;
-
-    // A killed server: every connection through the balancer still lands.
-    cluster.kill(2);
-    t.faults += 1;
-    for _ in 0..2 * cluster.servers() {
-        let node = probe
-            .ping(cluster.front())
-            .await
-            .map_err(|e| format!("with node-3 dead: {e}"))?;
-        t.operations += 1;
-        t.check(node != "node-3", || "a dead server answered".to_owned())?;
+    match start(&scenarios::balanced("least-connections")).await {
+        Err(e) => score.not_started(&["3 balancing, least-connections"], kind, &e),
+        Ok(mut c) => {
+            score.run(format!("3 balancing, least-connections [{kind}]"), balancing::least_connections(&mut c)).await;
+        }
     }
-    cluster.restart(2).map_err(|e| e.to_string())?;
-    let node = until_ready(&probe, cluster.server(2), Duration::from_secs(10)).await?;
-    t.operations += 1;
-    t.check(node == "node-3", || {
-        format!("restarted server says it is {node}")
-    })?;
-
-    let status = cluster.stop(0).map_err(|e| e.to_string())?;
-    t.faults += 1;
-    t.check(status.success(), || format!("SIGTERM exit status {status}"))?;
-    t.check(probe.ping(cluster.server(0)).await.is_err(), || {
-        "a stopped server answered".to_owned()
-    })?;
-    Ok(t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
-    let mut passed = 0;
-    let mut failed = 0;
-    let mut cluster = match Processes::start(3) {
-        Ok(cluster) => cluster,
-        Err(e) => panic!("processes cluster did not start: {e}"),
-    };
-    let started = Instant::now();
-    match lifecycle(&mut cluster).await {
-        Ok(t) => {
-            passed += 1;
-            eprintln!(
-                "lifecycle [processes]: passed — {} operations, {} faults injected, {} checks passed ({:.1} s)",
-                t.operations,
-                t.faults,
-                t.checks,
-                started.elapsed().as_secs_f64()
-            );
+    let mut score = Score::default();
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dir = scratch.path();
+    all(&mut score, "processes", &dir.join("processes"), async |spec: &Spec| {
+        Processes::start(spec)
+    })
+    .await;
+    // The same scenarios in containers, where an engine is reachable.
+    match tokio::task::block_in_place(containers::engine) {
+        Ok(()) => all(&mut score, "containers", &dir.join("containers"), Containers::start).await,
+        Err(reason) if containers::is_build_failure(&reason) => {
+            eprintln!("containers: FAILED — {reason}");
+            score.failed.push("containers: images".into());
         }
-        Err(e) => {
-            failed += 1;
-            eprintln!("lifecycle [processes]: FAILED — {e}");
-        }
+        Err(reason) => eprintln!("containers: skipped — {reason}"),
     }
-    eprintln!("{passed} passed, {failed} failed");
-    assert_eq!(failed, 0);
+    eprintln!("{} passed, {} failed", score.passed, score.failed.len());
+    assert!(score.failed.is_empty(), "failed: {:?}", score.failed);
 }
