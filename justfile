@@ -13,9 +13,14 @@ test:
 sim:
     cargo run --release -p coffer-sim
 
-# The conformance suite against the real binaries.
+# The conformance suite against the real binaries: as processes, and as
+# containers where a Docker engine answers (images built by deploy/build-images.sh).
 conformance:
     cargo test -p coffer-conformance -- --nocapture
+
+# The images FROM scratch that deploy/compose.yaml and the suite run.
+images:
+    deploy/build-images.sh
 
 # Benchmarks: the chunk envelope next to raw AES-256-CFB and HMAC-SHA256; the
 # server's chunk ingest and small-file commits (server pinned to one core);

@@ -70,6 +70,10 @@ pub struct Spec {
     pub strategy: String,
     /// Extra lines for every server's TOML configuration.
     pub server_toml: String,
+    /// Extra flags for the balancer (later flags override earlier ones).
+    pub balancer_args: Vec<String>,
+    /// The cluster secret; `None`: 32 fresh random bytes.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl Spec {
@@ -80,7 +84,21 @@ impl Spec {
             servers,
             strategy: "round-robin".into(),
             server_toml: String::new(),
+            balancer_args: Vec::new(),
+            secret: None,
         }
+    }
+
+    /// The same with extra balancer flags.
+    pub fn balancer_args(mut self, args: &[&str]) -> Spec {
+        self.balancer_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// The same with a chosen cluster secret.
+    pub fn secret(mut self, secret: &[u8]) -> Spec {
+        self.secret = Some(secret.to_vec());
+        self
     }
 
     /// The same with another balancing strategy.
@@ -145,10 +163,10 @@ pub trait Cluster {
     fn faults(&self) -> usize;
 }
 
-/// A fresh CA, a server certificate for `localhost` and `ips`, and a cluster
-/// secret, written into `dir` as `ca.pem`, `server.pem`, `server.key` and
-/// `secret`.
-pub fn pki(dir: &Path, ips: &[IpAddr]) -> Result<Vec<u8>, ClusterError> {
+/// A fresh CA, a server certificate for `localhost` and `ips`, and the
+/// cluster secret (`secret`, else 32 random bytes), written into `dir` as
+/// `ca.pem`, `server.pem`, `server.key` and `secret`.
+pub fn pki(dir: &Path, ips: &[IpAddr], secret: Option<&[u8]>) -> Result<Vec<u8>, ClusterError> {
     let setup = |e: coffer_certs::CertError| ClusterError::Setup(e.to_string());
     let now = time::OffsetDateTime::now_utc();
     let ca = Ca::generate("conformance CA", Validity::days_from(now, 2)).map_err(setup)?;
@@ -158,11 +176,14 @@ pub fn pki(dir: &Path, ips: &[IpAddr]) -> Result<Vec<u8>, ClusterError> {
     ca.issue(Kind::Server, "localhost", &sans, Validity::days_from(now, 2))
         .and_then(|issued| issued.write(dir, "server", false))
         .map_err(setup)?;
-    let secret: Vec<u8> = {
-        use rand::Rng as _;
-        let mut bytes = vec![0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        bytes
+    let secret: Vec<u8> = match secret {
+        Some(chosen) => chosen.to_vec(),
+        None => {
+            use rand::Rng as _;
+            let mut bytes = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            bytes
+        }
     };
     std::fs::write(dir.join("secret"), &secret).map_err(|e| ClusterError::Setup(e.to_string()))?;
     Ok(secret)
@@ -207,7 +228,7 @@ impl Servers {
         let ips: Vec<IpAddr> = (0..spec.servers)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
             .collect();
-        let secret = pki(dir.path(), &ips)?;
+        let secret = pki(dir.path(), &ips, spec.secret.as_deref())?;
         let config = dir.path().join("server.toml");
         std::fs::write(&config, server_toml(spec)).map_err(|e| ClusterError::Setup(e.to_string()))?;
         let path = |name: &str| dir.path().join(name).display().to_string();
@@ -326,6 +347,7 @@ impl Processes {
         for proxy in &backends {
             args.extend(["--backend".to_owned(), format!("localhost={}", proxy.addr())]);
         }
+        args.extend(spec.balancer_args.iter().cloned());
         let log = servers.dir().join("balancer.log");
         let balancer = Process::start_with(
             &bin_dir()?.join("coffer-balancer"),

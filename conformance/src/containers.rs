@@ -183,7 +183,7 @@ impl Containers {
             .collect();
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(setup)?;
-        let secret = pki(&pki_dir, &ips)?;
+        let secret = pki(&pki_dir, &ips, spec.secret.as_deref())?;
         std::fs::write(pki_dir.join("server.toml"), server_toml(spec)).map_err(setup)?;
         let pki_mount = || Mount::bind_mount(pki_dir.display().to_string(), "/pki").with_access_mode(AccessMode::ReadOnly);
 
@@ -237,6 +237,7 @@ impl Containers {
         for s in &servers {
             args.extend(["--backend".to_owned(), format!("localhost={}", SocketAddr::new(s.ip, SERVER_PORT))]);
         }
+        args.extend(spec.balancer_args.iter().cloned());
         let image = GenericImage::new("coffer-balancer", "local")
             .with_wait_for(WaitFor::message_on_stdout("listening on"))
             .with_cmd(args)
