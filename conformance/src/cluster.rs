@@ -91,7 +91,8 @@ impl Spec {
 
     /// The same with extra balancer flags.
     pub fn balancer_args(mut self, args: &[&str]) -> Spec {
-        self.balancer_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self.balancer_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -173,9 +174,14 @@ pub fn pki(dir: &Path, ips: &[IpAddr], secret: Option<&[u8]>) -> Result<Vec<u8>,
     ca.write(dir, false).map_err(setup)?;
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     sans.extend(ips.iter().map(IpAddr::to_string));
-    ca.issue(Kind::Server, "localhost", &sans, Validity::days_from(now, 2))
-        .and_then(|issued| issued.write(dir, "server", false))
-        .map_err(setup)?;
+    ca.issue(
+        Kind::Server,
+        "localhost",
+        &sans,
+        Validity::days_from(now, 2),
+    )
+    .and_then(|issued| issued.write(dir, "server", false))
+    .map_err(setup)?;
     let secret: Vec<u8> = match secret {
         Some(chosen) => chosen.to_vec(),
         None => {
@@ -230,7 +236,8 @@ impl Servers {
             .collect();
         let secret = pki(dir.path(), &ips, spec.secret.as_deref())?;
         let config = dir.path().join("server.toml");
-        std::fs::write(&config, server_toml(spec)).map_err(|e| ClusterError::Setup(e.to_string()))?;
+        std::fs::write(&config, server_toml(spec))
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
         let path = |name: &str| dir.path().join(name).display().to_string();
         let mut procs = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
@@ -345,16 +352,15 @@ impl Processes {
             servers.ca().display().to_string(),
         ];
         for proxy in &backends {
-            args.extend(["--backend".to_owned(), format!("localhost={}", proxy.addr())]);
+            args.extend([
+                "--backend".to_owned(),
+                format!("localhost={}", proxy.addr()),
+            ]);
         }
         args.extend(spec.balancer_args.iter().cloned());
         let log = servers.dir().join("balancer.log");
-        let balancer = Process::start_with(
-            &bin_dir()?.join("coffer-balancer"),
-            args,
-            &[],
-            Some(&log),
-        )?;
+        let balancer =
+            Process::start_with(&bin_dir()?.join("coffer-balancer"), args, &[], Some(&log))?;
         let front = FaultProxy::start(
             runtime.handle(),
             SocketAddr::new(loopback, 0),
@@ -549,7 +555,11 @@ impl Probe {
 
     /// Pings `addr` until it answers or `deadline` passes (readiness by
     /// polling, never by sleeping a fixed time): the node that answered.
-    pub async fn until_ready(&self, addr: SocketAddr, deadline: Duration) -> Result<String, String> {
+    pub async fn until_ready(
+        &self,
+        addr: SocketAddr,
+        deadline: Duration,
+    ) -> Result<String, String> {
         let start = tokio::time::Instant::now();
         loop {
             match self.ping(addr).await {

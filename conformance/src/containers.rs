@@ -19,7 +19,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use testcontainers::bollard::models::{EndpointIpamConfig, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest};
+use testcontainers::bollard::models::{
+    EndpointIpamConfig, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
+};
 use testcontainers::bollard::query_parameters::KillContainerOptionsBuilder;
 use testcontainers::core::client::docker_client_instance;
 use testcontainers::core::{AccessMode, Mount, WaitFor};
@@ -41,7 +43,10 @@ pub fn engine() -> Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY
         .get_or_init(|| {
-            match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
+            match Command::new("docker")
+                .args(["info", "--format", "{{.ServerVersion}}"])
+                .output()
+            {
                 Err(e) => return Err(format!("no docker command: {e}")),
                 Ok(out) if !out.status.success() => {
                     return Err(format!(
@@ -61,7 +66,10 @@ pub fn engine() -> Result<(), String> {
             } else {
                 // An engine is there but the images cannot be built: a failure,
                 // not a reason to skip.
-                Err(format!("BUILD FAILED: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                Err(format!(
+                    "BUILD FAILED: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
             }
         })
         .clone()
@@ -78,7 +86,10 @@ fn engine_err(e: impl std::fmt::Display) -> ClusterError {
 }
 
 fn docker(args: &[&str]) -> Result<String, ClusterError> {
-    let out = Command::new("docker").args(args).output().map_err(engine_err)?;
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(engine_err)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
@@ -109,7 +120,9 @@ impl Network {
         for k in 0..250 {
             let third = ((start + k) % 250 + 1) as u8;
             let subnet = format!("10.213.{third}.0/24");
-            match docker(&["network", "create", "--driver", "bridge", "--subnet", &subnet, &name]) {
+            match docker(&[
+                "network", "create", "--driver", "bridge", "--subnet", &subnet, &name,
+            ]) {
                 Ok(_) => {
                     return Ok(Network {
                         name,
@@ -121,7 +134,9 @@ impl Network {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClusterError::Engine(format!("no free subnet in 10.213.0.0/16: {last}")))
+        Err(ClusterError::Engine(format!(
+            "no free subnet in 10.213.0.0/16: {last}"
+        )))
     }
 
     fn ip(&self, host: u8) -> IpAddr {
@@ -185,10 +200,13 @@ impl Containers {
         std::fs::create_dir_all(&pki_dir).map_err(setup)?;
         let secret = pki(&pki_dir, &ips, spec.secret.as_deref())?;
         std::fs::write(pki_dir.join("server.toml"), server_toml(spec)).map_err(setup)?;
-        let pki_mount = || Mount::bind_mount(pki_dir.display().to_string(), "/pki").with_access_mode(AccessMode::ReadOnly);
+        let pki_mount = || {
+            Mount::bind_mount(pki_dir.display().to_string(), "/pki")
+                .with_access_mode(AccessMode::ReadOnly)
+        };
 
         let mut servers = Vec::new();
-        for i in 0..spec.servers {
+        for (i, ip) in ips.iter().take(spec.servers).enumerate() {
             let data = dir.path().join(format!("node-{}", i + 1));
             std::fs::create_dir_all(&data).map_err(setup)?;
             let args = [
@@ -217,7 +235,7 @@ impl Containers {
                 .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
                 .with_startup_timeout(Duration::from_secs(30));
             let member = Member::Server(i);
-            servers.push(Node::start(member, image, &network, ips[i]).await?);
+            servers.push(Node::start(member, image, &network, *ip).await?);
         }
 
         let mut args = vec![
@@ -235,7 +253,10 @@ impl Containers {
             "/pki/ca.pem".into(),
         ];
         for s in &servers {
-            args.extend(["--backend".to_owned(), format!("localhost={}", SocketAddr::new(s.ip, SERVER_PORT))]);
+            args.extend([
+                "--backend".to_owned(),
+                format!("localhost={}", SocketAddr::new(s.ip, SERVER_PORT)),
+            ]);
         }
         args.extend(spec.balancer_args.iter().cloned());
         let image = GenericImage::new("coffer-balancer", "local")
@@ -244,7 +265,8 @@ impl Containers {
             .with_network(network.name.clone())
             .with_mount(pki_mount())
             .with_startup_timeout(Duration::from_secs(30));
-        let balancer = Node::start(Member::Balancer, image, &network, network.ip(BALANCER_HOST)).await?;
+        let balancer =
+            Node::start(Member::Balancer, image, &network, network.ip(BALANCER_HOST)).await?;
         Ok(Containers {
             servers,
             balancer,
@@ -260,7 +282,9 @@ impl Containers {
         match member {
             Member::Balancer => Ok(&mut self.balancer),
             Member::Server(i) if i < self.servers.len() => Ok(&mut self.servers[i]),
-            other => Err(ClusterError::Unsupported(format!("{other} is not a container of this cluster"))),
+            other => Err(ClusterError::Unsupported(format!(
+                "{other} is not a container of this cluster"
+            ))),
         }
     }
 
@@ -269,7 +293,9 @@ impl Containers {
         match (a.min(b), a.max(b)) {
             (Member::Clients, Member::Balancer) => Ok(Member::Balancer),
             (Member::Clients | Member::Balancer, Member::Server(i)) => Ok(Member::Server(i)),
-            (a, b) => Err(ClusterError::Unsupported(format!("no link between {a} and {b}"))),
+            (a, b) => Err(ClusterError::Unsupported(format!(
+                "no link between {a} and {b}"
+            ))),
         }
     }
 
@@ -281,7 +307,12 @@ impl Containers {
 
 impl Node {
     /// Starts `image` on `network` and moves it to its fixed address `ip`.
-    async fn start(member: Member, image: testcontainers::ContainerRequest<GenericImage>, network: &Network, ip: IpAddr) -> Result<Node, ClusterError> {
+    async fn start(
+        member: Member,
+        image: testcontainers::ContainerRequest<GenericImage>,
+        network: &Network,
+        ip: IpAddr,
+    ) -> Result<Node, ClusterError> {
         let container = image.start().await.map_err(engine_err)?;
         let mut node = Node {
             member,
@@ -342,11 +373,18 @@ impl Node {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.container.stdout_to_vec().await.map_err(engine_err)?;
-            if String::from_utf8_lossy(&out).matches("listening on").count() >= self.starts {
+            if String::from_utf8_lossy(&out)
+                .matches("listening on")
+                .count()
+                >= self.starts
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(ClusterError::Engine(format!("{} did not say `listening on` within 30 s", self.member)));
+                return Err(ClusterError::Engine(format!(
+                    "{} did not say `listening on` within 30 s",
+                    self.member
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -394,7 +432,10 @@ impl Cluster for Containers {
         let node = self.node(member)?;
         let docker = docker_client_instance().await.map_err(engine_err)?;
         docker
-            .kill_container(node.container.id(), Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()))
+            .kill_container(
+                node.container.id(),
+                Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()),
+            )
             .await
             .map_err(engine_err)?;
         self.faults += 1;
@@ -403,7 +444,10 @@ impl Cluster for Containers {
 
     async fn stop(&mut self, member: Member) -> Result<(), ClusterError> {
         let node = self.node(member)?;
-        node.container.stop_with_timeout(Some(30)).await.map_err(engine_err)?;
+        node.container
+            .stop_with_timeout(Some(30))
+            .await
+            .map_err(engine_err)?;
         let code = node.container.exit_code().await.map_err(engine_err)?;
         self.faults += 1;
         match code {
@@ -423,13 +467,21 @@ impl Cluster for Containers {
     }
 
     async fn pause(&mut self, member: Member) -> Result<(), ClusterError> {
-        self.node(member)?.container.pause().await.map_err(engine_err)?;
+        self.node(member)?
+            .container
+            .pause()
+            .await
+            .map_err(engine_err)?;
         self.faults += 1;
         Ok(())
     }
 
     async fn resume(&mut self, member: Member) -> Result<(), ClusterError> {
-        self.node(member)?.container.unpause().await.map_err(engine_err)?;
+        self.node(member)?
+            .container
+            .unpause()
+            .await
+            .map_err(engine_err)?;
         Ok(())
     }
 

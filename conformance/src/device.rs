@@ -137,9 +137,16 @@ impl Device {
     /// `register` (first device of a user) — or `login` for the others.
     pub async fn enrol(&self, first: bool) -> Result<(), CommandError> {
         let verb = if first { "register" } else { "login" };
-        self.run(&[verb, &self.user, "--device", &self.name, "--mac", &self.mac()])
-            .await
-            .map(drop)
+        self.run(&[
+            verb,
+            &self.user,
+            "--device",
+            &self.name,
+            "--mac",
+            &self.mac(),
+        ])
+        .await
+        .map(drop)
     }
 
     fn mac(&self) -> String {

@@ -26,8 +26,8 @@ pub mod proxy;
 pub mod scenario;
 pub mod scenarios;
 
-pub use containers::Containers;
 pub use cluster::{Cluster, ClusterError, Member, Probe, Processes, Servers, Spec, free_port};
+pub use containers::Containers;
 pub use device::{CommandError, Device};
 pub use process::{Process, ProcessError};
 pub use proxy::{Fault, FaultProxy, ProxyStats};

@@ -245,7 +245,8 @@ impl Process {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let again = Process::start_with(&self.program, self.args.clone(), &env, self.log.as_deref())?;
+        let again =
+            Process::start_with(&self.program, self.args.clone(), &env, self.log.as_deref())?;
         *self = again;
         Ok(())
     }

@@ -8,8 +8,8 @@
 //! own threads (waiting for a child process, say) never stalls the links.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -418,7 +418,11 @@ mod tests {
         let body = vec![7u8; 64 * 1024];
         let back = round_trip(&mut s, &body).await.unwrap();
         assert_eq!(back, body);
-        assert!(t.elapsed() >= Duration::from_millis(600), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

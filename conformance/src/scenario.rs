@@ -144,7 +144,10 @@ pub async fn admin(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, S
 }
 
 /// The balancer's view of backend `addr`: `(state, active connections)`.
-pub async fn backend_state(admin_addr: SocketAddr, backend: SocketAddr) -> Result<(String, u64), Failure> {
+pub async fn backend_state(
+    admin_addr: SocketAddr,
+    backend: SocketAddr,
+) -> Result<(String, u64), Failure> {
     let (status, body) = admin(admin_addr, "GET", "/backends").await?;
     if status != 200 {
         return Err(format!("GET /backends answered {status}"));
@@ -162,7 +165,10 @@ pub async fn backend_state(admin_addr: SocketAddr, backend: SocketAddr) -> Resul
 
 /// Every regular file under `root` as relative path → hex SHA-256, skipping
 /// what `skip` says.
-pub fn tree(root: &Path, skip: impl Fn(&str) -> bool) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+pub fn tree(
+    root: &Path,
+    skip: impl Fn(&str) -> bool,
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -208,9 +214,12 @@ mod tests {
 
     #[tokio::test]
     async fn poll_gives_up_with_the_last_state() {
-        let r: Result<(), _> = poll(Duration::from_millis(50), Duration::from_millis(10), "never", || async {
-            Err("still broken".to_owned())
-        })
+        let r: Result<(), _> = poll(
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            "never",
+            || async { Err("still broken".to_owned()) },
+        )
         .await;
         let e = r.unwrap_err();
         assert!(e.contains("never") && e.contains("still broken"), "{e}");

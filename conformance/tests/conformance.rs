@@ -52,29 +52,58 @@ async fn all<C: Cluster>(
     dir: &std::path::Path,
     start: impl AsyncFn(&Spec) -> Result<C, ClusterError>,
 ) {
-    let state = ["1 many clients", "2 authorization", "4 failover", "5 crash consistency", "6 bad input", "7 sync"];
+    let state = [
+        "1 many clients",
+        "2 authorization",
+        "4 failover",
+        "5 crash consistency",
+        "6 bad input",
+        "7 sync",
+    ];
     match start(&scenarios::service()).await {
         Err(e) => score.not_started(&state, kind, &e),
         Ok(mut c) => {
             let n = |s: &str| format!("{s} [{kind}]");
-            score.run(n(state[0]), many_clients::run(&mut c, &dir.join("1"))).await;
-            score.run(n(state[1]), authz::run(&mut c, &dir.join("2"))).await;
-            score.run(n(state[2]), crash::failover(&mut c, &dir.join("4"))).await;
-            score.run(n(state[3]), crash::consistency(&mut c, &dir.join("5"))).await;
-            score.run(n(state[4]), bad_input::run(&mut c, &dir.join("6"))).await;
-            score.run(n(state[5]), sync::run(&mut c, &dir.join("7"))).await;
+            score
+                .run(n(state[0]), many_clients::run(&mut c, &dir.join("1")))
+                .await;
+            score
+                .run(n(state[1]), authz::run(&mut c, &dir.join("2")))
+                .await;
+            score
+                .run(n(state[2]), crash::failover(&mut c, &dir.join("4")))
+                .await;
+            score
+                .run(n(state[3]), crash::consistency(&mut c, &dir.join("5")))
+                .await;
+            score
+                .run(n(state[4]), bad_input::run(&mut c, &dir.join("6")))
+                .await;
+            score
+                .run(n(state[5]), sync::run(&mut c, &dir.join("7")))
+                .await;
         }
     }
     match start(&scenarios::balanced("round-robin")).await {
         Err(e) => score.not_started(&["3 balancing, round-robin"], kind, &e),
         Ok(mut c) => {
-            score.run(format!("3 balancing, round-robin [{kind}]"), balancing::round_robin(&mut c)).await;
+            score
+                .run(
+                    format!("3 balancing, round-robin [{kind}]"),
+                    balancing::round_robin(&mut c),
+                )
+                .await;
         }
     }
     match start(&scenarios::balanced("least-connections")).await {
         Err(e) => score.not_started(&["3 balancing, least-connections"], kind, &e),
         Ok(mut c) => {
-            score.run(format!("3 balancing, least-connections [{kind}]"), balancing::least_connections(&mut c)).await;
+            score
+                .run(
+                    format!("3 balancing, least-connections [{kind}]"),
+                    balancing::least_connections(&mut c),
+                )
+                .await;
         }
     }
 }
@@ -84,13 +113,24 @@ async fn conformance_suite() {
     let mut score = Score::default();
     let scratch = tempfile::tempdir().expect("scratch directory");
     let dir = scratch.path();
-    all(&mut score, "processes", &dir.join("processes"), async |spec: &Spec| {
-        Processes::start(spec)
-    })
+    Box::pin(all(
+        &mut score,
+        "processes",
+        &dir.join("processes"),
+        async |spec: &Spec| Processes::start(spec),
+    ))
     .await;
     // The same scenarios in containers, where an engine is reachable.
     match tokio::task::block_in_place(containers::engine) {
-        Ok(()) => all(&mut score, "containers", &dir.join("containers"), Containers::start).await,
+        Ok(()) => {
+            Box::pin(all(
+                &mut score,
+                "containers",
+                &dir.join("containers"),
+                Containers::start,
+            ))
+            .await
+        }
         Err(reason) if containers::is_build_failure(&reason) => {
             eprintln!("containers: FAILED — {reason}");
             score.failed.push("containers: images".into());

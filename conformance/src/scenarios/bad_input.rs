@@ -30,14 +30,23 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, deadline: Dur
     tokio::time::timeout(deadline, drained).await.is_ok()
 }
 
-async fn tls(ca: &Path, addr: SocketAddr) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+async fn tls(
+    ca: &Path,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
     let roots = coffer_net::tls::load_roots(ca).ctx("CA")?;
-    let config = coffer_net::tls::client_config(roots, None, Arc::new(coffer_net::SystemClock)).ctx("TLS config")?;
+    let config = coffer_net::tls::client_config(roots, None, Arc::new(coffer_net::SystemClock))
+        .ctx("TLS config")?;
     let tcp = TcpStream::connect(addr).await.ctx("connect")?;
     let name = ServerName::try_from("localhost").expect("valid");
-    coffer_net::tls::connect(&tokio_rustls::TlsConnector::from(config), name, tcp, Duration::from_secs(5))
-        .await
-        .ctx("TLS handshake")
+    coffer_net::tls::connect(
+        &tokio_rustls::TlsConnector::from(config),
+        name,
+        tcp,
+        Duration::from_secs(5),
+    )
+    .await
+    .ctx("TLS handshake")
 }
 
 /// Runs the scenario on a service cluster whose server closes silent
@@ -53,7 +62,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
         let mut s = TcpStream::connect(addr).await.ctx("connect")?;
         let _ = s.write_all(&content("noise", 64 * 1024)).await;
         t.ops(1);
-        t.check(closed_within(&mut s, Duration::from_secs(15)).await, || format!("the {who} kept a connection of random bytes open"))?;
+        t.check(closed_within(&mut s, Duration::from_secs(15)).await, || {
+            format!("the {who} kept a connection of random bytes open")
+        })?;
     }
 
     // An oversized frame after a good handshake: a 4 GiB body announced.
@@ -65,7 +76,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let _ = s.write_all(&prefix).await;
     let _ = s.flush().await;
     t.ops(1);
-    t.check(closed_within(&mut s, Duration::from_secs(15)).await, || "the server kept a connection that announced a 4 GiB frame".into())?;
+    t.check(closed_within(&mut s, Duration::from_secs(15)).await, || {
+        "the server kept a connection that announced a 4 GiB frame".into()
+    })?;
     // Garbage inside a well-formed frame: a typed error or a close, never a hang.
     let mut s = tls(cluster.ca(), server).await?;
     let junk = content("junk header", 200);
@@ -76,7 +89,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let _ = s.write_all(&frame).await;
     let _ = s.flush().await;
     t.ops(1);
-    t.check(closed_within(&mut s, Duration::from_secs(15)).await, || "the server kept a connection that sent a junk header".into())?;
+    t.check(closed_within(&mut s, Duration::from_secs(15)).await, || {
+        "the server kept a connection that sent a junk header".into()
+    })?;
 
     // Slowloris: 40 connections that dribble a byte per 300 ms and never
     // finish a handshake. They are closed by the handshake timeout, and a
@@ -107,48 +122,88 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
             closed += 1;
         }
     }
-    t.check(closed == slow.len(), || format!("only {closed} of {} slowloris connections were closed", slow.len()))?;
+    t.check(closed == slow.len(), || {
+        format!(
+            "only {closed} of {} slowloris connections were closed",
+            slow.len()
+        )
+    })?;
 
     // Path traversal names are refused, and nothing lands outside the folder.
     let user = Device::new(dir, "bi-user", "main", cluster.front(), cluster.ca());
     user.enrol(true).await.ctx("register")?;
-    let folder = user.json(&["folder", "create", "bad-input"]).await.ctx("folder create")?["folder_id"]
+    let folder = user
+        .json(&["folder", "create", "bad-input"])
+        .await
+        .ctx("folder create")?["folder_id"]
         .as_str()
         .ok_or("no folder_id")?
         .to_owned();
     let file = dir.join("traversal.txt");
     write_file(&file, "traversal marker", 100)?;
     let file_s = file.display().to_string();
-    for bad in ["../escape.txt", "a/../../escape.txt", "..", "a/./b.txt", "a//b.txt", "/", "a/..", "\\..\\escape.txt"] {
-        let r = user.run(&["put", &file_s, &format!("{folder}:{bad}")]).await;
+    for bad in [
+        "../escape.txt",
+        "a/../../escape.txt",
+        "..",
+        "a/./b.txt",
+        "a//b.txt",
+        "/",
+        "a/..",
+        "\\..\\escape.txt",
+    ] {
+        let r = user
+            .run(&["put", &file_s, &format!("{folder}:{bad}")])
+            .await;
         t.ops(1);
         t.check(r.is_err(), || format!("put to {bad:?} was accepted"))?;
     }
     let listing = user.json(&["ls", &folder, "--recursive"]).await.ctx("ls")?;
-    t.check(listing.as_array().is_some_and(Vec::is_empty), || format!("after refused names the folder holds {listing}"))?;
+    t.check(listing.as_array().is_some_and(Vec::is_empty), || {
+        format!("after refused names the folder holds {listing}")
+    })?;
     let escaped = cluster.data_dir(0).parent().map(|p| p.join("escape.txt"));
-    t.check(escaped.is_some_and(|p| !p.exists()), || "a file escaped the data directory".into())?;
+    t.check(escaped.is_some_and(|p| !p.exists()), || {
+        "a file escaped the data directory".into()
+    })?;
 
     // A flood of failed logins: the victim is locked out, others are not.
     let victim = Device::new(dir, "bi-victim", "main", cluster.front(), cluster.ca());
     victim.enrol(true).await.ctx("register victim")?;
-    let attacker = Device::new(dir, "bi-victim", "attacker", cluster.front(), cluster.ca()).with_password("not the password at all");
+    let attacker = Device::new(dir, "bi-victim", "attacker", cluster.front(), cluster.ca())
+        .with_password("not the password at all");
     let mut codes = Vec::new();
     for _ in 0..8 {
-        let r = attacker.run(&["login", "bi-victim", "--device", "attacker"]).await;
+        let r = attacker
+            .run(&["login", "bi-victim", "--device", "attacker"])
+            .await;
         t.ops(1);
         codes.push(r.err().map(|e| e.code).unwrap_or_else(|| "ok".into()));
     }
-    t.check(codes.iter().all(|c| c == "unauthorized" || c == "rate_limited"), || format!("wrong-password logins answered {codes:?}"))?;
-    t.check(codes.last().map(String::as_str) == Some("rate_limited"), || format!("the flood never engaged the limit: {codes:?}"))?;
+    t.check(
+        codes
+            .iter()
+            .all(|c| c == "unauthorized" || c == "rate_limited"),
+        || format!("wrong-password logins answered {codes:?}"),
+    )?;
+    t.check(
+        codes.last().map(String::as_str) == Some("rate_limited"),
+        || format!("the flood never engaged the limit: {codes:?}"),
+    )?;
     let bystander = Device::new(dir, "bi-user", "second", cluster.front(), cluster.ca());
-    bystander.enrol(false).await.ctx("a legitimate user logs in during the lockout")?;
+    bystander
+        .enrol(false)
+        .await
+        .ctx("a legitimate user logs in during the lockout")?;
     t.ops(1);
     t.checks += 1;
 
     // Both still serve.
     for (who, addr) in targets {
-        probe.ping(addr).await.ctx(&format!("the {who} after all this"))?;
+        probe
+            .ping(addr)
+            .await
+            .ctx(&format!("the {who} after all this"))?;
         t.ops(1);
         t.checks += 1;
     }

@@ -24,7 +24,9 @@ fn chunk_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             match e.file_type() {
                 Ok(k) if k.is_dir() => stack.push(e.path()),
@@ -42,7 +44,10 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
     let probe = Probe::new(cluster.ca()).ctx("probe")?;
     let device = Device::new(dir, "fo-user", "main", cluster.front(), cluster.ca());
     device.enrol(true).await.ctx("register")?;
-    let folder = device.json(&["folder", "create", "failover"]).await.ctx("folder create")?["folder_id"]
+    let folder = device
+        .json(&["folder", "create", "failover"])
+        .await
+        .ctx("folder create")?["folder_id"]
         .as_str()
         .ok_or("no folder_id")?
         .to_owned();
@@ -55,38 +60,72 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
     // Start the upload; once chunks reach the server's store, kill it.
     let store = cluster.data_dir(0);
     let before = chunk_files(&store);
-    let put = device.command(&["put", &big_s, &target]).spawn().ctx("spawn put")?;
-    poll(Duration::from_secs(60), Duration::from_millis(5), "chunks arriving", || {
-        let store = store.clone();
-        async move { Ok((chunk_files(&store) > before + 2).then_some(())) }
-    })
+    let put = device
+        .command(&["put", &big_s, &target])
+        .spawn()
+        .ctx("spawn put")?;
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        "chunks arriving",
+        || {
+            let store = store.clone();
+            async move { Ok((chunk_files(&store) > before + 2).then_some(())) }
+        },
+    )
     .await?;
     cluster.kill(Member::Server(0)).await.ctx("kill")?;
     t.faults += 1;
     let out = put.wait_with_output().await.ctx("wait for put")?;
     t.ops(1);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    t.check(!out.status.success(), || "put succeeded although its server died mid-upload".into())?;
-    t.check(stderr.contains("error: unavailable"), || format!("put failed with {stderr:?}, expected `unavailable`"))?;
+    t.check(!out.status.success(), || {
+        "put succeeded although its server died mid-upload".into()
+    })?;
+    t.check(stderr.contains("error: unavailable"), || {
+        format!("put failed with {stderr:?}, expected `unavailable`")
+    })?;
 
     cluster.start(Member::Server(0)).await.ctx("restart")?;
-    probe.until_ready(cluster.front(), Duration::from_secs(30)).await?;
+    probe
+        .until_ready(cluster.front(), Duration::from_secs(30))
+        .await?;
     // Nothing half-written is visible.
-    let listing = device.json(&["ls", &folder]).await.ctx("ls after restart")?;
+    let listing = device
+        .json(&["ls", &folder])
+        .await
+        .ctx("ls after restart")?;
     t.ops(1);
-    t.check(listing.as_array().is_some_and(|a| a.is_empty()), || format!("after the crash the folder shows {listing}"))?;
-    let half = device.run(&["get", &target, &dir.join("half.bin").display().to_string()]).await;
+    t.check(listing.as_array().is_some_and(|a| a.is_empty()), || {
+        format!("after the crash the folder shows {listing}")
+    })?;
+    let half = device
+        .run(&["get", &target, &dir.join("half.bin").display().to_string()])
+        .await;
     t.ops(1);
-    t.check(matches!(&half, Err(e) if e.code == "not_found"), || format!("get of the interrupted upload: {half:?}"))?;
+    t.check(matches!(&half, Err(e) if e.code == "not_found"), || {
+        format!("get of the interrupted upload: {half:?}")
+    })?;
 
     // Running the same put again resumes and completes.
-    let done = device.json(&["put", &big_s, &target]).await.ctx("put again")?;
+    let done = device
+        .json(&["put", &big_s, &target])
+        .await
+        .ctx("put again")?;
     t.ops(1);
-    t.check(done["sha256"] == sha.as_str(), || format!("resumed put acknowledged {}", done["sha256"]))?;
+    t.check(done["sha256"] == sha.as_str(), || {
+        format!("resumed put acknowledged {}", done["sha256"])
+    })?;
     let back = dir.join("failover.back");
-    let got = device.json(&["get", &target, &back.display().to_string()]).await.ctx("get")?;
+    let got = device
+        .json(&["get", &target, &back.display().to_string()])
+        .await
+        .ctx("get")?;
     t.ops(1);
-    t.check(got["sha256"] == sha.as_str() && file_sha(&back)? == sha, || "the resumed file differs".into())?;
+    t.check(
+        got["sha256"] == sha.as_str() && file_sha(&back)? == sha,
+        || "the resumed file differs".into(),
+    )?;
     Ok(t)
 }
 
@@ -95,13 +134,24 @@ pub async fn consistency(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally
     let mut t = Tally::default();
     let probe = Probe::new(cluster.ca()).ctx("probe")?;
     let devices: Vec<Device> = (0..4)
-        .map(|d| Device::new(dir, "cc-user", &format!("dev{d}"), cluster.front(), cluster.ca()))
+        .map(|d| {
+            Device::new(
+                dir,
+                "cc-user",
+                &format!("dev{d}"),
+                cluster.front(),
+                cluster.ca(),
+            )
+        })
         .collect();
     devices[0].enrol(true).await.ctx("register")?;
     for d in &devices[1..] {
         d.enrol(false).await.ctx("login")?;
     }
-    let folder = devices[0].json(&["folder", "create", "crash"]).await.ctx("folder create")?["folder_id"]
+    let folder = devices[0]
+        .json(&["folder", "create", "crash"])
+        .await
+        .ctx("folder create")?["folder_id"]
         .as_str()
         .ok_or("no folder_id")?
         .to_owned();
@@ -122,20 +172,34 @@ pub async fn consistency(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally
                 let local = src.join(&name);
                 let sha = write_file(&local, &name, size)?;
                 in_flight.fetch_add(1, Ordering::SeqCst);
-                let r = device.json(&["put", &local.display().to_string(), &format!("{folder}:{name}")]).await;
+                let r = device
+                    .json(&[
+                        "put",
+                        &local.display().to_string(),
+                        &format!("{folder}:{name}"),
+                    ])
+                    .await;
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 let acked = matches!(&r, Ok(v) if v["sha256"] == sha.as_str());
-                attempts.lock().expect("not poisoned").push((name, sha, acked));
+                attempts
+                    .lock()
+                    .expect("not poisoned")
+                    .push((name, sha, acked));
             }
             Ok::<_, Failure>(())
         }
     }));
     let killer = async {
         // Kill after a third of the commits, come back at once.
-        poll(Duration::from_secs(120), Duration::from_millis(5), "commits under way", || {
-            let n = attempts.lock().expect("not poisoned").len();
-            async move { Ok((n >= 33).then_some(())) }
-        })
+        poll(
+            Duration::from_secs(120),
+            Duration::from_millis(5),
+            "commits under way",
+            || {
+                let n = attempts.lock().expect("not poisoned").len();
+                async move { Ok((n >= 33).then_some(())) }
+            },
+        )
         .await?;
         let interrupted = in_flight.load(Ordering::SeqCst);
         cluster.kill(Member::Server(0)).await.ctx("kill -9")?;
@@ -146,16 +210,24 @@ pub async fn consistency(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally
     c?;
     let interrupted = k?;
     t.faults += 1;
-    probe.until_ready(cluster.front(), Duration::from_secs(30)).await?;
+    probe
+        .until_ready(cluster.front(), Duration::from_secs(30))
+        .await?;
 
     let attempts = attempts.lock().expect("not poisoned").clone();
     t.ops(attempts.len());
     let acked = attempts.iter().filter(|a| a.2).count();
-    t.check(attempts.len() == 100, || format!("{} commits attempted", attempts.len()))?;
+    t.check(attempts.len() == 100, || {
+        format!("{} commits attempted", attempts.len())
+    })?;
     // Commits were under way when the server died (whether their clients'
     // retries then got them acknowledged or not).
-    t.check(interrupted > 0, || "the kill interrupted no commit: the scenario tested nothing".into())?;
-    t.check(acked >= 60, || format!("only {acked} of 100 commits acknowledged around one crash"))?;
+    t.check(interrupted > 0, || {
+        "the kill interrupted no commit: the scenario tested nothing".into()
+    })?;
+    t.check(acked >= 60, || {
+        format!("only {acked} of 100 commits acknowledged around one crash")
+    })?;
 
     // Every acknowledged file is there and intact; an unacknowledged one is
     // either absent or whole — never torn.
@@ -164,14 +236,25 @@ pub async fn consistency(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally
     std::fs::create_dir_all(&out).ctx("mkdir")?;
     for (name, sha, was_acked) in &attempts {
         let local = out.join(name);
-        let r = reader.json(&["get", &format!("{folder}:{name}"), &local.display().to_string()]).await;
+        let r = reader
+            .json(&[
+                "get",
+                &format!("{folder}:{name}"),
+                &local.display().to_string(),
+            ])
+            .await;
         t.ops(1);
         match r {
-            Ok(v) => t.check(v["sha256"] == sha.as_str() && file_sha(&local)? == *sha, || {
-                format!("{name} came back as {} — torn or wrong", v["sha256"])
-            })?,
+            Ok(v) => t.check(
+                v["sha256"] == sha.as_str() && file_sha(&local)? == *sha,
+                || format!("{name} came back as {} — torn or wrong", v["sha256"]),
+            )?,
             Err(e) if !was_acked && e.code == "not_found" => t.checks += 1,
-            Err(e) => return Err(format!("{name} (acknowledged: {was_acked}) cannot be read after the crash: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "{name} (acknowledged: {was_acked}) cannot be read after the crash: {e}"
+                ));
+            }
         }
     }
     Ok(t)

@@ -35,9 +35,14 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     // Every user registers on a first device and logs in on the others; all
     // users at once.
     try_join_all(devices.iter().map(|ds| async move {
-        ds[0].enrol(true).await.ctx(&format!("register {}", ds[0].user))?;
+        ds[0]
+            .enrol(true)
+            .await
+            .ctx(&format!("register {}", ds[0].user))?;
         try_join_all(ds[1..].iter().map(|d| async move {
-            d.enrol(false).await.ctx(&format!("login {} on {}", d.user, d.name))
+            d.enrol(false)
+                .await
+                .ctx(&format!("login {} on {}", d.user, d.name))
         }))
         .await?;
         Ok::<_, Failure>(())
@@ -48,47 +53,70 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     // Each user's folder, shared with the next user as an editor.
     let mut folders = Vec::new();
     for ds in &devices {
-        let f = ds[0].json(&["folder", "create", &format!("{}-box", ds[0].user)]).await.ctx("folder create")?;
-        folders.push(f["folder_id"].as_str().ok_or("folder create without folder_id")?.to_owned());
+        let f = ds[0]
+            .json(&["folder", "create", &format!("{}-box", ds[0].user)])
+            .await
+            .ctx("folder create")?;
+        folders.push(
+            f["folder_id"]
+                .as_str()
+                .ok_or("folder create without folder_id")?
+                .to_owned(),
+        );
     }
     for u in 0..USERS {
         let next = (u + 1) % USERS;
         devices[u][0]
-            .run(&["folder", "share", &folders[u], &users[next], "--role", "editor"])
+            .run(&[
+                "folder",
+                "share",
+                &folders[u],
+                &users[next],
+                "--role",
+                "editor",
+            ])
             .await
             .ctx("folder share")?;
-        devices[next][0].run(&["invite", "accept", &folders[u]]).await.ctx("invite accept")?;
+        devices[next][0]
+            .run(&["invite", "accept", &folders[u]])
+            .await
+            .ctx("invite accept")?;
     }
     t.ops(3 * USERS);
 
     // Every device uploads one file to its user's folder and one to the folder
     // shared with it, all at once.
-    let uploads: Vec<(usize, usize, String, String, String)> = try_join_all(
-        devices.iter().enumerate().flat_map(|(u, ds)| {
+    let uploads: Vec<(usize, usize, String, String, String)> =
+        try_join_all(devices.iter().enumerate().flat_map(|(u, ds)| {
             let folders = &folders;
             ds.iter().enumerate().flat_map(move |(d, device)| {
-                [u, (u + USERS - 1) % USERS].into_iter().enumerate().map(move |(k, owner)| {
-                    let folder = folders[owner].clone();
-                    async move {
-                        let name = format!("from-{}-{}-{k}.bin", device.user, device.name);
-                        let size = SIZES[(u * DEVICES + d + k) % SIZES.len()];
-                        let local = dir.join("src").join(&name);
-                        let sha = write_file(&local, &name, size)?;
-                        let local_s = local.display().to_string();
-                        let out = device
-                            .json(&["put", &local_s, &format!("{folder}:{name}")])
-                            .await
-                            .ctx(&format!("put {name}"))?;
-                        if out["sha256"] != sha.as_str() {
-                            return Err(format!("put {name} acknowledged {} for {sha}", out["sha256"]));
+                [u, (u + USERS - 1) % USERS]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(k, owner)| {
+                        let folder = folders[owner].clone();
+                        async move {
+                            let name = format!("from-{}-{}-{k}.bin", device.user, device.name);
+                            let size = SIZES[(u * DEVICES + d + k) % SIZES.len()];
+                            let local = dir.join("src").join(&name);
+                            let sha = write_file(&local, &name, size)?;
+                            let local_s = local.display().to_string();
+                            let out = device
+                                .json(&["put", &local_s, &format!("{folder}:{name}")])
+                                .await
+                                .ctx(&format!("put {name}"))?;
+                            if out["sha256"] != sha.as_str() {
+                                return Err(format!(
+                                    "put {name} acknowledged {} for {sha}",
+                                    out["sha256"]
+                                ));
+                            }
+                            Ok::<_, Failure>((owner, u, folder, name, sha))
                         }
-                        Ok::<_, Failure>((owner, u, folder, name, sha))
-                    }
-                })
+                    })
             })
-        }),
-    )
-    .await?;
+        }))
+        .await?;
     t.ops(uploads.len());
     t.checks += uploads.len();
 
@@ -104,13 +132,17 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
                 let readable: Vec<_> = uploads
                     .iter()
                     .filter(|(owner, _, _, name, _)| {
-                        (*owner == u || *owner == (u + USERS - 1) % USERS) && !name.starts_with(&mine)
+                        (*owner == u || *owner == (u + USERS - 1) % USERS)
+                            && !name.starts_with(&mine)
                     })
                     .take(6)
                     .collect();
                 let mut checked = 0;
                 for (_, _, folder, name, sha) in readable {
-                    let local = dir.join("dst").join(format!("{}-{}", device.user, device.name)).join(name);
+                    let local = dir
+                        .join("dst")
+                        .join(format!("{}-{}", device.user, device.name))
+                        .join(name);
                     std::fs::create_dir_all(local.parent().expect("has a parent")).ctx("mkdir")?;
                     let local_s = local.display().to_string();
                     let out = device
@@ -139,12 +171,19 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let stranger = &devices[2][0];
     let denied = stranger.run(&["ls", &folders[0]]).await;
     t.ops(1);
-    t.check(denied.is_err(), || format!("{} listed a folder it has no part in", stranger.user))?;
+    t.check(denied.is_err(), || {
+        format!("{} listed a folder it has no part in", stranger.user)
+    })?;
 
-    let per_folder: BTreeMap<&str, usize> = uploads.iter().fold(BTreeMap::new(), |mut m, (_, _, f, _, _)| {
-        *m.entry(f.as_str()).or_default() += 1;
-        m
-    });
-    t.check(per_folder.len() == USERS, || format!("uploads spread over {per_folder:?}"))?;
+    let per_folder: BTreeMap<&str, usize> =
+        uploads
+            .iter()
+            .fold(BTreeMap::new(), |mut m, (_, _, f, _, _)| {
+                *m.entry(f.as_str()).or_default() += 1;
+                m
+            });
+    t.check(per_folder.len() == USERS, || {
+        format!("uploads spread over {per_folder:?}")
+    })?;
     Ok(t)
 }

@@ -22,7 +22,12 @@ fn skip(rel: &str) -> bool {
 }
 
 /// Waits until both trees are equal and equal to `expected`.
-async fn converge(a: &Path, b: &Path, expected: &BTreeMap<String, String>, what: &str) -> Result<(), Failure> {
+async fn converge(
+    a: &Path,
+    b: &Path,
+    expected: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<(), Failure> {
     poll(CONVERGE, Duration::from_millis(200), what, || async move {
         let (ta, tb) = (tree(a, skip)?, tree(b, skip)?);
         if ta == *expected && tb == *expected {
@@ -45,7 +50,11 @@ struct Daemon(tokio::process::Child);
 
 impl Daemon {
     fn start(device: &Device) -> Result<Daemon, Failure> {
-        device.command(&["sync"]).spawn().map(Daemon).ctx("start coffer sync")
+        device
+            .command(&["sync"])
+            .spawn()
+            .map(Daemon)
+            .ctx("start coffer sync")
     }
 
     /// SIGTERM, and its exit status must be a success.
@@ -56,7 +65,11 @@ impl Daemon {
             .await
             .map_err(|_| "the daemon ignored SIGTERM for 30 s".to_owned())?
             .ctx("wait")?;
-        if status.success() { Ok(()) } else { Err(format!("the daemon exited with {status}")) }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the daemon exited with {status}"))
+        }
     }
 }
 
@@ -72,13 +85,21 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     a.enrol(true).await.ctx("register")?;
     b.enrol(false).await.ctx("login")?;
     let folder = a
-        .json(&["folder", "create", "synced", "--path", &root_a.display().to_string()])
+        .json(&[
+            "folder",
+            "create",
+            "synced",
+            "--path",
+            &root_a.display().to_string(),
+        ])
         .await
         .ctx("folder create --path")?["folder_id"]
         .as_str()
         .ok_or("no folder_id")?
         .to_owned();
-    b.run(&["folder", "attach", &folder, &root_b.display().to_string()]).await.ctx("attach")?;
+    b.run(&["folder", "attach", &folder, &root_b.display().to_string()])
+        .await
+        .ctx("attach")?;
     t.ops(4);
 
     let daemon_a = Daemon::start(&a)?;
@@ -86,15 +107,26 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let mut expected = BTreeMap::new();
 
     // Creates, nested directories, a multi-chunk file.
-    for (rel, size) in [("a.txt", 10), ("docs/b.txt", 5000), ("docs/deep/c.bin", (2 << 20) + 7), ("empty", 0)] {
-        expected.insert(rel.to_owned(), write_file(&root_a.join(rel), &format!("{rel} v1"), size)?);
+    for (rel, size) in [
+        ("a.txt", 10),
+        ("docs/b.txt", 5000),
+        ("docs/deep/c.bin", (2 << 20) + 7),
+        ("empty", 0),
+    ] {
+        expected.insert(
+            rel.to_owned(),
+            write_file(&root_a.join(rel), &format!("{rel} v1"), size)?,
+        );
     }
     t.ops(4);
     converge(&root_a, &root_b, &expected, "creates on A reach B").await?;
     t.checks += 1;
 
     // Modify on B, delete and move on A.
-    expected.insert("a.txt".into(), write_file(&root_b.join("a.txt"), "a.txt v2", 20)?);
+    expected.insert(
+        "a.txt".into(),
+        write_file(&root_b.join("a.txt"), "a.txt v2", 20)?,
+    );
     std::fs::remove_file(root_a.join("empty")).ctx("rm")?;
     expected.remove("empty");
     std::fs::create_dir_all(root_a.join("moved")).ctx("mkdir")?;
@@ -102,21 +134,38 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let b_sha = expected.remove("docs/b.txt").expect("was there");
     expected.insert("moved/b.txt".into(), b_sha);
     t.ops(3);
-    converge(&root_a, &root_b, &expected, "a modify on B, a delete and a move on A").await?;
+    converge(
+        &root_a,
+        &root_b,
+        &expected,
+        "a modify on B, a delete and a move on A",
+    )
+    .await?;
     t.checks += 1;
 
     // The server dies; B keeps changing files; the server comes back.
     cluster.kill(Member::Server(0)).await.ctx("kill")?;
     t.faults += 1;
-    expected.insert("offline.txt".into(), write_file(&root_b.join("offline.txt"), "written while down", 3000)?);
+    expected.insert(
+        "offline.txt".into(),
+        write_file(&root_b.join("offline.txt"), "written while down", 3000)?,
+    );
     expected.insert(
         "docs/deep/c.bin".into(),
         write_file(&root_b.join("docs/deep/c.bin"), "c.bin v2", (2 << 20) + 9)?,
     );
     t.ops(2);
     cluster.start(Member::Server(0)).await.ctx("restart")?;
-    probe.until_ready(cluster.front(), Duration::from_secs(30)).await?;
-    converge(&root_a, &root_b, &expected, "changes made while the server was down").await?;
+    probe
+        .until_ready(cluster.front(), Duration::from_secs(30))
+        .await?;
+    converge(
+        &root_a,
+        &root_b,
+        &expected,
+        "changes made while the server was down",
+    )
+    .await?;
     t.checks += 1;
 
     daemon_a.stop().await?;
