@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::process::{ProcessError, bin_dir};
+use crate::process::bin_dir;
 
 /// Longest a single command may take before the suite calls it hung.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
@@ -189,14 +189,9 @@ fn parse_error(stderr: &str) -> Option<CommandError> {
     })
 }
 
-/// Makes sure the `coffer` binary is built (the devices run it).
-pub fn client_binary() -> Result<PathBuf, ProcessError> {
-    Ok(bin_dir()?.join("coffer"))
-}
-
 /// A session token for `user`'s session `sid` expiring at `exp_ms` (Unix
-/// milliseconds), signed with `secret` — what the operator who holds the
-/// cluster secret can mint (PROTOCOL.md, session tokens).
+/// milliseconds), signed with `secret` — what an operator holding the
+/// cluster secret can mint (ARCHITECTURE.md, accounts and sessions).
 pub fn mint_token(secret: &[u8], sid: &str, user: &str, exp_ms: u64) -> String {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;

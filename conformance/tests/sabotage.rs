@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use coffer_conformance::scenarios::{self, authz, balancing, crash};
+use coffer_conformance::scenarios::{self, authz, bad_input, balancing, crash};
 use coffer_conformance::{Cluster, ClusterError, Member, Processes};
 
 /// A cluster whose servers lose their data directory whenever they start
@@ -112,4 +112,16 @@ async fn balancing_catches_a_balancer_that_never_marks_a_backend_down() {
     let mut c = Processes::start(&spec).unwrap();
     let outcome = balancing::round_robin(&mut c).await;
     expect_failure("balancing", outcome, &["marked down"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_catches_a_server_that_waits_forever_for_a_handshake() {
+    // The service cluster, but with a handshake deadline far beyond the
+    // scenario's patience: slowloris connections stay open.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = coffer_conformance::Spec::new(1)
+        .server_toml("handshake_timeout = \"10m\"\nlogin_failures_per_user = 5");
+    let mut c = Processes::start(&spec).unwrap();
+    let outcome = bad_input::run(&mut c, dir.path()).await;
+    expect_failure("bad input", outcome, &["slowloris connections were closed"]);
 }

@@ -93,18 +93,23 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
         "the server kept a connection that sent a junk header".into()
     })?;
 
-    // Slowloris: 40 connections that dribble a byte per 300 ms and never
-    // finish a handshake. They are closed by the handshake timeout, and a
+    // Slowloris: 40 connections that dribble a well-formed ClientHello a
+    // byte per 300 ms (a record of 512 bytes announced, so a TLS stack can
+    // only wait for the rest). The handshake deadline closes them, and a
     // real user is served meanwhile.
     let mut slow = Vec::new();
     for _ in 0..40 {
         slow.push(TcpStream::connect(server).await.ctx("slow connect")?);
     }
     t.ops(40);
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(30, 0x2a);
     let dribble = async {
-        for round in 0..30u8 {
+        for byte in &hello {
             for s in &mut slow {
-                let _ = s.write_all(&[0x16 ^ round]).await;
+                let _ = s.write_all(&[*byte]).await;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
