@@ -233,11 +233,6 @@ impl Load {
         Load { stop, task }
     }
 
-    /// Stops it; asserts that every connection succeeded and enough were made.
-    pub(crate) async fn none_failed(self) {
-        self.none_failed_since(None).await;
-    }
-
     /// Stops it; asserts that every connection begun at or after `killed`
     /// succeeded. The one in progress when a backend died may fail: once
     /// its TLS session runs on that backend, a pass-through balancer cannot
