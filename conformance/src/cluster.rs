@@ -195,6 +195,53 @@ pub fn pki(dir: &Path, ips: &[IpAddr], secret: Option<&[u8]>) -> Result<Vec<u8>,
     Ok(secret)
 }
 
+/// The flags of server `node` listening on `listen` with its data in `data`
+/// and its configuration, certificate, key, CA and secret in `pki` (named as
+/// [`pki`] writes them, the configuration `server.toml`).
+pub fn server_args(node: &str, listen: &str, data: &str, pki: &str) -> Vec<String> {
+    let at = |name: &str| format!("{pki}/{name}");
+    [
+        ("--config", at("server.toml")),
+        ("--listen", listen.to_owned()),
+        ("--data", data.to_owned()),
+        ("--node-id", node.to_owned()),
+        ("--tls-cert", at("server.pem")),
+        ("--tls-key", at("server.key")),
+        ("--ca", at("ca.pem")),
+        ("--cluster-secret-file", at("secret")),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect()
+}
+
+/// The flags of the balancer of `spec` in front of `backends` (checked as
+/// `localhost`), health checks verified against `ca` every 500 ms.
+pub fn balancer_args(
+    spec: &Spec,
+    listen: &str,
+    admin: &str,
+    ca: &str,
+    backends: &[SocketAddr],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        ("--listen", listen),
+        ("--admin", admin),
+        ("--strategy", &spec.strategy),
+        ("--connect-timeout", "1s"),
+        ("--health-interval", "500ms"),
+        ("--ca", ca),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value.to_owned()])
+    .collect();
+    for addr in backends {
+        args.extend(["--backend".to_owned(), format!("localhost={addr}")]);
+    }
+    args.extend(spec.balancer_args.iter().cloned());
+    args
+}
+
 /// The configuration file of a server in `spec`.
 pub fn server_toml(spec: &Spec) -> String {
     format!("bcrypt_cost = 4\n{}", spec.server_toml)
@@ -242,24 +289,13 @@ impl Servers {
         let mut procs = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let node = format!("node-{}", i + 1);
-            let args = vec![
-                "--config".to_owned(),
-                path("server.toml"),
-                "--listen".to_owned(),
-                SocketAddr::new(*ip, free_port(*ip)?).to_string(),
-                "--data".to_owned(),
-                path(&node),
-                "--node-id".to_owned(),
-                node.clone(),
-                "--tls-cert".to_owned(),
-                path("server.pem"),
-                "--tls-key".to_owned(),
-                path("server.key"),
-                "--ca".to_owned(),
-                path("ca.pem"),
-                "--cluster-secret-file".to_owned(),
-                path("secret"),
-            ];
+            let listen = SocketAddr::new(*ip, free_port(*ip)?).to_string();
+            let args = server_args(
+                &node,
+                &listen,
+                &path(&node),
+                &dir.path().display().to_string(),
+            );
             let log = dir.path().join(format!("{node}.log"));
             procs.push(Process::start_with(
                 &bins.join("coffer-server"),
@@ -337,27 +373,9 @@ impl Processes {
         }
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let admin = SocketAddr::new(loopback, free_port(loopback)?);
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--admin".into(),
-            admin.to_string(),
-            "--strategy".into(),
-            spec.strategy.clone(),
-            "--connect-timeout".into(),
-            "1s".into(),
-            "--health-interval".into(),
-            "500ms".into(),
-            "--ca".into(),
-            servers.ca().display().to_string(),
-        ];
-        for proxy in &backends {
-            args.extend([
-                "--backend".to_owned(),
-                format!("localhost={}", proxy.addr()),
-            ]);
-        }
-        args.extend(spec.balancer_args.iter().cloned());
+        let proxied: Vec<SocketAddr> = backends.iter().map(FaultProxy::addr).collect();
+        let ca = servers.ca().display().to_string();
+        let args = balancer_args(spec, "127.0.0.1:0", &admin.to_string(), &ca, &proxied);
         let log = servers.dir().join("balancer.log");
         let balancer =
             Process::start_with(&bin_dir()?.join("coffer-balancer"), args, &[], Some(&log))?;

@@ -28,7 +28,9 @@ use testcontainers::core::{AccessMode, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
 
-use crate::cluster::{Cluster, ClusterError, Member, Spec, pki, server_toml};
+use crate::cluster::{
+    Cluster, ClusterError, Member, Spec, balancer_args, pki, server_args, server_toml,
+};
 
 const SERVER_PORT: u16 = 8000;
 const FRONT_PORT: u16 = 7000;
@@ -209,24 +211,8 @@ impl Containers {
         for (i, ip) in ips.iter().take(spec.servers).enumerate() {
             let data = dir.path().join(format!("node-{}", i + 1));
             std::fs::create_dir_all(&data).map_err(setup)?;
-            let args = [
-                "--config".to_owned(),
-                "/pki/server.toml".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{SERVER_PORT}"),
-                "--data".into(),
-                "/data".into(),
-                "--node-id".into(),
-                format!("node-{}", i + 1),
-                "--tls-cert".into(),
-                "/pki/server.pem".into(),
-                "--tls-key".into(),
-                "/pki/server.key".into(),
-                "--ca".into(),
-                "/pki/ca.pem".into(),
-                "--cluster-secret-file".into(),
-                "/pki/secret".into(),
-            ];
+            let node = format!("node-{}", i + 1);
+            let args = server_args(&node, &format!("0.0.0.0:{SERVER_PORT}"), "/data", "/pki");
             let image = GenericImage::new("coffer-server", "local")
                 .with_wait_for(WaitFor::message_on_stdout("listening on"))
                 .with_cmd(args)
@@ -238,27 +224,17 @@ impl Containers {
             servers.push(Node::start(member, image, &network, *ip).await?);
         }
 
-        let mut args = vec![
-            "--listen".to_owned(),
-            format!("0.0.0.0:{FRONT_PORT}"),
-            "--admin".into(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
-            "--strategy".into(),
-            spec.strategy.clone(),
-            "--connect-timeout".into(),
-            "1s".into(),
-            "--health-interval".into(),
-            "500ms".into(),
-            "--ca".into(),
-            "/pki/ca.pem".into(),
-        ];
-        for s in &servers {
-            args.extend([
-                "--backend".to_owned(),
-                format!("localhost={}", SocketAddr::new(s.ip, SERVER_PORT)),
-            ]);
-        }
-        args.extend(spec.balancer_args.iter().cloned());
+        let backends: Vec<SocketAddr> = servers
+            .iter()
+            .map(|s| SocketAddr::new(s.ip, SERVER_PORT))
+            .collect();
+        let args = balancer_args(
+            spec,
+            &format!("0.0.0.0:{FRONT_PORT}"),
+            &format!("0.0.0.0:{ADMIN_PORT}"),
+            "/pki/ca.pem",
+            &backends,
+        );
         let image = GenericImage::new("coffer-balancer", "local")
             .with_wait_for(WaitFor::message_on_stdout("listening on"))
             .with_cmd(args)

@@ -134,6 +134,27 @@ impl Device {
         cmd
     }
 
+    /// `folder create LABEL [--path DIR]`: the new folder's id.
+    pub async fn create_folder(
+        &self,
+        label: &str,
+        path: Option<&Path>,
+    ) -> Result<String, CommandError> {
+        let path = path.map(|p| p.display().to_string());
+        let mut args = vec!["folder", "create", label];
+        if let Some(p) = &path {
+            args.extend(["--path", p]);
+        }
+        let out = self.json(&args).await?;
+        out["folder_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CommandError {
+                code: "bad-output".into(),
+                message: format!("folder create answered {out} without a folder_id"),
+            })
+    }
+
     /// `register` (first device of a user) — or `login` for the others.
     pub async fn enrol(&self, first: bool) -> Result<(), CommandError> {
         let verb = if first { "register" } else { "login" };

@@ -82,12 +82,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
         unreachable!("five users")
     };
     let folder = owner
-        .json(&["folder", "create", "authz"])
+        .create_folder("authz", None)
         .await
-        .ctx("folder create")?["folder_id"]
-        .as_str()
-        .ok_or("no folder_id")?
-        .to_owned();
+        .ctx("folder create")?;
     let at = |path: &str| format!("{folder}:{path}");
 
     // Content: a document everyone tries to read, and per actor a file to

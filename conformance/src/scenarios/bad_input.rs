@@ -138,12 +138,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     let user = Device::new(dir, "bi-user", "main", cluster.front(), cluster.ca());
     user.enrol(true).await.ctx("register")?;
     let folder = user
-        .json(&["folder", "create", "bad-input"])
+        .create_folder("bad-input", None)
         .await
-        .ctx("folder create")?["folder_id"]
-        .as_str()
-        .ok_or("no folder_id")?
-        .to_owned();
+        .ctx("folder create")?;
     let file = dir.join("traversal.txt");
     write_file(&file, "traversal marker", 100)?;
     let file_s = file.display().to_string();

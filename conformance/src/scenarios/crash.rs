@@ -45,12 +45,9 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
     let device = Device::new(dir, "fo-user", "main", cluster.front(), cluster.ca());
     device.enrol(true).await.ctx("register")?;
     let folder = device
-        .json(&["folder", "create", "failover"])
+        .create_folder("failover", None)
         .await
-        .ctx("folder create")?["folder_id"]
-        .as_str()
-        .ok_or("no folder_id")?
-        .to_owned();
+        .ctx("folder create")?;
     let big = dir.join("failover.bin");
     let sha = write_file(&big, "failover payload", 96 << 20)?;
     let big_s = big.display().to_string();
@@ -149,12 +146,9 @@ pub async fn consistency(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally
         d.enrol(false).await.ctx("login")?;
     }
     let folder = devices[0]
-        .json(&["folder", "create", "crash"])
+        .create_folder("crash", None)
         .await
-        .ctx("folder create")?["folder_id"]
-        .as_str()
-        .ok_or("no folder_id")?
-        .to_owned();
+        .ctx("folder create")?;
     t.ops(5);
 
     // Each device commits 25 files in turn; the acknowledged ones are noted.

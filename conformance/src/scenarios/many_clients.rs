@@ -53,15 +53,12 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     // Each user's folder, shared with the next user as an editor.
     let mut folders = Vec::new();
     for ds in &devices {
-        let f = ds[0]
-            .json(&["folder", "create", &format!("{}-box", ds[0].user)])
-            .await
-            .ctx("folder create")?;
+        let label = format!("{}-box", ds[0].user);
         folders.push(
-            f["folder_id"]
-                .as_str()
-                .ok_or("folder create without folder_id")?
-                .to_owned(),
+            ds[0]
+                .create_folder(&label, None)
+                .await
+                .ctx("folder create")?,
         );
     }
     for u in 0..USERS {

@@ -85,18 +85,9 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     a.enrol(true).await.ctx("register")?;
     b.enrol(false).await.ctx("login")?;
     let folder = a
-        .json(&[
-            "folder",
-            "create",
-            "synced",
-            "--path",
-            &root_a.display().to_string(),
-        ])
+        .create_folder("synced", Some(&root_a))
         .await
-        .ctx("folder create --path")?["folder_id"]
-        .as_str()
-        .ok_or("no folder_id")?
-        .to_owned();
+        .ctx("folder create --path")?;
     b.run(&["folder", "attach", &folder, &root_b.display().to_string()])
         .await
         .ctx("attach")?;
