@@ -189,14 +189,17 @@ impl Report {
     }
 }
 
-/// A scratch directory on a RAM-backed filesystem where there is one
-/// (`/dev/shm`), else in the default place. The servers' fsyncs then cost
-/// nothing, so a seed's speed is the code's, not the disk's; what a crash
-/// keeps is the simulation's durability model either way (a crash loses the
-/// process's memory, never the files).
+/// A scratch directory on a RAM-backed filesystem where there is a roomy one
+/// (`/dev/shm` with at least 1 GiB free), else in the default place. The
+/// servers' fsyncs then cost nothing, so a seed's speed is the code's, not
+/// the disk's; what a crash keeps is the simulation's durability model either
+/// way (a crash loses the process's memory, never the files).
 fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    const ROOM: u64 = 1 << 30;
     let shm = std::path::Path::new("/dev/shm");
-    match shm.is_dir().then(|| tempfile::tempdir_in(shm)) {
+    let roomy = nix::sys::statvfs::statvfs(shm)
+        .is_ok_and(|s| s.blocks_available().saturating_mul(s.fragment_size()) >= ROOM);
+    match roomy.then(|| tempfile::tempdir_in(shm)) {
         Some(Ok(dir)) => Ok(dir),
         _ => tempfile::tempdir(),
     }
