@@ -12,7 +12,8 @@ use coffer_net::TokioNet;
 use rustls_pki_types::ServerName;
 
 use crate::process::{Process, ProcessError, bin_dir};
-use crate::proxy::{Fault, FaultProxy, ProxyStats};
+use crate::proxy::{Fault, FaultProxy};
+use crate::scenario::poll;
 
 /// A member of a cluster, or the suite's clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,8 +161,6 @@ pub trait Cluster {
     async fn partition(&mut self, a: Member, b: Member) -> Result<(), ClusterError>;
     /// Restores the link between `a` and `b`.
     async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError>;
-    /// Injected faults so far.
-    fn faults(&self) -> usize;
 }
 
 /// A fresh CA, a server certificate for `localhost` and `ips`, and the
@@ -337,7 +336,6 @@ pub struct Processes {
     admin: SocketAddr,
     front: FaultProxy,
     backends: Vec<FaultProxy>,
-    faults: usize,
     // The proxies' tasks run here, apart from the test's own threads; always
     // `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
@@ -391,7 +389,6 @@ impl Processes {
             admin,
             front,
             backends,
-            faults: 0,
             runtime: Some(runtime),
         })
     }
@@ -411,22 +408,9 @@ impl Processes {
 
     /// Sets the fault on the link between `a` and `b` (any of the proxy's
     /// faults, not only a partition).
-    pub fn set_link(&mut self, a: Member, b: Member, fault: Fault) -> Result<(), ClusterError> {
+    pub fn set_link(&self, a: Member, b: Member, fault: Fault) -> Result<(), ClusterError> {
         self.link(a, b)?.set(fault);
-        if fault != Fault::Pass {
-            self.faults += 1;
-        }
         Ok(())
-    }
-
-    /// The counters of the link between `a` and `b`.
-    pub fn link_stats(&self, a: Member, b: Member) -> Result<ProxyStats, ClusterError> {
-        Ok(self.link(a, b)?.stats())
-    }
-
-    /// The directory holding the certificates, configuration and logs.
-    pub fn dir(&self) -> &Path {
-        self.servers.dir()
     }
 
     fn process(&mut self, member: Member) -> Result<&mut Process, ClusterError> {
@@ -479,14 +463,12 @@ impl Cluster for Processes {
 
     async fn kill(&mut self, member: Member) -> Result<(), ClusterError> {
         self.process(member)?.kill();
-        self.faults += 1;
         Ok(())
     }
 
     async fn stop(&mut self, member: Member) -> Result<(), ClusterError> {
         let process = self.process(member)?;
         let status = tokio::task::block_in_place(|| process.terminate())?;
-        self.faults += 1;
         if status.success() {
             Ok(())
         } else {
@@ -509,7 +491,6 @@ impl Cluster for Processes {
 
     async fn pause(&mut self, member: Member) -> Result<(), ClusterError> {
         self.process(member)?.pause()?;
-        self.faults += 1;
         Ok(())
     }
 
@@ -524,10 +505,6 @@ impl Cluster for Processes {
 
     async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
         self.set_link(a, b, Fault::Pass)
-    }
-
-    fn faults(&self) -> usize {
-        self.faults
     }
 }
 
@@ -578,15 +555,10 @@ impl Probe {
         addr: SocketAddr,
         deadline: Duration,
     ) -> Result<String, String> {
-        let start = tokio::time::Instant::now();
-        loop {
-            match self.ping(addr).await {
-                Ok(node) => return Ok(node),
-                Err(e) if start.elapsed() > deadline => {
-                    return Err(format!("{addr} not ready after {deadline:?}: {e}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let what = format!("{addr} ready");
+        poll(deadline, Duration::from_millis(50), &what, || async {
+            self.ping(addr).await.map(Some).map_err(|e| e.to_string())
+        })
+        .await
     }
 }

@@ -31,6 +31,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
 use crate::cluster::{
     Cluster, ClusterError, Member, Spec, balancer_args, pki, server_args, server_toml,
 };
+use crate::scenario::poll;
 
 const SERVER_PORT: u16 = 8000;
 const FRONT_PORT: u16 = 7000;
@@ -39,48 +40,35 @@ const ADMIN_PORT: u16 = 7001;
 const BALANCER_HOST: u8 = 10;
 const FIRST_SERVER_HOST: u8 = 11;
 
-/// Whether a Docker engine is reachable and the images are built: `Err` with
-/// the reason to skip otherwise. Builds the images once per run.
-pub fn engine() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
+/// Whether this implementation can run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// An engine answers and the images are built.
+    Ready,
+    /// No engine answers `docker info`: the implementation is skipped.
+    Unreachable(String),
+    /// An engine answers but the images did not build: a failure.
+    ImagesFailed(String),
+}
+
+/// Checks for a Docker engine and builds the images, once per run.
+pub fn engine() -> Engine {
+    static STATE: OnceLock<Engine> = OnceLock::new();
+    STATE
         .get_or_init(|| {
-            match Command::new("docker")
-                .args(["info", "--format", "{{.ServerVersion}}"])
-                .output()
-            {
-                Err(e) => return Err(format!("no docker command: {e}")),
-                Ok(out) if !out.status.success() => {
-                    return Err(format!(
-                        "no Docker engine reachable: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                Ok(_) => {}
+            if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
+                return Engine::Unreachable(e.to_string());
             }
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-images.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                // An engine is there but the images cannot be built: a failure,
-                // not a reason to skip.
-                Err(format!(
-                    "BUILD FAILED: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
+            match Command::new("bash").arg(&script).output() {
+                Ok(out) if out.status.success() => Engine::Ready,
+                Ok(out) => {
+                    Engine::ImagesFailed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                }
+                Err(e) => Engine::ImagesFailed(format!("running {}: {e}", script.display())),
             }
         })
         .clone()
-}
-
-/// Whether `engine()`'s error means "build failed" (fail) rather than "no
-/// engine" (skip).
-pub fn is_build_failure(reason: &str) -> bool {
-    reason.starts_with("BUILD FAILED")
 }
 
 fn engine_err(e: impl std::fmt::Display) -> ClusterError {
@@ -181,7 +169,6 @@ pub struct Containers {
     network: Network,
     secret: Vec<u8>,
     ca: PathBuf,
-    faults: usize,
     dir: tempfile::TempDir,
 }
 
@@ -190,7 +177,12 @@ impl Containers {
     /// container on a fresh network, with certificates and a cluster secret
     /// made for this cluster.
     pub async fn start(spec: &Spec) -> Result<Containers, ClusterError> {
-        engine().map_err(ClusterError::Setup)?;
+        match engine() {
+            Engine::Ready => {}
+            Engine::Unreachable(why) | Engine::ImagesFailed(why) => {
+                return Err(ClusterError::Setup(why));
+            }
+        }
         let setup = |e: std::io::Error| ClusterError::Setup(e.to_string());
         let dir = tempfile::tempdir().map_err(setup)?;
         let network = Network::create()?;
@@ -249,7 +241,6 @@ impl Containers {
             network,
             secret,
             ca: pki_dir.join("ca.pem"),
-            faults: 0,
             dir,
         })
     }
@@ -273,11 +264,6 @@ impl Containers {
                 "no link between {a} and {b}"
             ))),
         }
-    }
-
-    /// The directory holding the certificates, configuration and data.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
@@ -346,24 +332,25 @@ impl Node {
     /// Waits until the container has said `listening on` `self.starts` times
     /// (its log keeps the lines of earlier runs).
     async fn until_listening(&self) -> Result<(), ClusterError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.container.stdout_to_vec().await.map_err(engine_err)?;
-            if String::from_utf8_lossy(&out)
-                .matches("listening on")
-                .count()
-                >= self.starts
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(ClusterError::Engine(format!(
-                    "{} did not say `listening on` within 30 s",
-                    self.member
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} says `listening on`", self.member);
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            &what,
+            || async {
+                let out = self
+                    .container
+                    .stdout_to_vec()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let said = String::from_utf8_lossy(&out)
+                    .matches("listening on")
+                    .count();
+                Ok((said >= self.starts).then_some(()))
+            },
+        )
+        .await
+        .map_err(ClusterError::Engine)
     }
 }
 
@@ -414,7 +401,6 @@ impl Cluster for Containers {
             )
             .await
             .map_err(engine_err)?;
-        self.faults += 1;
         Ok(())
     }
 
@@ -425,7 +411,6 @@ impl Cluster for Containers {
             .await
             .map_err(engine_err)?;
         let code = node.container.exit_code().await.map_err(engine_err)?;
-        self.faults += 1;
         match code {
             Some(0) => Ok(()),
             other => Err(ClusterError::ExitStatus {
@@ -448,7 +433,6 @@ impl Cluster for Containers {
             .pause()
             .await
             .map_err(engine_err)?;
-        self.faults += 1;
         Ok(())
     }
 
@@ -468,7 +452,6 @@ impl Cluster for Containers {
         if node.connected {
             node.disconnect(&network).await?;
         }
-        self.faults += 1;
         Ok(())
     }
 
@@ -480,9 +463,5 @@ impl Cluster for Containers {
             node.connect(&network).await?;
         }
         Ok(())
-    }
-
-    fn faults(&self) -> usize {
-        self.faults
     }
 }

@@ -56,19 +56,6 @@ impl Device {
         self
     }
 
-    /// Its home directory (session, keys, index).
-    pub fn home(&self) -> &Path {
-        &self.home
-    }
-
-    /// The same device talking to another address.
-    pub fn via(&self, server: SocketAddr) -> Device {
-        Device {
-            server,
-            ..self.clone()
-        }
-    }
-
     /// Runs `coffer --json ARGS` and returns its parsed stdout, or the error
     /// line it printed.
     pub async fn json(&self, args: &[&str]) -> Result<serde_json::Value, CommandError> {
@@ -84,7 +71,7 @@ impl Device {
 
     /// Runs `coffer --json ARGS`: stdout on success, the error line otherwise.
     pub async fn run(&self, args: &[&str]) -> Result<String, CommandError> {
-        let child = self.command(args).spawn().map_err(|e| CommandError {
+        let child = self.command(args)?.spawn().map_err(|e| CommandError {
             code: "spawn".into(),
             message: e.to_string(),
         })?;
@@ -114,12 +101,13 @@ impl Device {
     }
 
     /// The command line for `coffer --json ARGS` on this device (killed when
-    /// dropped).
-    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let bin = bin_dir()
-            .map(|d| d.join("coffer"))
-            .unwrap_or_else(|_| PathBuf::from("coffer"));
-        let mut cmd = tokio::process::Command::new(bin);
+    /// dropped): always the binary just built, never one found elsewhere.
+    pub fn command(&self, args: &[&str]) -> Result<tokio::process::Command, CommandError> {
+        let bin = bin_dir().map_err(|e| CommandError {
+            code: "spawn".into(),
+            message: e.to_string(),
+        })?;
+        let mut cmd = tokio::process::Command::new(bin.join("coffer"));
         cmd.arg("--json")
             .args(args)
             .env("COFFER_HOME", &self.home)
@@ -131,7 +119,7 @@ impl Device {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        cmd
+        Ok(cmd)
     }
 
     /// `folder create LABEL [--path DIR]`: the new folder's id.

@@ -110,11 +110,6 @@ impl FaultProxy {
         self.addr
     }
 
-    /// Where it relays to.
-    pub fn target(&self) -> SocketAddr {
-        *self.target.lock().expect("not poisoned")
-    }
-
     /// Relays new connections to `target` from now on.
     pub fn retarget(&self, target: SocketAddr) {
         *self.target.lock().expect("not poisoned") = target;

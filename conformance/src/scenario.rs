@@ -143,33 +143,47 @@ pub async fn admin(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, S
     Ok((status, body.to_owned()))
 }
 
+/// `GET /backends`, parsed.
+pub async fn backends(admin_addr: SocketAddr) -> Result<Vec<serde_json::Value>, Failure> {
+    let (status, body) = admin(admin_addr, "GET", "/backends").await?;
+    if status != 200 {
+        return Err(format!("GET /backends answered {status}: {body}"));
+    }
+    serde_json::from_str(&body).ctx("GET /backends body")
+}
+
+/// The entry of backend `addr` in `GET /backends`.
+pub async fn backend(
+    admin_addr: SocketAddr,
+    addr: SocketAddr,
+) -> Result<serde_json::Value, Failure> {
+    backends(admin_addr)
+        .await?
+        .into_iter()
+        .find(|b| b["addr"] == addr.to_string())
+        .ok_or_else(|| format!("{addr} is not in /backends"))
+}
+
 /// The balancer's view of backend `addr`: `(state, active connections)`.
 pub async fn backend_state(
     admin_addr: SocketAddr,
-    backend: SocketAddr,
+    addr: SocketAddr,
 ) -> Result<(String, u64), Failure> {
-    let (status, body) = admin(admin_addr, "GET", "/backends").await?;
-    if status != 200 {
-        return Err(format!("GET /backends answered {status}"));
-    }
-    let all: serde_json::Value = serde_json::from_str(&body).ctx("GET /backends body")?;
-    let entry = all
-        .as_array()
-        .and_then(|a| a.iter().find(|b| b["addr"] == backend.to_string()))
-        .ok_or_else(|| format!("{backend} is not in /backends: {body}"))?;
+    let entry = backend(admin_addr, addr).await?;
     Ok((
         entry["state"].as_str().unwrap_or("?").to_owned(),
         entry["active"].as_u64().unwrap_or(0),
     ))
 }
 
-/// Every regular file under `root` as relative path → hex SHA-256, skipping
-/// what `skip` says.
-pub fn tree(
+/// Every regular file under `root` (iteratively, no recursion) as its path
+/// relative to `root` and its full path; what `skip` says is left out, with
+/// everything under it. A directory that cannot be read is an error.
+pub fn files(
     root: &Path,
     skip: impl Fn(&str) -> bool,
-) -> Result<std::collections::BTreeMap<String, String>, Failure> {
-    let mut out = std::collections::BTreeMap::new();
+) -> Result<Vec<(String, std::path::PathBuf)>, Failure> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).ctx("listing a directory")? {
@@ -186,18 +200,28 @@ pub fn tree(
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
-                // A file may vanish between listing and reading (the daemon
-                // renames into place); such a tree is simply not settled yet.
-                match std::fs::read(&path) {
-                    Ok(bytes) => {
-                        out.insert(rel, sha256_hex(&bytes));
-                    }
-                    Err(e) => return Err(format!("{rel}: {e}")),
-                }
+                out.push((rel, path));
             }
         }
     }
     Ok(out)
+}
+
+/// Every regular file under `root` as relative path → hex SHA-256, skipping
+/// what `skip` says.
+pub fn tree(
+    root: &Path,
+    skip: impl Fn(&str) -> bool,
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    files(root, skip)?
+        .into_iter()
+        .map(|(rel, path)| {
+            // A file may vanish between listing and reading (the daemon
+            // renames into place); such a tree is simply not settled yet.
+            let bytes = std::fs::read(&path).map_err(|e| format!("{rel}: {e}"))?;
+            Ok((rel, sha256_hex(&bytes)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::time::Instant;
 
+use coffer_conformance::containers::{self, Engine};
 use coffer_conformance::scenario::{Failure, Tally};
 use coffer_conformance::scenarios::{self, authz, bad_input, balancing, crash, many_clients, sync};
-use coffer_conformance::{Cluster, ClusterError, Containers, Processes, Spec, containers};
+use coffer_conformance::{Cluster, ClusterError, Containers, Processes, Spec};
 
 /// The suite's running score.
 #[derive(Debug, Default)]
@@ -122,7 +123,7 @@ async fn conformance_suite() {
     .await;
     // The same scenarios in containers, where an engine is reachable.
     match tokio::task::block_in_place(containers::engine) {
-        Ok(()) => {
+        Engine::Ready => {
             Box::pin(all(
                 &mut score,
                 "containers",
@@ -131,11 +132,11 @@ async fn conformance_suite() {
             ))
             .await
         }
-        Err(reason) if containers::is_build_failure(&reason) => {
-            eprintln!("containers: FAILED — {reason}");
+        Engine::ImagesFailed(reason) => {
+            eprintln!("containers: FAILED — the images did not build: {reason}");
             score.failed.push("containers: images".into());
         }
-        Err(reason) => eprintln!("containers: skipped — {reason}"),
+        Engine::Unreachable(reason) => eprintln!("containers: skipped — {reason}"),
     }
     eprintln!("{} passed, {} failed", score.passed, score.failed.len());
     assert!(score.failed.is_empty(), "failed: {:?}", score.failed);

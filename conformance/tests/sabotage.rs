@@ -62,9 +62,6 @@ impl Cluster for Amnesiac {
     async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
         self.0.heal(a, b).await
     }
-    fn faults(&self) -> usize {
-        self.0.faults()
-    }
 }
 
 /// The scenario must fail, with a message holding one of `needles` (so that

@@ -52,6 +52,7 @@ impl Daemon {
     fn start(device: &Device) -> Result<Daemon, Failure> {
         device
             .command(&["sync"])
+            .ctx("coffer sync")?
             .spawn()
             .map(Daemon)
             .ctx("start coffer sync")

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use coffer_balancer::{BackendSpec, Balancer, Config, HealthConfig, Strategy, Verifier, admin};
 use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
-use coffer_conformance::Servers;
+use coffer_conformance::{Servers, scenario};
 use coffer_net::{Listener as _, Net as _, SystemClock, TokioNet, tls};
 use rustls_pki_types::ServerName;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Checks every 300 ms (100 ms while a backend changes state); a check may
@@ -119,20 +118,9 @@ pub(crate) async fn spread(addr: SocketAddr, ca: &Path, n: usize) -> BTreeMap<St
 
 /// One HTTP request to the admin endpoint: status and body.
 pub(crate) async fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+    scenario::admin(admin, method, path)
         .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    (status, body.to_owned())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `GET /metrics`: the value of the sample named exactly `sample` (with its
@@ -148,18 +136,16 @@ pub(crate) async fn metric(admin: SocketAddr, sample: &str) -> Option<f64> {
 
 /// `GET /backends`, parsed.
 pub(crate) async fn backends(admin: SocketAddr) -> Vec<Value> {
-    let (status, body) = http(admin, "GET", "/backends").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    scenario::backends(admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The backend at `addr` in `GET /backends`.
 pub(crate) async fn backend(admin: SocketAddr, addr: SocketAddr) -> Value {
-    backends(admin)
+    scenario::backend(admin, addr)
         .await
-        .into_iter()
-        .find(|b| b["addr"] == addr.to_string())
-        .unwrap_or_else(|| panic!("{addr} is not in /backends"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `probe` every 50 ms until it holds; how long that took. Panics
