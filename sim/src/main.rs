@@ -1,7 +1,9 @@
 //! `just sim`: many seeds of the simulation, or one seed replayed.
 //!
 //! - `SIM_SEEDS` (default 200) seeds from `SIM_SEED_BASE` (default 0);
-//! - `TURMOIL_SEED=<seed>` runs that one seed and prints its trace.
+//! - `TURMOIL_SEED=<seed>` runs that one seed and prints its trace;
+//! - `SIM_WORLD=balancer` or `SIM_WORLD=files` runs only that world of each
+//!   seed (default: both).
 //!
 //! Exits non-zero on the first seed that violates an invariant, printing the
 //! violations and the replay command.
@@ -23,7 +25,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn main() -> ExitCode {
     // Each seed runs both worlds: the balancer's three servers with pings,
     // and the files workload against one server.
-    let worlds = [Options::default(), Options::service()];
+    let worlds: Vec<Options> = match std::env::var("SIM_WORLD").as_deref() {
+        Ok("balancer") => vec![Options::default()],
+        Ok("files") => vec![Options::service()],
+        _ => vec![Options::default(), Options::service()],
+    };
     let single = std::env::var("TURMOIL_SEED")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());

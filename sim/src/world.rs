@@ -325,12 +325,17 @@ fn corrupt_chunks(data: &std::path::Path) -> std::io::Result<u32> {
 /// The longest a backend that went down may still be handed new
 /// connections: a settled check interval, then `fall` failed checks at the
 /// fast interval, each up to its timeout, and a connect already under way.
-fn detection_bound(config: &BalancerConfig) -> Duration {
+/// Each of those timed steps may also end up to two ticks late in the
+/// simulation — tokio rounds a deadline up to its next millisecond, and the
+/// simulation wakes a host only on its next tick — so each adds two ticks.
+fn detection_bound(config: &BalancerConfig, tick: Duration) -> Duration {
     let h = &config.health;
     let slack = 1.0 + h.jitter;
+    let steps = 2 + 2 * h.fall;
     h.interval.mul_f64(slack)
         + (h.timeout + h.fast_interval.mul_f64(slack)) * h.fall
         + config.connect_timeout
+        + tick * 2 * steps
 }
 
 /// Runs one simulation.
@@ -342,6 +347,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         .simulation_duration(Duration::from_secs(600))
         .min_message_latency(MIN_LATENCY)
         .max_message_latency(MAX_LATENCY)
+        .tick_duration(TICK)
         .build();
 
     let clock: SharedClock = Arc::new(SimClock);
@@ -397,7 +403,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         ..BalancerConfig::default()
     };
     // What the balancer promises, whatever the sabotage makes it do.
-    let detect = detection_bound(&balancer_config);
+    let detect = detection_bound(&balancer_config, TICK);
     if sabotage == Some(Sabotage::IgnoreHealth) {
         balancer_config.health = HealthConfig {
             interval: Duration::from_secs(3600),
@@ -559,6 +565,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         cut: BTreeSet::new(),
         spiked: Vec::new(),
         rejoin: Vec::new(),
+        links: BTreeMap::new(),
         trace: trace.clone(),
         sabotage,
     };
@@ -589,7 +596,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             healed = true;
             faults.heal(&mut sim);
             if sabotage == Some(Sabotage::NeverHeal) {
-                sim.partition("client-1", "balancer");
+                faults.partition(&sim, "client-1", "balancer");
             }
             if sabotage == Some(Sabotage::CorruptChunks) {
                 let n = corrupt_chunks(&pki.path("server-1"))?;
@@ -631,11 +638,8 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     })
 }
 
-/// Whether the schedule restarts the balancer. Off: with restarts, a seed's
-/// trace differed between two runs when other simulations ran on other threads
-/// of the same process (first seen right after a restart); until that source
-/// of nondeterminism is found, determinism wins.
-const BALANCER_RESTARTS: bool = false;
+/// How far simulated time moves per step.
+const TICK: Duration = Duration::from_millis(1);
 
 /// Link latency outside spikes.
 const MIN_LATENCY: Duration = Duration::from_millis(1);
@@ -655,8 +659,36 @@ struct Faults {
     spiked: Vec<(String, String)>,
     /// Clients cut off mid-upload, and when they are let back.
     rejoin: Vec<(Duration, String)>,
+    /// Links now partitioned or held, each named by its two ends in order.
+    links: BTreeMap<(String, String), Cut>,
     trace: Shared<Vec<String>>,
     sabotage: Option<Sabotage>,
+}
+
+/// How a link is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Everything sent either way is lost.
+    Partitioned,
+    /// Everything sent either way waits until the link is released.
+    Held,
+}
+
+/// What becomes of a host whose process dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It stays down until restarted.
+    Crash,
+    /// It starts again at once on the same data.
+    Restart,
+}
+
+fn link(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
 }
 
 impl Faults {
@@ -664,6 +696,53 @@ impl Faults {
         self.trace
             .borrow_mut()
             .push(format!("{} fault {line}", fmt_time(t)));
+    }
+
+    fn partition(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        sim.partition(a, b);
+        self.links.insert(link(a, b), Cut::Partitioned);
+    }
+
+    fn hold(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        sim.hold(a, b);
+        self.links.insert(link(a, b), Cut::Held);
+    }
+
+    /// Repairs the link and releases what it held.
+    fn repair(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        sim.repair(a, b);
+        sim.release(a, b);
+        self.links.remove(&link(a, b));
+    }
+
+    /// Kills `host`'s process as a power cut would: whatever its sockets
+    /// would say as the process dies (FINs, resets) is lost, and so is what it
+    /// sent that is still on the wire. Letting those last words through would
+    /// make runs differ: tokio drops a runtime's tasks in an order that
+    /// depends on process-wide task ids, so on what else the process ran
+    /// before (other seeds, other threads), and each dropped socket's words
+    /// would draw link latency from the seed's generator in that order. The
+    /// host's links come back as they were.
+    fn quietly(&mut self, sim: &mut turmoil::Sim<'_>, host: &str, fate: Fate) {
+        let peers: Vec<String> = if host == "balancer" {
+            self.servers.iter().chain(&self.clients).cloned().collect()
+        } else {
+            vec!["balancer".to_owned()]
+        };
+        for peer in &peers {
+            sim.partition_oneway(host, peer.as_str());
+        }
+        match fate {
+            Fate::Crash => sim.crash(host),
+            Fate::Restart => sim.bounce(host),
+        }
+        for peer in &peers {
+            match self.links.get(&link(host, peer)) {
+                None => sim.repair_oneway(host, peer.as_str()),
+                Some(Cut::Held) => sim.hold(host, peer.as_str()),
+                Some(Cut::Partitioned) => {}
+            }
+        }
     }
 
     fn is_down(&self, server: &str) -> bool {
@@ -680,13 +759,13 @@ impl Faults {
             .collect();
         for server in back {
             self.crashed.remove(&server);
-            sim.bounce(server.as_str());
+            self.quietly(sim, &server, Fate::Restart);
             self.log(t, &format!("restart {server}"));
         }
         let (now, later): (Vec<_>, Vec<_>) = self.rejoin.drain(..).partition(|(at, _)| *at <= t);
         self.rejoin = later;
         for (_, client) in now {
-            sim.repair(client.as_str(), "balancer");
+            self.repair(sim, &client, "balancer");
             self.log(t, &format!("repair {client} balancer"));
         }
     }
@@ -694,7 +773,7 @@ impl Faults {
     fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, uploading: &BTreeSet<String>) {
         if self.sabotage == Some(Sabotage::NoClientTimeouts) && self.counts.total() == 0 {
             // Black-hole the first client: with no deadlines it waits forever.
-            sim.hold("client-1", "balancer");
+            self.hold(sim, "client-1", "balancer");
             self.counts.client_partitions += 1;
             self.log(t, "hold client-1 balancer");
         }
@@ -702,7 +781,7 @@ impl Faults {
         if let Some(client) = uploading.iter().next()
             && self.rng.random_bool(0.5)
         {
-            sim.partition(client.as_str(), "balancer");
+            self.partition(sim, client, "balancer");
             self.rejoin.push((
                 t + Duration::from_millis(self.rng.random_range(200..1500)),
                 client.clone(),
@@ -714,13 +793,13 @@ impl Faults {
         let server = self.servers[self.rng.random_range(0..self.servers.len())].clone();
         let line = match self.rng.random_range(0..8u32) {
             0 => {
-                sim.partition("balancer", server.as_str());
+                self.partition(sim, "balancer", &server);
                 self.cut.insert(server.clone());
                 self.counts.backend_partitions += 1;
                 format!("partition balancer {server}")
             }
             1 => {
-                sim.hold("balancer", server.as_str());
+                self.hold(sim, "balancer", &server);
                 self.cut.insert(server.clone());
                 self.counts.backend_holds += 1;
                 format!("hold balancer {server}")
@@ -734,12 +813,12 @@ impl Faults {
                     &self.clients[..]
                 };
                 let client = open[self.rng.random_range(0..open.len())].clone();
-                sim.partition(client.as_str(), "balancer");
+                self.partition(sim, &client, "balancer");
                 self.counts.client_partitions += 1;
                 format!("partition {client} balancer")
             }
             3 if !self.crashed.contains_key(&server) => {
-                sim.crash(server.as_str());
+                self.quietly(sim, &server, Fate::Crash);
                 let back = t + Duration::from_millis(self.rng.random_range(1000..8000));
                 self.crashed.insert(server.clone(), back);
                 self.counts.crashes += 1;
@@ -758,15 +837,14 @@ impl Faults {
                 self.counts.latency_spikes += 1;
                 format!("latency {a} {b} {spike:?}")
             }
-            5 if BALANCER_RESTARTS => {
-                sim.bounce("balancer");
+            5 => {
+                self.quietly(sim, "balancer", Fate::Restart);
                 self.counts.balancer_restarts += 1;
                 "restart balancer".to_owned()
             }
             _ => {
                 // Faults also come and go before the heal.
-                sim.repair("balancer", server.as_str());
-                sim.release("balancer", server.as_str());
+                self.repair(sim, "balancer", &server);
                 self.cut.remove(&server);
                 if let Some((a, b)) = self.spiked.pop() {
                     unspike(sim, &a, &b);
@@ -779,19 +857,17 @@ impl Faults {
 
     /// Undoes every fault.
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
-        for server in &self.servers {
-            sim.repair("balancer", server.as_str());
-            sim.release("balancer", server.as_str());
+        for server in self.servers.clone() {
+            self.repair(sim, "balancer", &server);
         }
-        for client in &self.clients {
-            sim.repair(client.as_str(), "balancer");
-            sim.release(client.as_str(), "balancer");
+        for client in self.clients.clone() {
+            self.repair(sim, &client, "balancer");
         }
         for (a, b) in self.spiked.drain(..) {
             unspike(sim, &a, &b);
         }
         for server in std::mem::take(&mut self.crashed).into_keys() {
-            sim.bounce(server.as_str());
+            self.quietly(sim, &server, Fate::Restart);
         }
         self.cut.clear();
         self.rejoin.clear();
