@@ -8,7 +8,8 @@ ci:
 test:
     cargo test --workspace
 
-# The simulation over many seeds: SIM_SEEDS (default 200) from SIM_SEED_BASE (default 0).
+# The simulation over many seeds: SIM_SEEDS (default 200) from SIM_SEED_BASE (default 0),
+# on SIM_THREADS threads (default one per core); SIM_WORLD=balancer|files runs one world.
 # Replay one seed with its trace: TURMOIL_SEED=<seed> just sim
 sim:
     cargo run --release -p coffer-sim

@@ -1,25 +1,74 @@
 //! `just sim`: many seeds of the simulation, or one seed replayed.
 //!
-//! - `SIM_SEEDS` (default 200) seeds from `SIM_SEED_BASE` (default 0);
+//! - `SIM_SEEDS` (default 200) seeds from `SIM_SEED_BASE` (default 0), spread
+//!   over `SIM_THREADS` threads (default: one per core); a seed's run is the
+//!   same whichever thread runs it and whatever runs beside it;
 //! - `TURMOIL_SEED=<seed>` runs that one seed and prints its trace;
 //! - `SIM_WORLD=balancer` or `SIM_WORLD=files` runs only that world of each
 //!   seed (default: both).
 //!
-//! Exits non-zero on the first seed that violates an invariant, printing the
-//! violations and the replay command.
+//! Exits non-zero when a seed violates an invariant, printing the lowest such
+//! seed's violations and its replay command.
 
 #![allow(clippy::print_stdout)] // a command-line tool reports on stdout
 
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use coffer_sim::{FaultCounts, Options, run};
+use coffer_sim::{FaultCounts, Options, Report, run};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// What the seeds that passed add up to.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    ops: usize,
+    checked: u32,
+    probes: u32,
+    faults: FaultCounts,
+}
+
+/// A seed that did not pass.
+struct Failure {
+    seed: u64,
+    /// What went wrong, a line each.
+    why: Vec<String>,
+    /// The failing world's trace, for a replay.
+    trace: Vec<String>,
+}
+
+/// Runs every world of `seed`.
+fn one_seed(seed: u64, worlds: &[Options]) -> Result<Vec<Report>, Failure> {
+    let mut reports = Vec::with_capacity(worlds.len());
+    for options in worlds {
+        let report = run(seed, options).map_err(|e| Failure {
+            seed,
+            why: vec![format!("seed {seed}: the simulation failed to run: {e}")],
+            trace: Vec::new(),
+        })?;
+        if !report.violations.is_empty() {
+            let mut why = vec![format!(
+                "seed {seed}: {} violation(s)",
+                report.violations.len()
+            )];
+            why.extend(report.violations.iter().map(|v| format!("  {v}")));
+            return Err(Failure {
+                seed,
+                why,
+                trace: report.trace,
+            });
+        }
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 fn main() -> ExitCode {
@@ -30,57 +79,90 @@ fn main() -> ExitCode {
         Ok("files") => vec![Options::service()],
         _ => vec![Options::default(), Options::service()],
     };
-    let single = std::env::var("TURMOIL_SEED")
+    if let Some(seed) = std::env::var("TURMOIL_SEED")
         .ok()
-        .and_then(|v| v.parse::<u64>().ok());
-    let seeds: Vec<u64> = match single {
-        Some(seed) => vec![seed],
-        None => {
-            let base = env_u64("SIM_SEED_BASE", 0);
-            (base..base + env_u64("SIM_SEEDS", 200)).collect()
-        }
-    };
-    let started = Instant::now();
-    let mut faults = FaultCounts::default();
-    let mut ops = 0;
-    let (mut checked, mut probes) = (0, 0);
-    for &seed in &seeds {
-        for options in &worlds {
-            let report = match run(seed, options) {
-                Ok(report) => report,
-                Err(e) => {
-                    println!("seed {seed}: the simulation failed to run: {e}");
-                    println!("replay: TURMOIL_SEED={seed} just sim");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if single.is_some() {
-                for line in &report.trace {
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return match one_seed(seed, &worlds) {
+            Ok(reports) => {
+                for line in reports.iter().flat_map(|r| &r.trace) {
                     println!("{line}");
                 }
+                println!("seed {seed} passed");
+                ExitCode::SUCCESS
             }
-            if !report.violations.is_empty() {
-                println!("seed {seed}: {} violation(s)", report.violations.len());
-                for v in &report.violations {
-                    println!("  {v}");
+            Err(failure) => {
+                for line in failure.trace.iter().chain(&failure.why) {
+                    println!("{line}");
                 }
-                println!("{}", report.replay());
-                return ExitCode::FAILURE;
+                println!("replay: TURMOIL_SEED={seed} just sim");
+                ExitCode::FAILURE
             }
-            ops += report.ops.len();
-            checked += report.checked_reads;
-            probes += report.probes;
-            faults.add(&report.faults);
-        }
+        };
     }
+    let base = env_u64("SIM_SEED_BASE", 0);
+    let count = env_u64("SIM_SEEDS", 200);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let threads = env_u64("SIM_THREADS", cores).clamp(1, count.max(1));
+
+    let started = Instant::now();
+    let next = AtomicU64::new(base);
+    let stop = AtomicBool::new(false);
+    let totals = Mutex::new(Totals::default());
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= base + count {
+                        break;
+                    }
+                    match one_seed(seed, &worlds) {
+                        Ok(reports) => {
+                            let mut t = totals.lock().expect("no thread panics holding it");
+                            t.seeds += 1;
+                            for r in &reports {
+                                t.ops += r.ops.len();
+                                t.checked += r.checked_reads;
+                                t.probes += r.probes;
+                                t.faults.add(&r.faults);
+                            }
+                        }
+                        Err(failure) => {
+                            stop.store(true, Ordering::Relaxed);
+                            failures
+                                .lock()
+                                .expect("no thread panics holding it")
+                                .push(failure);
+                        }
+                    }
+                }
+            });
+        }
+    });
     let secs = started.elapsed().as_secs_f64();
+    let failures = failures.into_inner().expect("no thread panicked");
+    if let Some(failure) = failures.into_iter().min_by_key(|f| f.seed) {
+        // The violations only: the replay prints the whole trace.
+        for line in &failure.why {
+            println!("{line}");
+        }
+        println!("replay: TURMOIL_SEED={} just sim", failure.seed);
+        return ExitCode::FAILURE;
+    }
+    let t = totals.into_inner().expect("no thread panicked");
     println!(
-        "{} seeds passed in {secs:.1} s ({:.1} seeds/s): {ops} client operations, \
-         {checked} reads checked against acknowledged uploads, {probes} unauthorized reads refused, \
-         {} faults ({faults:?})",
-        seeds.len(),
-        seeds.len() as f64 / secs,
-        faults.total()
+        "{} seeds passed in {secs:.1} s ({:.1} seeds/s, {threads} threads): {} client operations, \
+         {} reads checked against acknowledged uploads, {} unauthorized reads refused, \
+         {} faults ({:?})",
+        t.seeds,
+        t.seeds as f64 / secs,
+        t.ops,
+        t.checked,
+        t.probes,
+        t.faults.total(),
+        t.faults
     );
     ExitCode::SUCCESS
 }

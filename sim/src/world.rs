@@ -96,7 +96,7 @@ impl Default for Options {
             servers: 3,
             clients: 4,
             warmup_ops: 3,
-            fault_window: Duration::from_secs(20),
+            fault_window: Duration::from_secs(10),
             settle: Duration::from_secs(5),
             final_ops: 2,
             faults: true,
@@ -445,7 +445,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         });
     }
 
-    let warmup_end = Duration::from_secs(5);
+    let warmup_end = WARMUP;
     let heal_at = warmup_end
         + if options.faults {
             options.fault_window
@@ -589,7 +589,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             faults.due(&mut sim, t);
             if t >= next_fault {
                 faults.inject(&mut sim, t, &ledger.borrow().uploading);
-                next_fault = t + Duration::from_millis(faults.rng.random_range(300..2000));
+                next_fault = t + Duration::from_millis(faults.rng.random_range(200..1200));
             }
         }
         if !healed && t >= heal_at {
@@ -639,7 +639,11 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
 }
 
 /// How far simulated time moves per step.
-const TICK: Duration = Duration::from_millis(1);
+const TICK: Duration = Duration::from_millis(5);
+
+/// Length of the warm-up: time for every device to set up and for the
+/// balancer to make its round-robin spread.
+const WARMUP: Duration = Duration::from_secs(3);
 
 /// Link latency outside spikes.
 const MIN_LATENCY: Duration = Duration::from_millis(1);
@@ -819,7 +823,7 @@ impl Faults {
             }
             3 if !self.crashed.contains_key(&server) => {
                 self.quietly(sim, &server, Fate::Crash);
-                let back = t + Duration::from_millis(self.rng.random_range(1000..8000));
+                let back = t + Duration::from_millis(self.rng.random_range(500..4000));
                 self.crashed.insert(server.clone(), back);
                 self.counts.crashes += 1;
                 format!("crash {server}")

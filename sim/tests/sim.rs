@@ -104,19 +104,24 @@ fn the_same_seed_gives_the_same_run() {
     }
 }
 
-/// Runs `seed` with `sabotage` and expects a violation mentioning `expect`.
+/// Runs seeds with `sabotage` until one reports a violation mentioning
+/// `expect`: a sabotage must be caught within a few seeds (a seed whose
+/// faults never put a backend down for long, say, cannot catch a balancer
+/// that ignores health).
 fn caught(options: Options, sabotage: Sabotage, expect: &str) {
     let options = Options {
         sabotage: Some(sabotage),
         ..options
     };
-    let report = run(7, &options).unwrap();
-    assert!(
-        report.violations.iter().any(|v| v.contains(expect)),
-        "{sabotage:?} went unnoticed: {:?}\n{}",
-        report.violations,
-        report.trace.join("\n")
-    );
+    let mut last = Vec::new();
+    for seed in 7..11 {
+        let report = run(seed, &options).unwrap();
+        if report.violations.iter().any(|v| v.contains(expect)) {
+            return;
+        }
+        last = report.violations;
+    }
+    panic!("{sabotage:?} went unnoticed in seeds 7 to 10: {last:?}");
 }
 
 #[test]
