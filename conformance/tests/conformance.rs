@@ -85,26 +85,19 @@ async fn all<C: Cluster>(
                 .await;
         }
     }
-    match start(&scenarios::balanced("round-robin")).await {
-        Err(e) => score.not_started(&["3 balancing, round-robin"], kind, &e),
-        Ok(mut c) => {
-            score
-                .run(
-                    format!("3 balancing, round-robin [{kind}]"),
-                    balancing::round_robin(&mut c),
-                )
-                .await;
-        }
-    }
-    match start(&scenarios::balanced("least-connections")).await {
-        Err(e) => score.not_started(&["3 balancing, least-connections"], kind, &e),
-        Ok(mut c) => {
-            score
-                .run(
-                    format!("3 balancing, least-connections [{kind}]"),
-                    balancing::least_connections(&mut c),
-                )
-                .await;
+    for strategy in ["round-robin", "least-connections"] {
+        let name = format!("3 balancing, {strategy}");
+        match start(&scenarios::balanced(strategy)).await {
+            Err(e) => score.not_started(&[&name], kind, &e),
+            Ok(mut c) => {
+                let scenario = async {
+                    match strategy {
+                        "round-robin" => balancing::round_robin(&mut c).await,
+                        _ => balancing::least_connections(&mut c).await,
+                    }
+                };
+                score.run(format!("{name} [{kind}]"), scenario).await;
+            }
         }
     }
 }

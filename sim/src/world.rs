@@ -562,7 +562,6 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         servers: servers.clone(),
         clients: clients.clone(),
         crashed: BTreeMap::new(),
-        cut: BTreeSet::new(),
         spiked: Vec::new(),
         rejoin: Vec::new(),
         links: BTreeMap::new(),
@@ -657,13 +656,13 @@ struct Faults {
     clients: Vec<String>,
     /// Crashed servers and when each comes back.
     crashed: BTreeMap<String, Duration>,
-    /// Servers whose link from the balancer is partitioned or held.
-    cut: BTreeSet<String>,
     /// Links with a latency spike.
     spiked: Vec<(String, String)>,
     /// Clients cut off mid-upload, and when they are let back.
     rejoin: Vec<(Duration, String)>,
     /// Links now partitioned or held, each named by its two ends in order.
+    /// Every fault that breaks a link goes through `partition`, `hold` and
+    /// `repair`, so the heal and a quiet crash can trust it.
     links: BTreeMap<(String, String), Cut>,
     trace: Shared<Vec<String>>,
     sabotage: Option<Sabotage>,
@@ -750,7 +749,7 @@ impl Faults {
     }
 
     fn is_down(&self, server: &str) -> bool {
-        self.crashed.contains_key(server) || self.cut.contains(server)
+        self.crashed.contains_key(server) || self.links.contains_key(&link("balancer", server))
     }
 
     /// Brings back what is due: restarted servers, clients cut mid-upload.
@@ -798,13 +797,11 @@ impl Faults {
         let line = match self.rng.random_range(0..8u32) {
             0 => {
                 self.partition(sim, "balancer", &server);
-                self.cut.insert(server.clone());
                 self.counts.backend_partitions += 1;
                 format!("partition balancer {server}")
             }
             1 => {
                 self.hold(sim, "balancer", &server);
-                self.cut.insert(server.clone());
                 self.counts.backend_holds += 1;
                 format!("hold balancer {server}")
             }
@@ -849,7 +846,6 @@ impl Faults {
             _ => {
                 // Faults also come and go before the heal.
                 self.repair(sim, "balancer", &server);
-                self.cut.remove(&server);
                 if let Some((a, b)) = self.spiked.pop() {
                     unspike(sim, &a, &b);
                 }
@@ -861,11 +857,9 @@ impl Faults {
 
     /// Undoes every fault.
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
-        for server in self.servers.clone() {
-            self.repair(sim, "balancer", &server);
-        }
-        for client in self.clients.clone() {
-            self.repair(sim, &client, "balancer");
+        let broken: Vec<(String, String)> = self.links.keys().cloned().collect();
+        for (a, b) in broken {
+            self.repair(sim, &a, &b);
         }
         for (a, b) in self.spiked.drain(..) {
             unspike(sim, &a, &b);
@@ -873,7 +867,6 @@ impl Faults {
         for server in std::mem::take(&mut self.crashed).into_keys() {
             self.quietly(sim, &server, Fate::Restart);
         }
-        self.cut.clear();
         self.rejoin.clear();
     }
 }

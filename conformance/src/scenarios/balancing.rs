@@ -13,7 +13,10 @@ use crate::scenario::{Context as _, Failure, Tally, admin, backend_state, poll};
 /// 500 ms, three failures or two successes, a check timeout of 2 s).
 const DETECTION: Duration = Duration::from_secs(15);
 
+/// Makes `n` connections through the balancer (counted in `t`): how many
+/// landed on each node.
 async fn spread(
+    t: &mut Tally,
     probe: &Probe,
     cluster: &impl Cluster,
     n: usize,
@@ -26,6 +29,7 @@ async fn spread(
             .ctx(&format!("ping {k} through the balancer"))?;
         *landed.entry(node).or_insert(0) += 1;
     }
+    t.ops(n);
     Ok(landed)
 }
 
@@ -43,6 +47,19 @@ async fn until_state(cluster: &impl Cluster, i: usize, want: &str) -> Result<(),
     .await
 }
 
+/// `POST /backends/<backend i>/<action>` to the admin endpoint, which must
+/// answer 200.
+async fn post(
+    t: &mut Tally,
+    cluster: &impl Cluster,
+    i: usize,
+    action: &str,
+) -> Result<(), Failure> {
+    let path = format!("/backends/{}/{action}", cluster.backend(i));
+    let (status, body) = admin(cluster.admin(), "POST", &path).await?;
+    t.check(status == 200, || format!("POST {path}: {status} {body}"))
+}
+
 /// Round-robin and failure handling, on a round-robin cluster of ≥ 3 servers.
 pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     let mut t = Tally::default();
@@ -53,8 +70,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     }
 
     // Even spread while all are healthy.
-    let landed = spread(&probe, cluster, 10 * n).await?;
-    t.ops(10 * n);
+    let landed = spread(&mut t, &probe, cluster, 10 * n).await?;
     t.check(
         landed.len() == n && landed.values().all(|&c| c == 10),
         || format!("round-robin over {n} healthy servers landed {landed:?}"),
@@ -92,8 +108,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     t.ops(during);
     detected?;
     t.checks += during;
-    let landed = spread(&probe, cluster, 4 * (n - 1)).await?;
-    t.ops(4 * (n - 1));
+    let landed = spread(&mut t, &probe, cluster, 4 * (n - 1)).await?;
     t.check(
         !landed.contains_key(&dead) && landed.values().all(|&c| c == 4),
         || format!("with {dead} down, connections landed {landed:?}"),
@@ -102,8 +117,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     // Restarted: re-admitted, and gets its share again.
     cluster.start(Member::Server(n - 1)).await.ctx("restart")?;
     until_state(cluster, n - 1, "up").await?;
-    let landed = spread(&probe, cluster, 2 * n).await?;
-    t.ops(2 * n);
+    let landed = spread(&mut t, &probe, cluster, 2 * n).await?;
     t.check(landed.get(&dead) == Some(&2), || {
         format!("after re-admission, {landed:?}")
     })?;
@@ -113,8 +127,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     cluster.pause(Member::Server(0)).await.ctx("pause")?;
     t.faults += 1;
     until_state(cluster, 0, "down").await?;
-    let landed = spread(&probe, cluster, 2 * (n - 1)).await?;
-    t.ops(2 * (n - 1));
+    let landed = spread(&mut t, &probe, cluster, 2 * (n - 1)).await?;
     t.check(!landed.contains_key("node-1"), || {
         format!("a paused server got {landed:?}")
     })?;
@@ -122,21 +135,15 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
     until_state(cluster, 0, "up").await?;
 
     // Drain: no new connection lands there until undrained.
-    let path = format!("/backends/{}/drain", cluster.backend(1));
-    let (status, body) = admin(cluster.admin(), "POST", &path).await?;
-    t.check(status == 200, || format!("POST {path}: {status} {body}"))?;
+    post(&mut t, cluster, 1, "drain").await?;
     until_state(cluster, 1, "draining").await?;
-    let landed = spread(&probe, cluster, 3 * n).await?;
-    t.ops(3 * n);
+    let landed = spread(&mut t, &probe, cluster, 3 * n).await?;
     t.check(!landed.contains_key("node-2"), || {
         format!("a draining server got {landed:?}")
     })?;
-    let path = format!("/backends/{}/undrain", cluster.backend(1));
-    let (status, body) = admin(cluster.admin(), "POST", &path).await?;
-    t.check(status == 200, || format!("POST {path}: {status} {body}"))?;
+    post(&mut t, cluster, 1, "undrain").await?;
     until_state(cluster, 1, "up").await?;
-    let landed = spread(&probe, cluster, 3 * n).await?;
-    t.ops(3 * n);
+    let landed = spread(&mut t, &probe, cluster, 3 * n).await?;
     t.check(landed.get("node-2") == Some(&3), || {
         format!("after undrain, {landed:?}")
     })?;
@@ -148,8 +155,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
         .ctx("partition")?;
     t.faults += 1;
     until_state(cluster, n - 1, "down").await?;
-    let landed = spread(&probe, cluster, 2 * (n - 1)).await?;
-    t.ops(2 * (n - 1));
+    let landed = spread(&mut t, &probe, cluster, 2 * (n - 1)).await?;
     t.check(!landed.contains_key(&dead), || {
         format!("a partitioned server got {landed:?}")
     })?;
@@ -158,8 +164,7 @@ pub async fn round_robin(cluster: &mut impl Cluster) -> Result<Tally, Failure> {
         .await
         .ctx("heal")?;
     until_state(cluster, n - 1, "up").await?;
-    let landed = spread(&probe, cluster, 2 * n).await?;
-    t.ops(2 * n);
+    let landed = spread(&mut t, &probe, cluster, 2 * n).await?;
     t.check(landed.get(&dead) == Some(&2), || {
         format!("after the heal, {landed:?}")
     })?;

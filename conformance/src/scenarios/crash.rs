@@ -23,9 +23,11 @@ use crate::scenario::{Context as _, Failure, Tally, file_sha, files, poll, write
 /// The failover upload's size in MiB: as many chunks of the default size.
 const BIG_MIB: u32 = 96;
 
-/// Files in the server's data directory (none yet if it cannot be read).
-fn stored_files(dir: &Path) -> usize {
-    files(dir, |_| false).map_or(0, |f| f.len())
+/// Chunks the server has stored for good under its data directory `data`:
+/// in place under `chunks/`, not the temporary files of chunks still being
+/// written (none yet if the store cannot be read).
+fn stored_chunks(data: &Path) -> usize {
+    files(&data.join("chunks"), |rel| rel == "tmp").map_or(0, |f| f.len())
 }
 
 /// Scenario 4 on a one-server service cluster.
@@ -44,9 +46,9 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
     let target = format!("{folder}:big.bin");
     t.ops(2);
 
-    // Start the upload; once chunks reach the server's store, kill it.
+    // Start the upload; once chunks are stored for good, kill the server.
     let store = cluster.data_dir(0);
-    let before = stored_files(&store);
+    let before = stored_chunks(&store);
     let put = tokio::spawn({
         let (device, big_s, target) = (device.clone(), big_s.clone(), target.clone());
         async move { device.run(&["put", &big_s, &target]).await }
@@ -57,7 +59,7 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
         "chunks arriving",
         || {
             let store = store.clone();
-            async move { Ok((stored_files(&store) > before + 2).then_some(())) }
+            async move { Ok((stored_chunks(&store) > before + 2).then_some(())) }
         },
     )
     .await?;

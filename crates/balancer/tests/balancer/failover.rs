@@ -31,7 +31,7 @@ async fn a_killed_backend_goes_down_no_new_connection_fails_and_a_restart_comes_
     eprintln!("killed backend marked down after {took:?} (fall × interval = 900 ms)");
     let total_when_down = backend(rig.admin, addrs[1]).await["total"].clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    load.none_failed_since(Some(killed)).await;
+    load.none_failed_since(killed).await;
     let dead = backend(rig.admin, addrs[1]).await;
     assert_eq!(
         dead["total"], total_when_down,
@@ -71,7 +71,7 @@ async fn a_frozen_backend_is_routed_around_its_connections_closed_and_it_is_read
     tokio::time::sleep(Duration::from_secs(1)).await;
     // As with a kill, the one connection whose TLS session was already under
     // way on the frozen backend cannot be moved; every later one must land.
-    load.none_failed_since(Some(frozen)).await;
+    load.none_failed_since(frozen).await;
     let error = backend(rig.admin, addrs[1]).await["last_error"].clone();
     assert!(
         error.as_str().is_some_and(|e| e.contains("within")),

@@ -223,17 +223,15 @@ impl Load {
     /// succeeded. The one in progress when a backend died may fail: once
     /// its TLS session runs on that backend, a pass-through balancer cannot
     /// move it (the load is sequential, so there is at most one).
-    pub(crate) async fn none_failed_since(self, killed: Option<tokio::time::Instant>) {
+    pub(crate) async fn none_failed_since(self, killed: tokio::time::Instant) {
         self.stop.cancel();
         let (ok, mut failed) = self.task.await.unwrap();
-        if let Some(killed) = killed {
-            let before = failed.iter().filter(|(t, _)| *t < killed).count();
-            assert!(
-                before <= 1,
-                "{before} connections begun before the kill failed: {failed:?}"
-            );
-            failed.retain(|(t, _)| *t >= killed);
-        }
+        let before = failed.iter().filter(|(t, _)| *t < killed).count();
+        assert!(
+            before <= 1,
+            "{before} connections begun before the kill failed: {failed:?}"
+        );
+        failed.retain(|(t, _)| *t >= killed);
         let failed: Vec<String> = failed.into_iter().map(|(_, e)| e).collect();
         assert!(
             failed.is_empty(),
