@@ -287,6 +287,7 @@ impl Device {
             folder_id: folder.folder_id.clone(),
             path: PATHS[self.rng.random_range(0..PATHS.len())].into(),
             version: None,
+            inline: false,
         });
         let request = if self.rng.random_bool(0.5) {
             list
@@ -492,6 +493,7 @@ impl Device {
             folder_id: folder.folder_id.clone(),
             path: path.to_owned(),
             version: None,
+            inline: false,
         });
         match self.session().call(stat).await? {
             coffer_proto::Response::Entry(e) => Ok(e.version),

@@ -18,16 +18,30 @@ use futures_util::future::try_join_all;
 
 use crate::cluster::{Cluster, Member, Probe};
 use crate::device::Device;
-use crate::scenario::{Context as _, Failure, Tally, file_sha, files, poll, write_file};
+use crate::scenario::{Context as _, Failure, Tally, file_sha, poll, write_file};
 
 /// The failover upload's size in MiB: as many chunks of the default size.
 const BIG_MIB: u32 = 96;
 
-/// Chunks the server has stored for good under its data directory `data`:
-/// in place under `chunks/`, not the temporary files of chunks still being
-/// written (none yet if the store cannot be read).
-fn stored_chunks(data: &Path) -> usize {
-    files(&data.join("chunks"), |rel| rel == "tmp").map_or(0, |f| f.len())
+/// Chunks of uploads in progress whose receipt the server has committed, as
+/// its database under `data` says (none yet if it cannot be read): what a
+/// resumed upload does not send again. A chunk file in the store is not
+/// enough: a kill between the file's rename and its receipt's commit leaves
+/// a chunk the upload does not know it has.
+fn received_chunks(data: &Path) -> usize {
+    let count = || -> rusqlite::Result<i64> {
+        let db = rusqlite::Connection::open_with_flags(
+            data.join("coffer.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        db.busy_timeout(Duration::from_millis(200))?;
+        db.query_row(
+            "SELECT COUNT(*) FROM upload_chunks WHERE received = 1",
+            [],
+            |r| r.get(0),
+        )
+    };
+    count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
 /// Scenario 4 on a one-server service cluster.
@@ -46,9 +60,9 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
     let target = format!("{folder}:big.bin");
     t.ops(2);
 
-    // Start the upload; once chunks are stored for good, kill the server.
+    // Start the upload; once the server has receipts for some chunks, kill it.
     let store = cluster.data_dir(0);
-    let before = stored_chunks(&store);
+    let before = received_chunks(&store);
     let put = tokio::spawn({
         let (device, big_s, target) = (device.clone(), big_s.clone(), target.clone());
         async move { device.run(&["put", &big_s, &target]).await }
@@ -59,7 +73,7 @@ pub async fn failover(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, F
         "chunks arriving",
         || {
             let store = store.clone();
-            async move { Ok((stored_chunks(&store) > before + 2).then_some(())) }
+            async move { Ok((received_chunks(&store) > before + 2).then_some(())) }
         },
     )
     .await?;

@@ -6,7 +6,9 @@
 //!   `BENCH_RUNS`, default 50);
 //! - **throughput**: 10,000 files of 4 KiB (`BENCH_FILES`) written on A, then
 //!   `coffer sync --once` on A (upload) and on B (download), each a fresh
-//!   process; files per second for each and end to end;
+//!   process; files per second for each and end to end (one after the
+//!   other). Then **live**: both daemons running, as many files written on A,
+//!   timed from the first write until B has them all;
 //! - **memory**: the peak RSS of `coffer sync --once` over a folder of
 //!   100,000 small files (`BENCH_INDEX_FILES`): scanning, hashing, indexing
 //!   and uploading them all.
@@ -95,6 +97,30 @@ fn wait_for(path: &Path, bytes: &[u8], limit: Duration) -> bool {
     false
 }
 
+/// Whether `dir` holds `want` finished files (daemon temporaries aside)
+/// within `limit`.
+fn wait_for_count(dir: &Path, want: usize, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let mut count = 0;
+        if let Ok(subdirs) = std::fs::read_dir(dir) {
+            for sub in subdirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(sub.path()) {
+                    count += files
+                        .flatten()
+                        .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+                        .count();
+                }
+            }
+        }
+        if count >= want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// Runs `coffer sync --once` for `coffer`: seconds taken and peak RSS (KiB).
 fn once(coffer: &Coffer<'_>) -> (f64, i64) {
     let started = Instant::now();
@@ -164,10 +190,28 @@ fn main() {
         files as f64 / (up + down)
     );
 
-    // Latency, with both daemons running.
+    // Live, with both daemons running: the same number of files written on
+    // A, from the first write until B has them all.
     let _da = Daemon::start(&a);
     let _db = Daemon::start(&b);
     std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    for i in 0..files {
+        let mut bytes = payload.clone();
+        bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        bytes[8] = 0xa5;
+        write(&dir_a, &format!("live/d{:02}/f{i}.bin", i % 100), &bytes);
+    }
+    let written = started.elapsed().as_secs_f64();
+    let arrived = wait_for_count(&dir_b.join("live"), files, Duration::from_secs(600));
+    let took = started.elapsed().as_secs_f64();
+    assert!(arrived, "the live files did not all arrive on B");
+    println!(
+        "live: {files} files of 4 KiB written on A ({written:.1} s to write) are all on B after {took:.1} s: {:.0} files/s",
+        files as f64 / took
+    );
+
+    // Latency, with both daemons running.
     let mut latencies = Vec::new();
     for run in 0..runs {
         let mut bytes = vec![0u8; 1024];

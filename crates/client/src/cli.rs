@@ -180,8 +180,8 @@ impl Context {
             .map_err(|e| usage(e.to_string()))
     }
 
-    fn pool(&self) -> Result<Pool<TokioNet>> {
-        Ok(Pool::new(TokioNet, self.endpoint()?, transfer::CONNECTIONS))
+    fn pool(&self, size: usize) -> Result<Pool<TokioNet>> {
+        Ok(Pool::new(TokioNet, self.endpoint()?, size))
     }
 
     fn home(&self) -> Result<Home> {
@@ -220,6 +220,15 @@ impl Context {
 
     /// The session of the account this home is signed in to.
     fn session(&self, home: &Home) -> Result<(Session<TokioNet>, Account)> {
+        self.session_over(home, transfer::CONNECTIONS)
+    }
+
+    /// [`Context::session`] over a pool of up to `connections`.
+    fn session_over(
+        &self,
+        home: &Home,
+        connections: usize,
+    ) -> Result<(Session<TokioNet>, Account)> {
         let (account, der) = home
             .account()
             .map_err(ClientError::from)?
@@ -231,7 +240,7 @@ impl Context {
                 ),
             })?;
         let keys = UserKeys::from_pkcs8_der(&der).map_err(ClientError::from)?;
-        let pool = self.pool()?;
+        let pool = self.pool(connections)?;
         pool.set_token(Some(account.token.clone()));
         Ok((Session::new(pool, account.username.clone(), keys), account))
     }
@@ -346,7 +355,7 @@ async fn bind_device(
             UserKeys::from_pkcs8_der(&session.keys().to_pkcs8_der()).map_err(ClientError::from)?;
         let _ = session.call(Request::Logout).await;
         let (again, again_info) = account::login(
-            cx.pool()?,
+            cx.pool(transfer::CONNECTIONS)?,
             credentials,
             Some(known.device_id.clone()),
             Some(keys),
@@ -369,7 +378,7 @@ async fn register(
     let (name, mac) = device_identity(device, mac)?;
     let credentials = Credentials::new(user, cx.password()?)?;
     let home = cx.home()?;
-    let pool = cx.pool()?;
+    let pool = cx.pool(transfer::CONNECTIONS)?;
     let kdf = KdfParams::recommended(&mut rand_os());
     let (registered, keys) = account::register(&pool, &credentials, kdf).await?;
     let (session, info) = account::login(pool, &credentials, None, Some(keys)).await?;
@@ -437,7 +446,13 @@ async fn login(
         ),
         None => (None, None),
     };
-    let (session, info) = account::login(cx.pool()?, &credentials, device_id.clone(), keys).await?;
+    let (session, info) = account::login(
+        cx.pool(transfer::CONNECTIONS)?,
+        &credentials,
+        device_id.clone(),
+        keys,
+    )
+    .await?;
     let (session, info, device_id, device_name) = match (device_id, known) {
         (Some(id), Some((a, _))) => (session, info, id, a.device_name.unwrap_or_default()),
         _ => {
@@ -1116,6 +1131,7 @@ async fn share_file(cx: &Context, target: &str, user: &str) -> Result<()> {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             version: None,
+            inline: false,
         }),
         Entry
     );
@@ -1264,7 +1280,7 @@ async fn sync(cx: &Context, once: bool, names: &[String]) -> Result<()> {
         )
         .try_init();
     let home = cx.home()?;
-    let (session, account) = cx.session(&home)?;
+    let (session, account) = cx.session_over(&home, daemon::CONNECTIONS)?;
     let folders = synced_folders(&home, &session, names).await?;
     let device = account
         .device_name

@@ -356,6 +356,11 @@ impl Client {
         Ok(answer)
     }
 
+    /// Requests sent on this connection and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().expect("pending lock").waiters.len()
+    }
+
     /// Asks the server whether it is ready.
     pub async fn ping(&self) -> Result<Pong, ClientError> {
         match self.call(Request::Ping).await?.msg {

@@ -128,6 +128,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     }
 }
 
+/// Runs a statement, prepared once per connection and cached (the sync
+/// daemon runs the same few for every file).
+pub(crate) fn exec(
+    db: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
+/// Runs a query for one row, prepared once per connection and cached.
+pub(crate) fn one<T>(
+    db: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    db.prepare_cached(sql)?.query_row(params, f)
+}
+
 impl Home {
     /// Opens (creating) the home directory and its state.
     pub fn open(dir: &Path) -> Result<Home, HomeError> {
@@ -153,6 +173,8 @@ impl Home {
         // finds again, since the disk is compared with the index.
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
+        // The daemon runs the same few dozen statements for every file.
+        db.set_prepared_statement_cache_capacity(64);
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::sync::queue::SCHEMA)?;
         db.execute_batch(crate::sync::index::SCHEMA)?;
@@ -166,6 +188,13 @@ impl Home {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A transaction over the home's state: the index, queue and state
+    /// writes made until it is committed land together (one commit instead
+    /// of one each); dropped uncommitted, none of them do.
+    pub fn batch(&self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.db.unchecked_transaction()
     }
 
     /// What the sync daemon last saw of each synced path.
@@ -302,9 +331,9 @@ impl Home {
         folder_id: &str,
         path: &str,
     ) -> Result<Option<PendingUpload>, HomeError> {
-        Ok(self
-            .db
-            .query_row(
+        // Asked before every `put`, the daemon's included.
+        Ok(one(
+                &self.db,
                 "SELECT upload_id, folder_id, path, local, size, mtime_ns, file_id, file_key, wrapped_file_key, \
                  epoch, chunk_size, base FROM uploads WHERE folder_id = ?1 AND path = ?2",
                 [folder_id, path],

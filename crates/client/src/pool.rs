@@ -139,15 +139,33 @@ impl<N: Net> Pool<N> {
         Ok(links.iter().take(want).cloned().collect())
     }
 
-    /// A live connection (in turn among those open).
+    /// A live connection: an idle one if there is one, else a new one while
+    /// the pool has room, else the least busy (the first of those in turn).
+    ///
+    /// The server answers one connection's requests one after another, so
+    /// requests issued together, as the sync daemon's are, only overlap on
+    /// the server — and its writer only commits them together — when they
+    /// go out on connections of their own.
     pub async fn link(&self) -> Result<Arc<Client>, ClientError> {
         let mut links = self.links.lock().await;
         links.retain(|l| !l.is_closed());
-        if links.is_empty() {
-            links.push(self.open().await?);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = links.len();
+        let quietest = (0..n)
+            .map(|k| (start + k) % n)
+            .map(|i| (i, links[i].in_flight()))
+            .min_by_key(|&(_, load)| load);
+        match quietest {
+            Some((i, load)) if load == 0 || n >= self.size => Ok(links[i].clone()),
+            _ => match self.open().await {
+                Ok(link) => {
+                    links.push(link.clone());
+                    Ok(link)
+                }
+                // Busy connections are still connections.
+                Err(e) => quietest.map(|(i, _)| links[i].clone()).ok_or(e),
+            },
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % links.len();
-        Ok(links[i].clone())
     }
 
     /// Drops every connection (after a sign-in, say).

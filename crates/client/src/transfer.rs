@@ -29,7 +29,8 @@ use coffer_crypto::envelope::{HEADER_LEN, TAG_LEN};
 use coffer_crypto::{ChunkCipher, FileKey, FileKeyContext, FileMeta, SecretKey, wrap_file_key};
 use coffer_net::{Net, blocking};
 use coffer_proto::limits::{
-    CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE,
+    CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MAX_INLINE_FILE,
+    MIN_CHUNK_SIZE,
 };
 use coffer_proto::request::{
     ChunkGet, ShareRef, Stat, UploadBegin, UploadChunk, UploadCommit, UploadRef,
@@ -359,6 +360,7 @@ async fn prepare<N: Net>(
                 folder_id: folder.folder_id.clone(),
                 path: path.to_owned(),
                 version: None,
+                inline: false,
             }))
             .await
         {
@@ -872,10 +874,25 @@ pub struct GetReport {
     pub plain_chunks: Vec<[u8; 32]>,
 }
 
-/// Removes a temporary file unless told it was renamed into place.
-pub(crate) struct TempFile {
-    pub(crate) path: PathBuf,
-    pub(crate) keep: bool,
+/// A temporary file, removed when dropped unless it was put in place.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Where it is.
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Renames it to `target`, then fsyncs `dir`, the directory both are in,
+    /// so that the rename survives a crash; from then on it is kept.
+    pub fn place(&mut self, target: &Path, dir: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, target)?;
+        self.keep = true;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TempFile {
@@ -887,7 +904,7 @@ impl Drop for TempFile {
 }
 
 /// Prefix of the temporary files `get` writes (and a sync daemon ignores).
-pub const TEMP_PREFIX: &str = ".coffer-";
+pub const TEMP_PREFIX: &str = ".coffer-tmp-";
 
 fn integrity(message: String) -> ClientError {
     ClientError::Integrity(message)
@@ -904,34 +921,133 @@ pub async fn get<N: Net>(
     progress: &dyn Progress,
     hash_chunks: bool,
 ) -> Result<GetReport, ClientError> {
-    let (request, scope, name) = match source {
+    download(s, source, None, Place::Dest(dest), progress, hash_chunks)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// A file's manifest — its entry and chunk addresses, and for a small file
+/// its chunk — as the server answered `download`; what [`fetch`] would ask
+/// for first.
+#[derive(Debug)]
+pub struct Manifest {
+    answer: coffer_proto::response::Manifest,
+    body: Bytes,
+}
+
+impl Manifest {
+    /// The entry it describes.
+    pub fn entry(&self) -> &FileEntry {
+        &self.answer.entry
+    }
+}
+
+/// The request that asks for `source`'s manifest (a small file's chunk inline).
+fn manifest_request(source: Source<'_>) -> Request {
+    match source {
         Source::Folder {
             folder_id,
             path,
             version,
+        } => Request::Download(Stat {
+            folder_id: folder_id.to_owned(),
+            path: path.to_owned(),
+            version,
+            inline: true,
+        }),
+        Source::Share(share_id) => Request::SharedDownload(ShareRef {
+            share_id: share_id.to_owned(),
+        }),
+    }
+}
+
+async fn ask_manifest<N: Net>(s: &Session<N>, source: Source<'_>) -> Result<Manifest, ClientError> {
+    let frame = s
+        .call_with_body(manifest_request(source), Bytes::new())
+        .await?;
+    match frame.msg {
+        Response::Manifest(answer) => Ok(Manifest {
+            answer,
+            body: frame.body,
+        }),
+        other => Err(unexpected("download", &other)),
+    }
+}
+
+/// Asks for the latest manifest of a file in a folder. A path that is a
+/// directory, deleted or unknown is the server's error.
+pub async fn manifest<N: Net>(
+    s: &Session<N>,
+    folder_id: &str,
+    path: &str,
+) -> Result<Manifest, ClientError> {
+    paths::validate(path).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
+    let source = Source::Folder {
+        folder_id,
+        path,
+        version: None,
+    };
+    ask_manifest(s, source).await
+}
+
+/// Like [`get`], but leaves the file, checked and fsynced, in a temporary
+/// file in `dir` (removed when dropped unless kept), for a caller that
+/// decides itself whether and where to put it. With `manifest`, already
+/// asked for, the file it describes is fetched (`source` then only names it).
+pub async fn fetch<N: Net>(
+    s: &Session<N>,
+    source: Source<'_>,
+    manifest: Option<Manifest>,
+    dir: &Path,
+    progress: &dyn Progress,
+    hash_chunks: bool,
+) -> Result<(GetReport, TempFile), ClientError> {
+    download(
+        s,
+        source,
+        manifest,
+        Place::TempIn(dir),
+        progress,
+        hash_chunks,
+    )
+    .await
+}
+
+/// Where [`download`] leaves what it fetched.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// Renamed into place, as [`get`] does.
+    Dest(&'a Path),
+    /// In a temporary file in this directory.
+    TempIn(&'a Path),
+}
+
+async fn download<N: Net>(
+    s: &Session<N>,
+    source: Source<'_>,
+    manifest: Option<Manifest>,
+    place: Place<'_>,
+    progress: &dyn Progress,
+    hash_chunks: bool,
+) -> Result<(GetReport, TempFile), ClientError> {
+    let (scope, name) = match source {
+        Source::Folder {
+            folder_id, path, ..
         } => {
             paths::validate(path).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
-            let request = Request::Download(Stat {
-                folder_id: folder_id.to_owned(),
-                path: path.to_owned(),
-                version,
-            });
             (
-                request,
                 Scope::Folder(folder_id.to_owned()),
                 Some(paths::file_name(path).to_owned()),
             )
         }
-        Source::Share(share_id) => {
-            let request = Request::SharedDownload(ShareRef {
-                share_id: share_id.to_owned(),
-            });
-            (request, Scope::Share(share_id.to_owned()), None)
-        }
+        Source::Share(share_id) => (Scope::Share(share_id.to_owned()), None),
     };
-    let frame = s.call_with_body(request, Bytes::new()).await?;
-    let Response::Manifest(manifest) = frame.msg else {
-        return Err(unexpected("download", &frame.msg));
+    let Manifest {
+        answer: manifest,
+        body,
+    } = match manifest {
+        Some(m) => m,
+        None => ask_manifest(s, source).await?,
     };
     let entry = manifest.entry;
     // Nothing the server says is trusted further than it can be checked.
@@ -940,9 +1056,18 @@ pub async fn get<N: Net>(
             "the manifest is not of a file".into(),
         ));
     }
+    // The addresses, then — for a small file asked for inline — its one chunk.
+    let list_len = entry.chunk_count as usize * 32;
+    let inline_len = if entry.chunk_count == 1 && entry.size <= u64::from(MAX_INLINE_FILE) {
+        entry.size as usize + CHUNK_OVERHEAD as usize
+    } else {
+        0
+    };
+    let body_fits =
+        body.len() == list_len || (inline_len > 0 && body.len() == list_len + inline_len);
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&entry.chunk_size)
         || u64::from(entry.chunk_count) != entry.size.div_ceil(u64::from(entry.chunk_size))
-        || frame.body.len() != entry.chunk_count as usize * 32
+        || !body_fits
     {
         return Err(ClientError::Protocol(
             "the manifest's sizes do not add up".into(),
@@ -984,12 +1109,18 @@ pub async fn get<N: Net>(
         )));
     }
 
-    let target = destination(dest, name.as_deref().unwrap_or(&entry.path))?;
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let (target, dir) = match place {
+        Place::Dest(dest) => {
+            let target = destination(dest, name.as_deref().unwrap_or(&entry.path))?;
+            let dir = target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            (Some(target), dir)
+        }
+        Place::TempIn(dir) => (None, dir.to_owned()),
+    };
     let mut suffix = [0u8; 8];
     s.rng().fill_bytes(&mut suffix);
     let temp = TempFile {
@@ -1005,11 +1136,11 @@ pub async fn get<N: Net>(
     progress.start(entry.size);
     s.pool().links(CONNECTIONS).await?;
     let cipher = Arc::new(ChunkCipher::new(&file_key, entry.file_id.0));
-    let hashes: Vec<Sha256> = frame
-        .body
+    let hashes: Vec<Sha256> = body[..list_len]
         .chunks_exact(32)
         .map(|h| Sha256(h.try_into().expect("32 bytes")))
         .collect();
+    let mut inline = (body.len() > list_len).then(|| body.slice(list_len..));
     let mut fetching = FuturesOrdered::new();
     let mut next = 0usize;
     let mut writer = Some((out, sha2::Sha256::new()));
@@ -1026,24 +1157,31 @@ pub async fn get<N: Net>(
             });
             let cipher = cipher.clone();
             let path = entry.path.clone();
+            let given = if index == 0 { inline.take() } else { None };
             fetching.push_back(async move {
-                let chunk = s
-                    .call_with_body(request, Bytes::new())
-                    .await
-                    .map_err(|e| match e {
-                        ClientError::Server(body) if body.code == ErrorCode::ChecksumMismatch => {
-                            integrity(format!("chunk {index} of {path}: {}", body.message))
-                        }
-                        other => other,
-                    })?;
-                if chunk.body.len() as u64 != expected_len + u64::from(CHUNK_OVERHEAD) {
+                let body = match given {
+                    Some(body) => body,
+                    None => {
+                        s.call_with_body(request, Bytes::new())
+                            .await
+                            .map_err(|e| match e {
+                                ClientError::Server(body)
+                                    if body.code == ErrorCode::ChecksumMismatch =>
+                                {
+                                    integrity(format!("chunk {index} of {path}: {}", body.message))
+                                }
+                                other => other,
+                            })?
+                            .body
+                    }
+                };
+                if body.len() as u64 != expected_len + u64::from(CHUNK_OVERHEAD) {
                     return Err(integrity(format!(
                         "chunk {index} of {path} has the wrong size"
                     )));
                 }
                 // Decrypted where it lies (copied first only if the buffer is shared).
-                let mut sealed = chunk
-                    .body
+                let mut sealed = body
                     .try_into_mut()
                     .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
                 blocking(move || {
@@ -1094,34 +1232,40 @@ pub async fn get<N: Net>(
             entry.path
         )));
     }
-    out.sync_all().map_err(local(&temp.path))?;
-    uncache(&out, 0, written);
-    #[cfg(unix)]
-    if meta.mode != 0 {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(
-            &temp.path,
-            std::fs::Permissions::from_mode(meta.mode & 0o777),
-        );
-    }
+    // Made durable (and put in place) off the async threads: a daemon
+    // fetching many small files at once waits on these fsyncs side by side.
+    let mode = meta.mode;
     let mtime =
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.mtime_ms.max(0) as u64);
-    let _ = out.set_modified(mtime);
-    drop(out);
-    std::fs::rename(&temp.path, &target).map_err(local(&target))?;
-    let mut temp = temp;
-    temp.keep = true;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(GetReport {
-        written: target,
+    let (temp, written_to) = blocking(move || {
+        let mut temp = temp;
+        out.sync_all().map_err(local(&temp.path))?;
+        uncache(&out, 0, written);
+        #[cfg(unix)]
+        if mode != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let _ =
+                std::fs::set_permissions(&temp.path, std::fs::Permissions::from_mode(mode & 0o777));
+        }
+        let _ = out.set_modified(mtime);
+        drop(out);
+        let Some(target) = target else {
+            let at = temp.path.clone();
+            return Ok((temp, at));
+        };
+        temp.place(&target, &dir).map_err(local(&target))?;
+        Ok::<_, ClientError>((temp, target))
+    })
+    .await?;
+    let report = GetReport {
+        written: written_to,
         size: written,
         sha256,
         entry,
         chunks: hashes.into_iter().map(|h| h.0).collect(),
         plain_chunks,
-    })
+    };
+    Ok((report, temp))
 }
 
 /// Where `get` writes a file the server calls `server_path`: `dest` itself,

@@ -28,6 +28,9 @@ pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
 /// Bytes the chunk envelope adds to a chunk: format version (1), IV (16), HMAC tag (32).
 pub const CHUNK_OVERHEAD: u32 = 1 + 16 + 32;
 
+/// Largest file whose one chunk `download` sends inline when asked (`inline`).
+pub const MAX_INLINE_FILE: u32 = 64 * 1024;
+
 /// Largest body a peer may send: one sealed maximum-size chunk with room to spare
 /// (4 MiB + 4 KiB).
 pub const MAX_BODY: u32 = MAX_CHUNK_SIZE + 4096;

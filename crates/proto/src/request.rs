@@ -352,6 +352,11 @@ pub struct Stat {
     /// A version from `history`; the latest when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// For `download`: a file of one small chunk comes with that chunk,
+    /// sealed, after the addresses in the answer's body (one round trip for
+    /// a small file instead of two). Ignored by `stat`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
 }
 
 /// Names a path.

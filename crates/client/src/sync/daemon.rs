@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coffer_net::Net;
-use coffer_proto::event::{Event, MemberChange};
+use coffer_proto::event::{Event, FileChanged, MemberChange};
 use coffer_proto::request::Subscribe;
 use coffer_proto::{ErrorCode, Request, Response};
 use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::engine::{Engine, Folder, Round};
+use super::engine::{Engine, Folder, Round, side_by_side};
 use super::state::AlertKind;
 use crate::client::Client;
 use crate::error::ClientError;
@@ -274,7 +274,18 @@ pub async fn run<N: Net>(
                     Some(event) => {
                         delivered = true;
                         backoff = Duration::from_millis(250);
-                        let outcome = handle(&engine, home, session, &mut folders, event, &mut summary).await;
+                        // What else has arrived goes with it: changes to
+                        // unrelated paths are applied side by side.
+                        let mut events = vec![event];
+                        if let Some(l) = link.as_mut() {
+                            while events.len() < EVENT_BATCH {
+                                match l.events.try_recv() {
+                                    Ok(e) => events.push(e),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        let outcome = handle_all(&engine, home, session, &mut folders, events, &mut summary).await;
                         match outcome {
                             Ok(Handled::CaughtUp) => {
                                 caught_up = true;
@@ -395,6 +406,103 @@ enum Handled {
     CaughtUp,
 }
 
+/// Connections the daemon's requests are spread over. The server answers
+/// each connection's requests in order, so the uploads and fetches the
+/// engine runs side by side only overlap there, and the server's writer only
+/// commits them together, on connections of their own. Opened as the load
+/// asks for them.
+pub const CONNECTIONS: usize = 8;
+
+/// Events taken off the subscription at a time.
+const EVENT_BATCH: usize = 256;
+/// Remote changes applied at once: each is a few round trips and an fsync,
+/// so one at a time would leave both sides idle.
+const APPLY_IN_FLIGHT: usize = 16;
+
+/// Whether changes `a` and `b` must keep their order: to the same path of a
+/// folder, or one inside the other. Unrelated changes are applied together.
+fn related(a: &FileChanged, b: &FileChanged) -> bool {
+    let inside = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|rest| rest.starts_with('/'));
+    a.folder_id == b.folder_id
+        && (a.path == b.path || inside(&a.path, &b.path) || inside(&b.path, &a.path))
+}
+
+/// Applies events in order, as [`handle`] would one by one, except that
+/// consecutive file changes to unrelated paths are applied together. The
+/// cursor moves past a group only once all of it is applied, so a daemon
+/// stopped meanwhile applies the group again (applying is idempotent).
+async fn handle_all<N: Net>(
+    engine: &Engine<'_, N>,
+    home: &Home,
+    session: &Session<N>,
+    folders: &mut Vec<Folder>,
+    events: Vec<Event>,
+    summary: &mut Summary,
+) -> Result<Handled, ClientError> {
+    let mut outcome = Handled::Applied;
+    let mut group: Vec<FileChanged> = Vec::new();
+    for event in events {
+        match event {
+            Event::FileChanged(c) if c.from.is_none() => {
+                if group.iter().any(|g| related(g, &c)) {
+                    apply_group(engine, home, folders, std::mem::take(&mut group), summary).await?;
+                }
+                group.push(c);
+            }
+            other => {
+                apply_group(engine, home, folders, std::mem::take(&mut group), summary).await?;
+                if let Handled::CaughtUp =
+                    handle(engine, home, session, folders, other, summary).await?
+                {
+                    outcome = Handled::CaughtUp;
+                }
+            }
+        }
+    }
+    apply_group(engine, home, folders, group, summary).await?;
+    Ok(outcome)
+}
+
+/// Applies file changes to unrelated paths side by side, then moves the
+/// cursor past the last of them.
+async fn apply_group<N: Net>(
+    engine: &Engine<'_, N>,
+    home: &Home,
+    folders: &[Folder],
+    group: Vec<FileChanged>,
+    summary: &mut Summary,
+) -> Result<(), ClientError> {
+    let Some(last) = group.last().map(|c| c.cursor.clone()) else {
+        return Ok(());
+    };
+    let changes = group.iter().filter_map(|c| {
+        let folder = folders.iter().find(|f| f.info.folder_id == c.folder_id)?;
+        Some(async move { (folder, c, engine.remote_change(folder, c).await) })
+    });
+    let mut transient = None;
+    side_by_side(changes, APPLY_IN_FLIGHT, |(folder, c, result)| {
+        match result {
+            Ok(round) => summary.add(&round),
+            Err(e) if e.is_transient() => transient = Some(e),
+            Err(e) => engine.alert(
+                Some(folder),
+                AlertKind::Error,
+                Some(&c.path),
+                &format!("could not apply the change to {}: {e}", c.path),
+            ),
+        }
+        // Every change of the group is tried: the cursor only moves past
+        // all of them, and each one applied now is one less to apply again.
+        true
+    })
+    .await;
+    if let Some(e) = transient {
+        return Err(e);
+    }
+    home.sync_state().set_cursor(&last)?;
+    Ok(())
+}
+
 /// Applies one event, then remembers its cursor.
 async fn handle<N: Net>(
     engine: &Engine<'_, N>,
@@ -490,6 +598,43 @@ async fn handle<N: Net>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(folder: &str, path: &str) -> FileChanged {
+        FileChanged {
+            cursor: "1".into(),
+            folder_id: folder.into(),
+            change: coffer_proto::event::Change::Modified,
+            path: path.into(),
+            from: None,
+            entry: coffer_proto::types::EntrySummary {
+                path: path.into(),
+                kind: coffer_proto::types::EntryKind::File,
+                size: 1,
+                version: 1,
+                modified_ms: 0,
+                deleted: false,
+            },
+            device_id: None,
+        }
+    }
+
+    #[test]
+    fn changes_are_applied_together_only_when_their_paths_are_unrelated() {
+        let at = change("f", "a/b");
+        // The path itself, what is above it and what is below it.
+        for other in ["a/b", "a", "a/b/c", "a/b/c/d"] {
+            assert!(related(&at, &change("f", other)), "{other}");
+            assert!(related(&change("f", other), &at), "{other}");
+        }
+        // Siblings, names that only share a prefix, other folders.
+        for other in ["a/c", "a/bc", "a/b.txt", "a/b0", "b", "ab", "a/"] {
+            assert!(!related(&at, &change("f", other)), "{other}");
+            assert!(!related(&change("f", other), &at), "{other}");
+        }
+        for other in ["a/b", "a", "a/b/c"] {
+            assert!(!related(&at, &change("g", other)), "{other}");
+        }
+    }
 
     #[test]
     fn changes_widen_the_scan_to_their_common_directory() {

@@ -29,9 +29,8 @@ use coffer_proto::response::FolderInfo;
 use coffer_proto::types::{EntryKind, FileEntry, Role};
 use coffer_proto::{ErrorCode, Request, Response, path as paths};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rand::RngExt;
 
-use super::ignore::{Ignore, TEMP_PREFIX};
+use super::ignore::Ignore;
 use super::index::Synced;
 use super::queue::{Entry, Op};
 use super::scan::{self, Change, FileState, Known};
@@ -39,7 +38,7 @@ use super::state::AlertKind;
 use crate::error::ClientError;
 use crate::home::Home;
 use crate::session::{Session, unexpected};
-use crate::transfer::{self, Base, PutOptions, Quiet, Source, TempFile};
+use crate::transfer::{self, Base, PutOptions, Quiet, Source};
 
 /// Attempts before a change the server keeps refusing is given up (and
 /// reported); transient failures (no server) do not count.
@@ -136,6 +135,39 @@ pub fn conflict_name(path: &str, device: &str, unix_secs: u64) -> String {
     let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
     let stamp = format!("{}-{}", &digits[..8], &digits[8..14]);
     format!("{dir}{stem}.conflict-{device}-{stamp}{ext}")
+}
+
+/// Runs `jobs`, at most `limit` at a time, handing each outcome to `done` as
+/// it comes; once `done` answers `false`, what still runs is dropped and no
+/// more are started.
+pub(super) async fn side_by_side<F: std::future::Future>(
+    mut jobs: impl Iterator<Item = F>,
+    limit: usize,
+    mut done: impl FnMut(F::Output) -> bool,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < limit
+            && let Some(next) = jobs.next()
+        {
+            running.push(next);
+        }
+        let Some(outcome) = running.next().await else {
+            return;
+        };
+        if !done(outcome) {
+            return;
+        }
+    }
+}
+
+/// What a path most likely is on the server, as an event or a listing said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Likely {
+    /// A live file.
+    File,
+    /// Anything.
+    Unknown,
 }
 
 /// How the disk stands against the index for one path.
@@ -338,6 +370,8 @@ impl<'a, N: Net> Engine<'a, N> {
                 outcomes.push(done);
             }
             let mut transient = None;
+            // The queue's answers land in one commit.
+            let batch = self.home.batch()?;
             for (folder, entry, result, r) in outcomes {
                 round.add(&r);
                 match result {
@@ -365,6 +399,7 @@ impl<'a, N: Net> Engine<'a, N> {
                     }
                 }
             }
+            batch.commit()?;
             if let Some(e) = transient {
                 return Err(e);
             }
@@ -455,12 +490,14 @@ impl<'a, N: Net> Engine<'a, N> {
         let Some(state) = state else {
             return Ok(());
         };
+        let batch = self.home.batch()?;
         index.put(folder.id(), path, &Known::File(state))?;
         if !report.chunks.is_empty() {
             let stored: Vec<[u8; 32]> = report.chunks.iter().map(|c| c.1).collect();
             index.set_stored(folder.id(), path, &stored)?;
         }
         self.record(folder, path, &report.entry)?;
+        batch.commit()?;
         Ok(())
     }
 
@@ -607,6 +644,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 folder_id: folder.id().to_owned(),
                 path: path.to_owned(),
                 version: None,
+                inline: false,
             }))
             .await
         {
@@ -679,28 +717,20 @@ impl<'a, N: Net> Engine<'a, N> {
         for (path, _) in live.iter().filter(|(_, k)| *k == EntryKind::Dir) {
             self.reconcile(folder, path, &mut round).await?;
         }
-        let mut files =
+        let files =
             live.iter()
                 .filter(|(_, k)| *k == EntryKind::File)
                 .map(|(path, _)| async move {
                     let mut r = Round::default();
-                    let result = self.reconcile(folder, path, &mut r).await;
+                    let result = self.reconcile_as(folder, path, Likely::File, &mut r).await;
                     (path, result, r)
                 });
-        let mut running = FuturesUnordered::new();
-        loop {
-            while running.len() < IN_FLIGHT
-                && let Some(next) = files.next()
-            {
-                running.push(next);
-            }
-            let Some((path, result, r)) = running.next().await else {
-                break;
-            };
+        let mut transient = None;
+        side_by_side(files, IN_FLIGHT, |(path, result, r)| {
             round.add(&r);
             match result {
                 Ok(()) => {}
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_transient() => transient = Some(e),
                 Err(e) => self.alert(
                     Some(folder),
                     AlertKind::Error,
@@ -708,6 +738,11 @@ impl<'a, N: Net> Engine<'a, N> {
                     &format!("could not apply {path}: {e}"),
                 ),
             }
+            transient.is_none()
+        })
+        .await;
+        if let Some(e) = transient {
+            return Err(e);
         }
         for path in dead.iter().rev() {
             self.reconcile(folder, path, &mut round).await?;
@@ -749,7 +784,13 @@ impl<'a, N: Net> Engine<'a, N> {
             .is_none_or(|s| s.version != change.entry.version)
         {
             // Not this device's own change coming back, nor one applied already.
-            self.reconcile(folder, &change.path, &mut round).await?;
+            let likely = if change.entry.kind == EntryKind::File && !change.entry.deleted {
+                Likely::File
+            } else {
+                Likely::Unknown
+            };
+            self.reconcile_as(folder, &change.path, likely, &mut round)
+                .await?;
         }
         Ok(round)
     }
@@ -834,12 +875,44 @@ impl<'a, N: Net> Engine<'a, N> {
         path: &str,
         round: &mut Round,
     ) -> Result<(), ClientError> {
+        self.reconcile_as(folder, path, Likely::Unknown, round)
+            .await
+    }
+
+    /// [`Engine::reconcile`], told what the path most likely is on the
+    /// server: for a live file, its manifest is asked for at once (it holds
+    /// the entry `stat` would return, and the download then starts from it),
+    /// one round trip fewer per file; anything else falls back to `stat`.
+    async fn reconcile_as(
+        &self,
+        folder: &Folder,
+        path: &str,
+        likely: Likely,
+        round: &mut Round,
+    ) -> Result<(), ClientError> {
         if paths::validate(path).is_err() {
             return Err(ClientError::Protocol(format!(
                 "the server named {path:?}, which is not a valid path"
             )));
         }
-        let remote = self.stat(folder, path).await?;
+        let mut manifest = None;
+        let remote = match likely {
+            Likely::File => match transfer::manifest(self.session, folder.id(), path).await {
+                Ok(m) => {
+                    let entry = m.entry().clone();
+                    manifest = Some(m);
+                    Some(entry)
+                }
+                // Deleted, a directory or gone since: as `stat` says.
+                Err(ClientError::Server(e))
+                    if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest) =>
+                {
+                    self.stat(folder, path).await?
+                }
+                Err(e) => return Err(e),
+            },
+            Likely::Unknown => self.stat(folder, path).await?,
+        };
         let index = self.home.index();
         let synced = index.synced(folder.id(), path)?;
         if let (Some(r), Some(s)) = (&remote, &synced)
@@ -875,7 +948,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 self.record(folder, path, &r)
             }
             Some(r) => {
-                self.apply_file(folder, path, &target, local_changed, r, round)
+                self.apply_file(folder, path, &target, local_changed, (r, manifest), round)
                     .await
             }
         }
@@ -964,27 +1037,22 @@ impl<'a, N: Net> Engine<'a, N> {
         path: &str,
         target: &Path,
         local_changed: bool,
-        remote: FileEntry,
+        (remote, manifest): (FileEntry, Option<transfer::Manifest>),
         round: &mut Round,
     ) -> Result<(), ClientError> {
         self.make_parents(folder, path)?;
         let parent = target.parent().unwrap_or(&folder.root).to_owned();
-        let temp = parent.join(format!(
-            "{TEMP_PREFIX}{}",
-            hex::encode(self.session.rng().random::<[u8; 8]>())
-        ));
-        let mut temp = TempFile {
-            path: temp,
-            keep: false,
-        };
-        let mut report = transfer::get(
+        // Fetched beside the target, checked and fsynced, then put in place
+        // below once nothing here changed meanwhile.
+        let (mut report, temp) = transfer::fetch(
             self.session,
             Source::Folder {
                 folder_id: folder.id(),
                 path,
                 version: Some(remote.version),
             },
-            &temp.path,
+            manifest,
+            &parent,
             &Quiet,
             true,
         )
@@ -1024,11 +1092,13 @@ impl<'a, N: Net> Engine<'a, N> {
                 Local::Absent => {}
             }
         }
-        std::fs::rename(&temp.path, target).map_err(local_err(target))?;
-        temp.keep = true;
-        if let Ok(dir) = std::fs::File::open(&parent) {
-            let _ = dir.sync_all();
-        }
+        let placed = target.to_owned();
+        blocking(move || {
+            let mut temp = temp;
+            temp.place(&placed, &parent)
+        })
+        .await
+        .map_err(local_err(target))?;
         round.applied += 1;
         tracing::info!(folder = %folder.info.label, path, version = remote.version, "downloaded");
         self.settle(folder, path, state, &report)
@@ -1047,11 +1117,14 @@ impl<'a, N: Net> Engine<'a, N> {
         // cut alike.
         let paired = state.chunk_size == report.entry.chunk_size
             && state.chunks.len() == report.chunks.len();
+        let batch = self.home.batch()?;
         index.put(folder.id(), path, &Known::File(state))?;
         if paired {
             index.set_stored(folder.id(), path, &report.chunks)?;
         }
-        self.record(folder, path, &report.entry)
+        self.record(folder, path, &report.entry)?;
+        batch.commit()?;
+        Ok(())
     }
 }
 

@@ -16,8 +16,6 @@
 
 /// The ignore file's name, at the root of a synced folder.
 pub const IGNORE_FILE: &str = ".cofferignore";
-/// Prefix of the daemon's own temporary files (downloads in progress).
-pub const TEMP_PREFIX: &str = ".coffer-tmp-";
 /// Longest ignore file read; patterns beyond it are not read.
 pub const MAX_IGNORE_FILE: usize = 64 * 1024;
 /// Longest pattern accepted.
@@ -37,6 +35,8 @@ const BUILT_IN: &[&str] = &[
     ".DS_Store",
     "Thumbs.db",
     "desktop.ini",
+    // The daemon's own temporary files (downloads in progress), named
+    // after `transfer::TEMP_PREFIX`.
     ".coffer-tmp-*",
     IGNORE_FILE,
 ];
@@ -250,6 +250,8 @@ mod tests {
         ] {
             assert!(ignore.ignores(name, false), "{name}");
         }
+        let download = format!("{}0123456789abcdef", crate::transfer::TEMP_PREFIX);
+        assert!(ignore.ignores(&download, false), "{download}");
         for name in ["report.txt", "swp", "part/file", "a/b/c.md"] {
             assert!(!ignore.ignores(name, false), "{name}");
         }

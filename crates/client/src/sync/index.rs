@@ -18,6 +18,7 @@ use coffer_proto::types::VersionVector;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::scan::{FileState, Known};
+use crate::home::{exec, one};
 
 /// The table, created with the home's state.
 pub(crate) const SCHEMA: &str = r#"
@@ -176,14 +177,16 @@ impl<'a> Index<'a> {
     pub fn put(&self, folder_id: &str, path: &str, known: &Known) -> Result<(), IndexError> {
         match known {
             Known::Dir => {
-                self.db.execute(
+                exec(
+                    self.db,
                     "INSERT OR REPLACE INTO sync_index (folder_id, path, is_dir) VALUES (?1, ?2, 1)",
                     params![folder_id, path],
                 )?;
             }
             Known::File(f) => {
                 let chunks: Vec<u8> = f.chunks.concat();
-                self.db.execute(
+                exec(
+                    self.db,
                     "INSERT INTO sync_index (folder_id, path, is_dir, size, mtime_ns, inode, sha256, chunk_size, chunks)
                      VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (folder_id, path) DO UPDATE SET is_dir = 0, size = ?3, mtime_ns = ?4,
@@ -207,7 +210,8 @@ impl<'a> Index<'a> {
 
     /// Forgets `path`.
     pub fn remove(&self, folder_id: &str, path: &str) -> Result<(), IndexError> {
-        self.db.execute(
+        exec(
+            self.db,
             "DELETE FROM sync_index WHERE folder_id = ?1 AND path = ?2",
             params![folder_id, path],
         )?;
@@ -222,7 +226,8 @@ impl<'a> Index<'a> {
         synced: &Synced,
     ) -> Result<(), IndexError> {
         let vv = serde_json::to_string(&synced.vv).expect("a version vector serializes");
-        self.db.execute(
+        exec(
+            self.db,
             "UPDATE sync_index SET version = ?3, vv = ?4 WHERE folder_id = ?1 AND path = ?2",
             params![folder_id, path, synced.version as i64, vv],
         )?;
@@ -231,14 +236,13 @@ impl<'a> Index<'a> {
 
     /// The server version `path` matches, if it was ever synced.
     pub fn synced(&self, folder_id: &str, path: &str) -> Result<Option<Synced>, IndexError> {
-        let row: Option<(Option<i64>, Option<String>)> = self
-            .db
-            .query_row(
-                "SELECT version, vv FROM sync_index WHERE folder_id = ?1 AND path = ?2",
-                params![folder_id, path],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<(Option<i64>, Option<String>)> = one(
+            self.db,
+            "SELECT version, vv FROM sync_index WHERE folder_id = ?1 AND path = ?2",
+            params![folder_id, path],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
         let Some((Some(version), Some(vv))) = row else {
             return Ok(None);
         };
@@ -273,11 +277,13 @@ impl<'a> Index<'a> {
     /// below it) to `to`, replacing what was known there.
     pub fn rename(&self, folder_id: &str, from: &str, to: &str) -> Result<(), IndexError> {
         let tx = self.db.unchecked_transaction()?;
-        tx.execute(
+        exec(
+            &tx,
             "DELETE FROM sync_index WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
             params![folder_id, to, format!("{to}/"), format!("{to}0")],
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE sync_index SET path = ?5 || substr(path, ?6)
              WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
             params![
@@ -295,7 +301,8 @@ impl<'a> Index<'a> {
 
     /// Forgets `path` and everything below it.
     pub fn remove_tree(&self, folder_id: &str, path: &str) -> Result<(), IndexError> {
-        self.db.execute(
+        exec(
+            self.db,
             "DELETE FROM sync_index WHERE folder_id = ?1 AND (path = ?2 OR (path > ?3 AND path < ?4))",
             params![folder_id, path, format!("{path}/"), format!("{path}0")],
         )?;
@@ -310,7 +317,8 @@ impl<'a> Index<'a> {
         path: &str,
         stored: &[[u8; 32]],
     ) -> Result<(), IndexError> {
-        self.db.execute(
+        exec(
+            self.db,
             "UPDATE sync_index SET stored = ?3 WHERE folder_id = ?1 AND path = ?2",
             params![folder_id, path, stored.concat()],
         )?;
@@ -320,14 +328,13 @@ impl<'a> Index<'a> {
     /// For the file at `path`: each plaintext chunk hash with the content
     /// address it was stored under, when the upload of that content is known.
     pub fn stored(&self, folder_id: &str, path: &str) -> Result<Vec<StoredChunk>, IndexError> {
-        let row: Option<Blobs> = self
-            .db
-            .query_row(
-                "SELECT chunks, stored FROM sync_index WHERE folder_id = ?1 AND path = ?2",
-                params![folder_id, path],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<Blobs> = one(
+            self.db,
+            "SELECT chunks, stored FROM sync_index WHERE folder_id = ?1 AND path = ?2",
+            params![folder_id, path],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
         let Some((Some(chunks), Some(stored))) = row else {
             return Ok(Vec::new());
         };

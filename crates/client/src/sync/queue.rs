@@ -17,6 +17,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::home::{exec, one};
+
 /// The tables, created with the home's state.
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_queue (
@@ -126,7 +128,8 @@ impl<'a> Queue<'a> {
             Op::Delete(_) => {
                 // Only puts since the last move to or from the path: an
                 // earlier put may be what that move carries.
-                tx.execute(
+                exec(
+                    &tx,
                     "DELETE FROM sync_queue WHERE folder_id = ?1 AND path = ?2 AND op = 'put'
                      AND seq > COALESCE((SELECT MAX(seq) FROM sync_queue WHERE folder_id = ?1
                          AND op = 'move' AND (path = ?2 OR to_path = ?2)), 0)",
@@ -134,15 +137,15 @@ impl<'a> Queue<'a> {
                 )?;
             }
             Op::Put(_) => {
-                let waiting: Option<i64> = tx
-                    .query_row(
-                        "SELECT seq FROM sync_queue WHERE folder_id = ?1 AND path = ?2 AND op = 'put'
+                let waiting: Option<i64> = one(
+                    &tx,
+                    "SELECT seq FROM sync_queue WHERE folder_id = ?1 AND path = ?2 AND op = 'put'
                          AND seq > COALESCE((SELECT MAX(seq) FROM sync_queue WHERE folder_id = ?1
                              AND (path = ?2 OR to_path = ?2) AND op != 'put'), 0)",
-                        params![folder_id, path],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                    params![folder_id, path],
+                    |r| r.get(0),
+                )
+                .optional()?;
                 if waiting.is_some() {
                     return tx.commit();
                 }
@@ -151,18 +154,19 @@ impl<'a> Queue<'a> {
         }
         // The same change reported again (a rescan before it was sent) is
         // already waiting: the last entry for its paths is this very one.
-        let last: Option<(String, String, Option<String>)> = tx
-            .query_row(
-                "SELECT op, path, to_path FROM sync_queue WHERE folder_id = ?1
+        let last: Option<(String, String, Option<String>)> = one(
+            &tx,
+            "SELECT op, path, to_path FROM sync_queue WHERE folder_id = ?1
                  AND (path IN (?2, ?3) OR to_path IN (?2, ?3)) ORDER BY seq DESC LIMIT 1",
-                params![folder_id, path, to.unwrap_or(path)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+            params![folder_id, path, to.unwrap_or(path)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
         if last.is_some_and(|(k, p, t)| k == kind && p == path && t.as_deref() == to) {
             return tx.commit();
         }
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO sync_queue (folder_id, op, path, to_path) VALUES (?1, ?2, ?3, ?4)",
             params![folder_id, kind, path, to],
         )?;
@@ -207,24 +211,23 @@ impl<'a> Queue<'a> {
 
     /// The server acknowledged it: it leaves the queue.
     pub fn done(&self, seq: i64) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM sync_queue WHERE seq = ?1", [seq])
-            .map(drop)
+        exec(self.db, "DELETE FROM sync_queue WHERE seq = ?1", [seq]).map(drop)
     }
 
     /// An attempt failed: it stays, with the reason.
     pub fn failed(&self, seq: i64, why: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute(
-                "UPDATE sync_queue SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                params![seq, why],
-            )
-            .map(drop)
+        exec(
+            self.db,
+            "UPDATE sync_queue SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            params![seq, why],
+        )
+        .map(drop)
     }
 
     /// Entries waiting for `folder_id` that failed at least once.
     pub fn failing(&self, folder_id: &str) -> rusqlite::Result<u64> {
-        self.db.query_row(
+        one(
+            self.db,
             "SELECT COUNT(*) FROM sync_queue WHERE folder_id = ?1 AND attempts > 0",
             [folder_id],
             |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64),
@@ -233,7 +236,8 @@ impl<'a> Queue<'a> {
 
     /// Entries waiting for `folder_id`.
     pub fn pending(&self, folder_id: &str) -> rusqlite::Result<u64> {
-        self.db.query_row(
+        one(
+            self.db,
             "SELECT COUNT(*) FROM sync_queue WHERE folder_id = ?1",
             [folder_id],
             |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64),

@@ -6,6 +6,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::home::{exec, one};
+
 /// The tables, created with the home's state.
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -100,18 +102,19 @@ impl<'a> State<'a> {
 
     /// The last event cursor applied.
     pub fn cursor(&self) -> rusqlite::Result<Option<String>> {
-        self.db
-            .query_row(
-                "SELECT value FROM sync_state WHERE key = 'cursor'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
+        one(
+            self.db,
+            "SELECT value FROM sync_state WHERE key = 'cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
     }
 
     /// Remembers the last event cursor applied.
     pub fn set_cursor(&self, cursor: &str) -> rusqlite::Result<()> {
-        self.db.execute(
+        exec(
+            self.db,
             "INSERT INTO sync_state (key, value) VALUES ('cursor', ?1)
              ON CONFLICT (key) DO UPDATE SET value = ?1",
             [cursor],
@@ -121,20 +124,20 @@ impl<'a> State<'a> {
 
     /// Whether `folder_id` was reconciled with a full listing.
     pub fn listed(&self, folder_id: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .db
-            .query_row(
-                "SELECT listed FROM sync_folders WHERE folder_id = ?1",
-                [folder_id],
-                |r| r.get::<_, bool>(0),
-            )
-            .optional()?
-            .unwrap_or(false))
+        Ok(one(
+            self.db,
+            "SELECT listed FROM sync_folders WHERE folder_id = ?1",
+            [folder_id],
+            |r| r.get::<_, bool>(0),
+        )
+        .optional()?
+        .unwrap_or(false))
     }
 
     /// Records that `folder_id` was reconciled with a full listing.
     pub fn set_listed(&self, folder_id: &str) -> rusqlite::Result<()> {
-        self.db.execute(
+        exec(
+            self.db,
             "INSERT INTO sync_folders (folder_id, listed) VALUES (?1, 1)
              ON CONFLICT (folder_id) DO UPDATE SET listed = 1",
             [folder_id],
@@ -145,7 +148,7 @@ impl<'a> State<'a> {
     /// Forgets every folder's full reconciliation (the cursor they were
     /// followed from is no longer valid).
     pub fn forget_listed(&self) -> rusqlite::Result<()> {
-        self.db.execute("DELETE FROM sync_folders", []).map(drop)
+        exec(self.db, "DELETE FROM sync_folders", []).map(drop)
     }
 
     /// Records an alert, dropping the oldest beyond the bound.
@@ -157,12 +160,14 @@ impl<'a> State<'a> {
         message: &str,
         now_ms: i64,
     ) -> rusqlite::Result<()> {
-        self.db.execute(
+        exec(
+            self.db,
             "INSERT INTO sync_alerts (folder_id, kind, path, message, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![folder_id, kind.as_str(), path, message, now_ms],
         )?;
-        self.db.execute(
+        exec(
+            self.db,
             "DELETE FROM sync_alerts WHERE id <= (SELECT MAX(id) FROM sync_alerts) - ?1",
             [MAX_ALERTS],
         )?;
@@ -195,7 +200,8 @@ impl<'a> State<'a> {
         kind: AlertKind,
         path: &str,
     ) -> rusqlite::Result<bool> {
-        self.db.query_row(
+        one(
+            self.db,
             "SELECT EXISTS (SELECT 1 FROM sync_alerts WHERE folder_id = ?1 AND kind = ?2 AND path = ?3)",
             params![folder_id, kind.as_str(), path],
             |r| r.get(0),
@@ -204,7 +210,8 @@ impl<'a> State<'a> {
 
     /// Alerts of `kind` for `folder_id`.
     pub fn count(&self, folder_id: &str, kind: AlertKind) -> rusqlite::Result<u64> {
-        self.db.query_row(
+        one(
+            self.db,
             "SELECT COUNT(*) FROM sync_alerts WHERE folder_id = ?1 AND kind = ?2",
             params![folder_id, kind.as_str()],
             |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64),

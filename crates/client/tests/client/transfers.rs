@@ -303,14 +303,46 @@ async fn a_corrupt_chunk_on_the_server_fails_the_get_and_writes_nothing() {
         .await;
     assert!(line.starts_with("error: checksum_mismatch: "), "{line}");
     only_files(&out_dir, &[]);
+
+    // A small file, whose chunk comes inline with the manifest.
+    env.put("alice", "small.bin", b"small and inline", "docs:small.bin")
+        .await;
+    let victim = files_below(&env.server.data.join("chunks"))
+        .into_iter()
+        .find(|c| !chunks.contains(c))
+        .expect("the small file's chunk");
+    let mut sealed = std::fs::read(&victim).unwrap();
+    sealed[20] ^= 0x01;
+    std::fs::write(&victim, &sealed).unwrap();
+    let line = env
+        .fails(
+            "alice",
+            &["get", "docs:small.bin", out_dir.to_str().unwrap()],
+        )
+        .await;
+    assert!(line.starts_with("error: checksum_mismatch: "), "{line}");
+    only_files(&out_dir, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
+    altered_ciphertext_is_caught(2 * MIB + 100, 1, false).await;
+}
+
+/// A small file's one chunk comes inline with the manifest: checked all the
+/// same. The altered chunk is given no folder reference, so a `chunk_get`
+/// for it would be refused as `not_found`: the MAC failure shows the chunk
+/// came inline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_chunk_sent_inline_is_caught_by_the_mac() {
+    altered_ciphertext_is_caught(1000, 0, true).await;
+}
+
+async fn altered_ciphertext_is_caught(size: usize, chunk: usize, inline: bool) {
     let env = Env::start().await;
     env.register("alice", "alice").await;
     env.ok("alice", &["folder", "create", "docs"]).await;
-    let bytes = content(2 * MIB + 100, 6);
+    let bytes = content(size, 6);
     env.put("alice", "doc.bin", &bytes, "docs:doc.bin").await;
     let existing = env.path("out.bin");
     std::fs::write(&existing, b"what was here before").unwrap();
@@ -327,7 +359,8 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let old: [u8; 32] = list[32..64].try_into().unwrap();
+    let at = chunk * 32..(chunk + 1) * 32;
+    let old: [u8; 32] = list[at.clone()].try_into().unwrap();
     let old_hex = hex::encode(old);
     let chunk_dir = env.server.data.join("chunks");
     let mut sealed = std::fs::read(chunk_dir.join(&old_hex[..2]).join(&old_hex[2..])).unwrap();
@@ -341,7 +374,7 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
     stored.extend_from_slice(&crc32c::crc32c(&sealed).to_le_bytes());
     std::fs::write(chunk_dir.join(&new_hex[..2]).join(&new_hex[2..]), &stored).unwrap();
     let mut altered = list.clone();
-    altered[32..64].copy_from_slice(&new);
+    altered[at].copy_from_slice(&new);
     db.execute(
         "UPDATE versions SET chunks = ?1 WHERE path = 'doc.bin'",
         [&altered],
@@ -352,11 +385,13 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
         rusqlite::params![&new[..], sealed.len() as i64],
     )
     .unwrap();
-    db.execute(
-        "INSERT INTO chunk_refs (hash, folder_id, refs) VALUES (?1, ?2, 1)",
-        rusqlite::params![&new[..], folder_id],
-    )
-    .unwrap();
+    if !inline {
+        db.execute(
+            "INSERT INTO chunk_refs (hash, folder_id, refs) VALUES (?1, ?2, 1)",
+            rusqlite::params![&new[..], folder_id],
+        )
+        .unwrap();
+    }
     drop(db);
 
     let line = env
@@ -366,7 +401,9 @@ async fn a_server_that_serves_altered_ciphertext_is_caught_by_the_mac() {
         )
         .await;
     assert!(
-        line.starts_with("error: checksum_mismatch: chunk 1 of doc.bin"),
+        line.starts_with(&format!(
+            "error: checksum_mismatch: chunk {chunk} of doc.bin"
+        )),
         "{line}"
     );
     // The file that was there is untouched, and no temporary file is left.

@@ -267,6 +267,7 @@ async fn listing_stat_history_restore_move_and_delete() {
             folder_id: id.into(),
             path: "top.txt".into(),
             version: None,
+            inline: false,
         }))
         .await
     else {
@@ -462,18 +463,32 @@ async fn single_file_shares_read_one_file_only() {
             ErrorCode::NotFound,
         )
         .await;
-    let secret = alice
+    let download = |inline| {
+        Request::Download(Stat {
+            folder_id: id.into(),
+            path: "secret.txt".into(),
+            version: None,
+            inline,
+        })
+    };
+    let secret = alice.conn.call_with(download(false), Bytes::new()).await;
+    let other = Sha256(secret.body[..32].try_into().unwrap());
+    // Asked for inline, a small file's one chunk follows its address.
+    assert_eq!(secret.body.len(), 32);
+    let inline = alice.conn.call_with(download(true), Bytes::new()).await;
+    let chunk = alice
         .conn
         .call_with(
-            Request::Download(Stat {
-                folder_id: id.into(),
-                path: "secret.txt".into(),
-                version: None,
+            Request::ChunkGet(ChunkGet {
+                scope: Scope::Folder(id.into()),
+                hash: other,
             }),
             Bytes::new(),
         )
         .await;
-    let other = Sha256(secret.body[..32].try_into().unwrap());
+    assert!(matches!(chunk.msg, Response::Chunk(_)), "{:?}", chunk.msg);
+    assert_eq!(&inline.body[..32], &secret.body[..]);
+    assert_eq!(&inline.body[32..], &chunk.body[..]);
     carol
         .refused(
             Request::ChunkGet(ChunkGet {
@@ -639,6 +654,7 @@ fn list_request(id: &str) -> Request {
         folder_id: id.into(),
         path: "bad.bin".into(),
         version: None,
+        inline: false,
     })
 }
 

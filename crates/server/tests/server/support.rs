@@ -444,6 +444,7 @@ impl Client {
                     folder_id: folder_id.into(),
                     path: path.into(),
                     version: None,
+                    inline: false,
                 }),
                 Bytes::new(),
             )
