@@ -92,6 +92,8 @@ pub struct Process {
 }
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a SIGSTOPped process may take to stop every thread.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Process {
     /// Starts `program` with `args` and waits (up to 30 s) for its
@@ -197,9 +199,38 @@ impl Process {
         nix::sys::signal::kill(Pid::from_raw(raw), signal).map_err(|e| failed(e.to_string()))
     }
 
-    /// SIGSTOP: the process stays, silent — a black hole.
+    /// SIGSTOP: the process stays, silent — a black hole. Returns once every
+    /// thread of it is stopped (`kill` only queues the signal: a thread that
+    /// is running may still answer for a moment), so whatever a caller does
+    /// after the return meets a frozen process.
     pub fn pause(&self) -> Result<(), ProcessError> {
-        self.signal(Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)?;
+        let start = std::time::Instant::now();
+        while !self.all_threads_stopped() {
+            if start.elapsed() > STOP_DEADLINE {
+                return Err(ProcessError::Signal {
+                    signal: "SIGSTOP",
+                    pid: self.pid(),
+                    reason: format!("threads still running after {STOP_DEADLINE:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Whether every thread in `/proc/<pid>/task` is in state `T` (stopped).
+    /// The state is the first field after the parenthesised command name.
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        })
     }
 
     /// SIGCONT.

@@ -64,8 +64,10 @@ async fn a_frozen_backend_is_routed_around_its_connections_closed_and_it_is_read
     // before it is marked down are moved to another when it does not answer.
     let load = Load::start(rig.addr, ca);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let frozen = tokio::time::Instant::now();
+    // The instant is taken once the process is wholly stopped: the
+    // connection in progress then may have begun its TLS session on it.
     servers.procs[1].pause().unwrap();
+    let frozen = tokio::time::Instant::now();
     let took = state_becomes(&rig, addrs[1], "down", Duration::from_secs(30)).await;
     eprintln!("frozen backend marked down after {took:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
