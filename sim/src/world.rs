@@ -221,6 +221,9 @@ impl Pki {
         ca.issue(Kind::Server, "localhost", &["localhost".into()], validity)
             .and_then(|issued| issued.write(dir.path(), "server", false))
             .map_err(std::io::Error::other)?;
+        // The servers share a cluster secret, as a deployment's do: tokens
+        // and TLS session tickets from one are good on every other.
+        std::fs::write(dir.path().join("secret"), [0x5e; 32])?;
         Ok(Pki { dir })
     }
 
@@ -237,6 +240,7 @@ fn server_config(pki: &Pki, n: usize) -> Config {
         tls_cert: Some(pki.path("server.pem")),
         tls_key: Some(pki.path("server.key")),
         ca: Some(pki.path("ca.pem")),
+        cluster_secret_file: Some(pki.path("secret")),
         bcrypt_cost: 4,
         keep_versions: KEEP_VERSIONS,
         ..Config::default()

@@ -8,6 +8,8 @@
 //! - [`tls`]: rustls server and client configurations built with the `ring`
 //!   provider explicitly, PEM loading, and handshakes with a deadline and typed
 //!   failures ("not trusted", "timed out", …).
+//! - [`tickets`]: TLS session tickets every server of a cluster can open, so
+//!   that a connection the balancer sends elsewhere still resumes.
 //! - [`blocking`]: the one way to run blocking work (SQLite, fsync, hashing
 //!   large buffers): on tokio's blocking pool, or in place under the
 //!   simulation's single-threaded runtime.
@@ -22,6 +24,7 @@ pub mod blocking;
 pub mod clock;
 pub mod conn;
 pub mod net;
+pub mod tickets;
 pub mod tls;
 
 pub use blocking::blocking;

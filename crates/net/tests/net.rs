@@ -260,7 +260,7 @@ async fn dial(
 #[tokio::test]
 async fn a_client_trusts_only_its_ca() {
     let pki = pki();
-    let server_config = tls::server_config(&pki.server, None, clock()).unwrap();
+    let server_config = tls::server_config(&pki.server, None, clock(), None).unwrap();
 
     let (addr, server) = serve_once(server_config.clone()).await;
     let mut ok = dial(
@@ -270,6 +270,11 @@ async fn a_client_trusts_only_its_ca() {
     .await
     .unwrap();
     assert_eq!(ok.get_ref().1.alpn_protocol(), Some(tls::ALPN));
+    // The suite preferred: SHA-256 key schedule, AES-128-GCM records.
+    assert_eq!(
+        ok.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     ok.write_all(b"x").await.unwrap();
     assert!(
         server.await.unwrap().unwrap().is_none(),
@@ -301,7 +306,8 @@ async fn a_client_trusts_only_its_ca() {
     );
 
     // The right CA, the wrong name: said as such, not as an unknown CA.
-    let (addr, _server) = serve_once(tls::server_config(&pki.server, None, clock()).unwrap()).await;
+    let (addr, _server) =
+        serve_once(tls::server_config(&pki.server, None, clock(), None).unwrap()).await;
     let stream = TokioNet.connect(addr).await.unwrap();
     let config = tls::client_config(pki.roots.clone(), None, clock()).unwrap();
     let err = tls::connect(
@@ -327,7 +333,8 @@ fn pki_other_roots() -> Arc<rustls::RootCertStore> {
 #[tokio::test]
 async fn peers_present_certificates_and_clients_need_none() {
     let pki = pki();
-    let server_config = tls::server_config(&pki.server, Some(pki.roots.clone()), clock()).unwrap();
+    let server_config =
+        tls::server_config(&pki.server, Some(pki.roots.clone()), clock(), None).unwrap();
     let peer = pki
         .ca
         .issue(Kind::Peer, "node-2", &[], Validity::days_from(now(), 30))
@@ -385,7 +392,8 @@ async fn peers_present_certificates_and_clients_need_none() {
 #[tokio::test]
 async fn garbage_instead_of_tls_is_a_protocol_error() {
     let pki = pki();
-    let (addr, server) = serve_once(tls::server_config(&pki.server, None, clock()).unwrap()).await;
+    let (addr, server) =
+        serve_once(tls::server_config(&pki.server, None, clock(), None).unwrap()).await;
     let mut raw = TokioNet.connect(addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let err = server.await.unwrap().unwrap_err();
@@ -398,4 +406,44 @@ async fn bad_pem_is_a_clear_error() {
     assert!(tls::roots_from_pem(b"").is_err());
     let err = tls::load_roots(std::path::Path::new("/nonexistent/ca.pem")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
+
+/// One exchange with the server at `addr` (so that the tickets it sends after
+/// the handshake are read): how the handshake went.
+async fn handshake_kind(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let mut stream = dial(addr, config).await.unwrap();
+    stream.write_all(b"x").await.unwrap();
+    let mut byte = [0u8; 1];
+    stream.read_exact(&mut byte).await.unwrap();
+    stream.get_ref().1.handshake_kind()
+}
+
+/// Behind the balancer a client's next connection lands on another server:
+/// with tickets from the cluster secret it resumes there. A server with
+/// another secret, or servers with only their own session caches, run the
+/// whole handshake.
+#[tokio::test]
+async fn a_session_resumes_on_any_server_sharing_the_secret() {
+    use coffer_net::tickets::SharedTickets;
+    use rustls::HandshakeKind::{Full, Resumed};
+
+    let pki = pki();
+    let server = |secret: Option<u8>| {
+        let tickets = secret.map(|b| SharedTickets::new(&[b; 32], clock()));
+        tls::server_config(&pki.server, None, clock(), tickets).unwrap()
+    };
+    let client = tls::client_config(pki.roots.clone(), None, clock()).unwrap();
+    let mut kinds = Vec::new();
+    for secret in [Some(1), Some(1), Some(1), Some(2), None, None] {
+        let (addr, _server) = serve_once(server(secret)).await;
+        kinds.push(handshake_kind(addr, client.clone()).await);
+    }
+    assert_eq!(
+        kinds,
+        [Full, Resumed, Resumed, Full, Full, Full].map(Some),
+        "secret 1 on three servers, then secret 2, then two servers without shared tickets"
+    );
 }

@@ -100,6 +100,15 @@ impl TokenKey {
         Ok(TokenKey(Zeroizing::new(fresh.to_vec())))
     }
 
+    /// TLS session tickets under keys derived from this secret, so that any
+    /// server of the cluster resumes a session another one began.
+    pub(crate) fn session_tickets(
+        &self,
+        clock: coffer_net::SharedClock,
+    ) -> coffer_net::tickets::SharedTickets {
+        coffer_net::tickets::SharedTickets::new(&self.0, clock)
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }

@@ -135,7 +135,6 @@ impl Server {
             .admin
             .as_deref()
             .map(|a| coffer_proto::name::normalize_username(a).expect("validated"));
-        let tls = tls::setup(&config, &clock)?;
         let token_key = match &config.cluster_secret_file {
             Some(path) => auth::TokenKey::load(path)?,
             None => auth::TokenKey::load_or_create(
@@ -143,6 +142,7 @@ impl Server {
                 rand::RngExt::random(&mut rng),
             )?,
         };
+        let tls = tls::setup(&config, &clock, token_key.session_tickets(clock.clone()))?;
         let chunk_dir = config.data.join("chunks");
         let chunks = Arc::new(chunks::ChunkStore::open(&chunk_dir).map_err(|source| {
             StartError::DataDir {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_net::SharedClock;
+use coffer_net::tickets::SharedTickets;
 use coffer_net::tls::{self, Identity};
 use time::OffsetDateTime;
 use tracing::info;
@@ -21,7 +22,13 @@ fn now(clock: &SharedClock) -> OffsetDateTime {
     OffsetDateTime::UNIX_EPOCH + clock.now()
 }
 
-pub(crate) fn setup(config: &Config, clock: &SharedClock) -> Result<Tls, StartError> {
+/// The server's TLS configuration; sessions resume through `tickets`, which
+/// every server sharing the cluster secret opens.
+pub(crate) fn setup(
+    config: &Config,
+    clock: &SharedClock,
+    tickets: SharedTickets,
+) -> Result<Tls, StartError> {
     let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => (Identity::load(cert, key)?, config.ca.clone()),
         _ => {
@@ -39,7 +46,7 @@ pub(crate) fn setup(config: &Config, clock: &SharedClock) -> Result<Tls, StartEr
     // clients present none and are admitted all the same.
     let peer_roots = ca_path.as_deref().map(tls::load_roots).transpose()?;
     Ok(Tls {
-        server_config: tls::server_config(&identity, peer_roots, clock.clone())?,
+        server_config: tls::server_config(&identity, peer_roots, clock.clone(), Some(tickets))?,
         ca_path,
     })
 }
