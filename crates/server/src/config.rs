@@ -18,7 +18,7 @@
 //! frame_timeout = "60s"
 //! write_timeout = "60s"
 //! shutdown_grace = "30s"                  # SIGTERM; SIGINT allows a tenth of it
-//! # cluster_secret_file = "/etc/coffer/secret"  # token signing key shared by a cluster;
+//! # cluster_secret_file = "/etc/coffer/secret"  # signs tokens and TLS tickets, for a cluster;
 //!                                         # absent: DATA/secret, made on first start
 //! bcrypt_cost = 12                        # of stored login secrets
 //! session_ttl = "24h"                     # a session's life; `refresh` extends it
@@ -87,8 +87,10 @@ pub struct Config {
     /// How long a graceful shutdown (SIGTERM) lets connections finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// File holding the key (at least 32 bytes) that signs session tokens,
-    /// shared by every node of a cluster. Absent: `DATA/secret`, made on first start.
+    /// File holding the key (at least 32 bytes) that signs session tokens and
+    /// protects TLS session tickets, shared by every node of a cluster, so that
+    /// tokens and sessions from one node hold on every other. Absent:
+    /// `DATA/secret`, made on first start.
     pub cluster_secret_file: Option<PathBuf>,
     /// bcrypt cost of stored login secrets (4 to 31).
     pub bcrypt_cost: u32,

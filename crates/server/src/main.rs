@@ -43,7 +43,7 @@ struct Cli {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// File with the key that signs session tokens, shared by a cluster [default: DATA/secret].
+    /// File with the key that signs session tokens and TLS tickets, shared by a cluster [default: DATA/secret].
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
     /// bcrypt cost of stored login secrets [default: 12].
