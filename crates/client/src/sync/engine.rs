@@ -271,7 +271,14 @@ impl<'a, N: Net> Engine<'a, N> {
         let (root, under) = (folder.root.clone(), scope.to_owned());
         let found = blocking(move || {
             let ignore = Ignore::load(&root)?;
-            scan::scan_under(&root, &under, &known, &ignore)
+            let found = scan::scan_under(&root, &under, &known, &ignore)?;
+            for temp in &found.stale_temps {
+                match std::fs::remove_file(temp) {
+                    Ok(()) => tracing::info!(path = %temp.display(), "removed an abandoned download"),
+                    Err(e) => tracing::debug!(path = %temp.display(), error = %e, "abandoned download left"),
+                }
+            }
+            Ok::<_, std::io::Error>(found)
         })
         .await
         .map_err(local_err(&folder.root))?;

@@ -129,6 +129,27 @@ pub struct Scan {
     pub skipped: Vec<(String, String)>,
     /// Files hashed (their metadata differed from the index).
     pub hashed: usize,
+    /// Temporary files of downloads (`.coffer-tmp-*.part`) nothing has
+    /// written to for [`STALE_TEMP`]: left by a daemon or a `get` that was
+    /// killed, since a live one writes, renames or removes its own.
+    pub stale_temps: Vec<PathBuf>,
+}
+
+/// How long a download's temporary file goes unwritten before it counts as
+/// abandoned. A live transfer writes its file as the chunks arrive, each
+/// chunk within a request deadline of a minute; an hour leaves a wide margin.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Whether the file `name` with `meta` is an abandoned download temporary.
+fn stale_temp(name: &str, meta: &Metadata) -> bool {
+    name.starts_with(crate::transfer::TEMP_PREFIX)
+        && name.ends_with(".part")
+        && meta.is_file()
+        && meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_TEMP)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,6 +279,9 @@ pub fn scan_under(
         };
         let is_dir = meta.is_dir();
         if ignore.ignores(&path, is_dir) {
+            if stale_temp(name, &meta) {
+                out.stale_temps.push(full);
+            }
             mark_subtree(index, &path, &mut seen);
             continue;
         }
@@ -627,6 +651,46 @@ mod tests {
         assert_eq!(kinds(&scan), ["+ ok"]);
         let skipped: Vec<&str> = scan.skipped.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(skipped, ["bad\u{fffd}name", "link"]);
+    }
+
+    #[test]
+    fn only_download_temporaries_unwritten_for_an_hour_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let old = std::time::SystemTime::now() - STALE_TEMP - std::time::Duration::from_secs(60);
+        let temp = |name: &str| format!("{}{name}.part", crate::transfer::TEMP_PREFIX);
+        let age = |path: &Path| {
+            fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        };
+        fs::create_dir(root.join("sub")).unwrap();
+        for stale in [temp("aa"), format!("sub/{}", temp("bb"))] {
+            fs::write(root.join(&stale), b"half").unwrap();
+            age(&root.join(&stale));
+        }
+        // Written to a moment ago: a download under way.
+        fs::write(root.join(temp("cc")), b"half").unwrap();
+        // Ignored, and old, but not ours.
+        fs::write(root.join("notes.tmp"), b"x").unwrap();
+        age(&root.join("notes.tmp"));
+        fs::write(
+            root.join(format!("{}dd", crate::transfer::TEMP_PREFIX)),
+            b"x",
+        )
+        .unwrap();
+        age(&root.join(format!("{}dd", crate::transfer::TEMP_PREFIX)));
+        let scan = scan(root, &BTreeMap::new(), &Ignore::default()).unwrap();
+        let mut stale = scan.stale_temps.clone();
+        stale.sort();
+        assert_eq!(
+            stale,
+            [root.join(temp("aa")), root.join("sub").join(temp("bb"))]
+        );
+        assert_eq!(kinds(&scan), ["+dir sub"], "temporaries are never synced");
     }
 
     #[test]

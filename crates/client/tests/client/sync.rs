@@ -341,11 +341,28 @@ async fn ignored_files_stay_local() {
         write(a1, p, b"local only");
     }
     write(a1, "kept.txt", b"synced");
+    // A download's temporary that a killed process left an hour and more
+    // ago is removed; one written to a moment ago (a download under way) is
+    // not touched.
+    let (abandoned, live) = (".coffer-tmp-0a.part", ".coffer-tmp-0b.part");
+    write(a1, abandoned, b"half");
+    write(a1, live, b"half");
+    std::fs::File::options()
+        .write(true)
+        .open(a1.join(abandoned))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 60 * 60))
+        .unwrap();
     sync(&env, "a1").await;
     sync(&env, "a2").await;
     let synced: Vec<String> = tree(a2).into_keys().collect();
     assert_eq!(synced, ["kept.txt"]);
     assert!(!a2.join(".cofferignore").exists());
+    assert!(
+        !a1.join(abandoned).exists(),
+        "the abandoned temporary is removed"
+    );
+    assert!(a1.join(live).exists(), "a fresh temporary is left alone");
 }
 
 /// The daemon, started in the background.
