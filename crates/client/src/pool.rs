@@ -21,6 +21,27 @@ use tokio::sync::Mutex;
 use crate::client::{Client, Endpoint};
 use crate::error::ClientError;
 
+/// Where [`Pool::link`] sends a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    /// On this open connection.
+    Use(usize),
+    /// On a new connection; on this one if none can be opened.
+    Open { else_use: Option<usize> },
+}
+
+/// Given the requests in flight on each open connection, taken in turn from
+/// `start`: the first idle one; else, with `size` open already, the least
+/// busy (the first of those in turn); else a new connection.
+fn pick(loads: &[usize], start: usize, size: usize) -> Pick {
+    let n = loads.len();
+    let quietest = (0..n).map(|k| (start + k) % n).min_by_key(|&i| loads[i]);
+    match quietest {
+        Some(i) if loads[i] == 0 || n >= size => Pick::Use(i),
+        _ => Pick::Open { else_use: quietest },
+    }
+}
+
 /// Attempts of a retryable request before its error is reported.
 const ATTEMPTS: u32 = 5;
 /// First pause between attempts (plus up to half again, at random); doubles
@@ -149,21 +170,17 @@ impl<N: Net> Pool<N> {
     pub async fn link(&self) -> Result<Arc<Client>, ClientError> {
         let mut links = self.links.lock().await;
         links.retain(|l| !l.is_closed());
+        let loads: Vec<usize> = links.iter().map(|l| l.in_flight()).collect();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = links.len();
-        let quietest = (0..n)
-            .map(|k| (start + k) % n)
-            .map(|i| (i, links[i].in_flight()))
-            .min_by_key(|&(_, load)| load);
-        match quietest {
-            Some((i, load)) if load == 0 || n >= self.size => Ok(links[i].clone()),
-            _ => match self.open().await {
+        match pick(&loads, start, self.size) {
+            Pick::Use(i) => Ok(links[i].clone()),
+            Pick::Open { else_use } => match self.open().await {
                 Ok(link) => {
                     links.push(link.clone());
                     Ok(link)
                 }
                 // Busy connections are still connections.
-                Err(e) => quietest.map(|(i, _)| links[i].clone()).ok_or(e),
+                Err(e) => else_use.map(|i| links[i].clone()).ok_or(e),
             },
         }
     }
@@ -204,5 +221,26 @@ impl<N: Net> Pool<N> {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pick, pick};
+
+    #[test]
+    fn an_idle_connection_first_then_a_new_one_then_the_least_busy() {
+        // Nothing open yet.
+        assert_eq!(pick(&[], 0, 4), Pick::Open { else_use: None });
+        // The first idle one in turn, however busy the others are.
+        assert_eq!(pick(&[0, 3], 1, 4), Pick::Use(0));
+        assert_eq!(pick(&[0, 0], 1, 4), Pick::Use(1));
+        assert_eq!(pick(&[0, 0], 2, 4), Pick::Use(0));
+        // All busy with room left: a new one, the least busy if that fails.
+        assert_eq!(pick(&[2, 1], 0, 4), Pick::Open { else_use: Some(1) });
+        // All busy and the pool full: the least busy, in turn among equals.
+        assert_eq!(pick(&[2, 1, 1], 0, 3), Pick::Use(1));
+        assert_eq!(pick(&[2, 1, 1], 2, 3), Pick::Use(2));
+        assert_eq!(pick(&[5, 4, 6, 4], 3, 3), Pick::Use(3));
     }
 }

@@ -29,8 +29,8 @@ use coffer_crypto::envelope::{HEADER_LEN, TAG_LEN};
 use coffer_crypto::{ChunkCipher, FileKey, FileKeyContext, FileMeta, SecretKey, wrap_file_key};
 use coffer_net::{Net, blocking};
 use coffer_proto::limits::{
-    CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MAX_INLINE_FILE,
-    MIN_CHUNK_SIZE,
+    CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE,
+    sends_inline,
 };
 use coffer_proto::request::{
     ChunkGet, ShareRef, Stat, UploadBegin, UploadChunk, UploadCommit, UploadRef,
@@ -883,16 +883,23 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Renames it to `target`, then fsyncs `dir`, the directory both are in,
-    /// so that the rename survives a crash; from then on it is kept.
-    pub fn place(&mut self, target: &Path, dir: &Path) -> std::io::Result<()> {
+    /// Renames it to `target`, in the same directory, then fsyncs that
+    /// directory so that the rename survives a crash; from then on it is kept.
+    pub fn place(&mut self, target: &Path) -> std::io::Result<()> {
         std::fs::rename(&self.path, target)?;
         self.keep = true;
-        if let Ok(d) = std::fs::File::open(dir) {
+        if let Ok(d) = std::fs::File::open(dir_of(target)) {
             let _ = d.sync_all();
         }
         Ok(())
     }
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 impl Drop for TempFile {
@@ -1058,7 +1065,7 @@ async fn download<N: Net>(
     }
     // The addresses, then — for a small file asked for inline — its one chunk.
     let list_len = entry.chunk_count as usize * 32;
-    let inline_len = if entry.chunk_count == 1 && entry.size <= u64::from(MAX_INLINE_FILE) {
+    let inline_len = if sends_inline(entry.chunk_count, entry.size) {
         entry.size as usize + CHUNK_OVERHEAD as usize
     } else {
         0
@@ -1112,11 +1119,7 @@ async fn download<N: Net>(
     let (target, dir) = match place {
         Place::Dest(dest) => {
             let target = destination(dest, name.as_deref().unwrap_or(&entry.path))?;
-            let dir = target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned();
+            let dir = dir_of(&target).to_owned();
             (Some(target), dir)
         }
         Place::TempIn(dir) => (None, dir.to_owned()),
@@ -1253,7 +1256,7 @@ async fn download<N: Net>(
             let at = temp.path.clone();
             return Ok((temp, at));
         };
-        temp.place(&target, &dir).map_err(local(&target))?;
+        temp.place(&target).map_err(local(&target))?;
         Ok::<_, ClientError>((temp, target))
     })
     .await?;

@@ -34,6 +34,7 @@ pub const PERIOD: Duration = Duration::from_secs(6 * 60 * 60);
 const LABEL: &[u8] = b"coffer tls session tickets v1";
 
 const PERIOD_LEN: usize = 8;
+const TAG_LEN: usize = 16;
 
 /// The largest state a ticket carries (rustls's session state is a few
 /// hundred bytes, more with a client certificate chain).
@@ -97,23 +98,24 @@ impl rustls::server::ProducesTickets for SharedTickets {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
         let aad = period.to_be_bytes();
-        let mut out = Vec::with_capacity(PERIOD_LEN + NONCE_LEN + plain.len() + 16);
+        let mut out = Vec::with_capacity(PERIOD_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&aad);
         out.extend_from_slice(&nonce);
-        let mut body = plain.to_vec();
-        self.key(period)
-            .seal_in_place_append_tag(
+        out.extend_from_slice(plain);
+        let tag = self
+            .key(period)
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut body,
+                &mut out[PERIOD_LEN + NONCE_LEN..],
             )
             .ok()?;
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
-        if ticket.len() > MAX_TICKET + PERIOD_LEN + NONCE_LEN + 16 {
+        if ticket.len() > MAX_TICKET + PERIOD_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }
         let (aad, rest) = ticket.split_first_chunk::<PERIOD_LEN>()?;

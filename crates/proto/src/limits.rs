@@ -31,6 +31,14 @@ pub const CHUNK_OVERHEAD: u32 = 1 + 16 + 32;
 /// Largest file whose one chunk `download` sends inline when asked (`inline`).
 pub const MAX_INLINE_FILE: u32 = 64 * 1024;
 
+/// Whether `download` with `inline` sends the chunk of a file of `size` bytes
+/// in `chunk_count` chunks after its address: a file of one chunk of at most
+/// [`MAX_INLINE_FILE`] bytes. The server decides by it, and the client reads
+/// the answer's body by it.
+pub fn sends_inline(chunk_count: u32, size: u64) -> bool {
+    chunk_count == 1 && size <= u64::from(MAX_INLINE_FILE)
+}
+
 /// Largest body a peer may send: one sealed maximum-size chunk with room to spare
 /// (4 MiB + 4 KiB).
 pub const MAX_BODY: u32 = MAX_CHUNK_SIZE + 4096;

@@ -1048,7 +1048,7 @@ impl<'a, N: Net> Engine<'a, N> {
         round: &mut Round,
     ) -> Result<(), ClientError> {
         self.make_parents(folder, path)?;
-        let parent = target.parent().unwrap_or(&folder.root).to_owned();
+        let parent = target.parent().unwrap_or(&folder.root);
         // Fetched beside the target, checked and fsynced, then put in place
         // below once nothing here changed meanwhile.
         let (mut report, temp) = transfer::fetch(
@@ -1059,7 +1059,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 version: Some(remote.version),
             },
             manifest,
-            &parent,
+            parent,
             &Quiet,
             true,
         )
@@ -1102,7 +1102,7 @@ impl<'a, N: Net> Engine<'a, N> {
         let placed = target.to_owned();
         blocking(move || {
             let mut temp = temp;
-            temp.place(&placed, &parent)
+            temp.place(&placed)
         })
         .await
         .map_err(local_err(target))?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use coffer_proto::limits::{
-    CHUNK_OVERHEAD, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MAX_INLINE_FILE, MIN_CHUNK_SIZE,
+    CHUNK_OVERHEAD, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE, sends_inline,
 };
 use coffer_proto::request::{
     ChunkGet, Delete, List, Move, PathRef, Restore, Stat, UploadBegin, UploadChunk, UploadCommit,
@@ -154,7 +154,7 @@ pub(super) async fn download(server: &Server, r: Stat) -> Answer {
     if entry.kind != EntryKind::File {
         return Err(bad_request(format!("{} is a directory", entry.path)));
     }
-    if inline && entry.chunk_count == 1 && entry.size <= u64::from(MAX_INLINE_FILE) {
+    if inline && sends_inline(entry.chunk_count, entry.size) {
         // The chunk follows its address: a small file in one round trip.
         let address: [u8; 32] = chunks[..]
             .try_into()
