@@ -5,7 +5,10 @@
 //!   same whichever thread runs it and whatever runs beside it;
 //! - `TURMOIL_SEED=<seed>` runs that one seed and prints its trace;
 //! - `SIM_WORLD=balancer` or `SIM_WORLD=files` runs only that world of each
-//!   seed (default: both).
+//!   seed (default: both);
+//! - `SIM_LOG=<filter>` (`debug`, `coffer_balancer=debug`, …) prints the
+//!   servers', balancer's and clients' logs on stderr, stamped with simulated
+//!   time and the host: for a replay, since every seed logs.
 //!
 //! Exits non-zero when a seed violates an invariant, printing the lowest such
 //! seed's violations and its replay command.
@@ -71,7 +74,26 @@ fn one_seed(seed: u64, worlds: &[Options]) -> Result<Vec<Report>, Failure> {
     Ok(reports)
 }
 
+/// Log lines stamped with the simulated time instead of the wall clock.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimTime)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // Each seed runs both worlds: the balancer's three servers with pings,
     // and the files workload against one server.
     let worlds: Vec<Options> = match std::env::var("SIM_WORLD").as_deref() {

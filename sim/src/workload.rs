@@ -182,6 +182,12 @@ impl Device {
         self.index == [0, 2, 3][self.user()]
     }
 
+    /// Whether this device is set up: signed in, and the folder shared and
+    /// joined.
+    pub(crate) fn set_up(&self, ledger: &Ledger) -> bool {
+        self.session.is_some() && ledger.joined
+    }
+
     /// One step of the workload: whatever this device should do next.
     pub(crate) async fn step(&mut self, ledger: &RefCell<Ledger>) -> Done {
         if self.session.is_none() {

@@ -3,14 +3,15 @@
 //!
 //! Timeline of a run:
 //! 1. **warm-up** — no faults; every client makes a few connections through the
-//!    balancer; at its end the balancer's counters must show an exact
+//!    balancer (or, in the files world, signs in and joins the folder); it
+//!    ends once all have, and the balancer's counters must then show an exact
 //!    round-robin spread;
 //! 2. **faults** — partitions and holds (black holes) between the balancer and
 //!    servers and between clients and the balancer, server crashes and
 //!    restarts, chosen by the seed; clients keep working and may fail, but only
 //!    with typed errors, never by hanging;
-//! 3. **heal** — every fault is undone; after a settle delay every client
-//!    operation must succeed again.
+//! 3. **heal** — every fault is undone; after a settle delay (the balancer's
+//!    recovery bound) every client operation must succeed again.
 //!
 //! The real server, balancer and client libraries run unmodified over
 //! [`TurmoilNet`]; TLS is real too, its certificates checked against the
@@ -75,8 +76,9 @@ pub struct Options {
     pub warmup_ops: usize,
     /// Length of the fault phase.
     pub fault_window: Duration,
-    /// Delay after the heal before operations must succeed again.
-    pub settle: Duration,
+    /// Delay after the heal before operations must succeed again; by default
+    /// the balancer's recovery bound under the health checks the run sets.
+    pub settle: Option<Duration>,
     /// Operations each client makes after the settle delay.
     pub final_ops: usize,
     /// Whether faults are injected at all.
@@ -97,7 +99,7 @@ impl Default for Options {
             clients: 4,
             warmup_ops: 3,
             fault_window: Duration::from_secs(10),
-            settle: Duration::from_secs(5),
+            settle: None,
             final_ops: 2,
             faults: true,
             files: false,
@@ -113,7 +115,7 @@ impl Options {
         Options {
             servers: 1,
             files: true,
-            final_ops: 4,
+            final_ops: 6,
             ..Options::default()
         }
     }
@@ -342,6 +344,23 @@ fn detection_bound(config: &BalancerConfig, tick: Duration) -> Duration {
         + tick * 2 * steps
 }
 
+/// The longest the balancer may take, once every fault is undone, to take
+/// every backend again: a check under way at the heal may still fail (and take
+/// a backend down) until its timeout; a backend that is down is checked again
+/// within a settled interval, and `rise` good checks, the later ones at the fast
+/// interval, bring it back. Ticks as in [`detection_bound`]. Operations after
+/// this delay must succeed.
+fn recovery_bound(config: &BalancerConfig, tick: Duration) -> Duration {
+    let h = &config.health;
+    let slack = 1.0 + h.jitter;
+    let steps = 1 + 2 * h.rise;
+    h.timeout
+        + h.interval.mul_f64(slack)
+        + h.timeout
+        + (h.fast_interval.mul_f64(slack) + h.timeout) * h.rise.saturating_sub(1)
+        + tick * 2 * steps
+}
+
 /// Runs one simulation.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::Error>> {
     let pki = Rc::new(Pki::new()?);
@@ -352,6 +371,9 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         .min_message_latency(MIN_LATENCY)
         .max_message_latency(MAX_LATENCY)
         .tick_duration(TICK)
+        // Hosts run in a new order each tick, drawn from the seed: messages
+        // that land in one tick are taken in every order across seeds.
+        .enable_random_order()
         .build();
 
     let clock: SharedClock = Arc::new(SimClock);
@@ -408,6 +430,9 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     };
     // What the balancer promises, whatever the sabotage makes it do.
     let detect = detection_bound(&balancer_config, TICK);
+    let settle = options
+        .settle
+        .unwrap_or_else(|| recovery_bound(&balancer_config, TICK));
     if sabotage == Some(Sabotage::IgnoreHealth) {
         balancer_config.health = HealthConfig {
             interval: Duration::from_secs(3600),
@@ -449,14 +474,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         });
     }
 
-    let warmup_end = WARMUP;
-    let heal_at = warmup_end
-        + if options.faults {
-            options.fault_window
-        } else {
-            Duration::ZERO
-        };
-    let settled = heal_at + options.settle;
+    let phases: Rc<Phases> = Rc::default();
     let timeouts = if sabotage == Some(Sabotage::NoClientTimeouts) {
         let forever = Duration::from_secs(3600);
         ClientTimeouts {
@@ -502,6 +520,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         };
         let options = options.clone();
         let ledger = ledger.clone();
+        let phases = phases.clone();
         let leak = if sabotage == Some(Sabotage::LeakAccess) {
             Leak::Carol
         } else {
@@ -525,9 +544,14 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                 Ok(client.ping().await?.node_id)
             };
             if let Some(device) = &mut device {
-                // Setting up (accounts, the folder) is part of the warm-up.
-                while now() < settled {
+                // Setting up (accounts, the folder) is the warm-up.
+                let mut set_up = false;
+                while !phases.settled() {
                     recorder.op(false, device.step(&ledger)).await;
+                    if !set_up && device.set_up(&ledger.borrow()) {
+                        set_up = true;
+                        phases.ready.set(phases.ready.get() + 1);
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 for _ in 0..options.final_ops {
@@ -547,9 +571,10 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             for _ in 0..options.warmup_ops {
                 recorder.op(false, ping()).await;
             }
-            while now() < settled {
+            phases.ready.set(phases.ready.get() + 1);
+            while !phases.settled() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if now() >= warmup_end && now() < settled {
+                if !phases.warming() && !phases.settled() {
                     recorder.op(false, ping()).await;
                 }
             }
@@ -573,29 +598,44 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         sabotage,
     };
     let mut spread = None;
-    let mut next_fault = warmup_end;
-    let mut healed = !options.faults;
+    let mut next_fault = Duration::ZERO;
+    let mut heal_at = None;
+    let mut healed = false;
     let mut watch = Detection::new(servers.len(), detect);
     loop {
         let done = sim.step()?;
         let t = sim.elapsed();
         let (balancer, balancer_started) =
             current.borrow().clone().expect("the balancer host started");
-        if spread.is_none() && t >= warmup_end {
+        if phases.warming() && (phases.ready.get() == options.clients || t >= WARMUP) {
             let stats = balancer.stats();
             spread = Some(WarmupSpread {
                 totals: stats.iter().map(|s| s.total).collect(),
                 failures: stats.iter().map(|s| s.failures).collect(),
             });
+            phases.faults_from.set(Some(t));
+            next_fault = t;
+            heal_at = Some(if options.faults {
+                t + options.fault_window
+            } else {
+                t
+            });
+            trace.borrow_mut().push(format!(
+                "{} warm-up over, {} of {} clients set up",
+                fmt_time(t),
+                phases.ready.get(),
+                options.clients
+            ));
         }
-        if !healed {
+        let heal_at_t = heal_at.unwrap_or(Duration::MAX);
+        if !healed && options.faults && !phases.warming() {
             faults.due(&mut sim, t);
-            if t >= next_fault {
+            if t >= next_fault && t < heal_at_t {
                 faults.inject(&mut sim, t, &ledger.borrow().uploading);
                 next_fault = t + Duration::from_millis(faults.rng.random_range(200..1200));
             }
         }
-        if !healed && t >= heal_at {
+        if !healed && t >= heal_at_t {
             healed = true;
             faults.heal(&mut sim);
             if sabotage == Some(Sabotage::NeverHeal) {
@@ -608,6 +648,10 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                     .push(format!("{} sabotage: corrupted {n} chunks", fmt_time(t)));
             }
             trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
+        }
+        if healed && !phases.settled() && t >= heal_at_t + settle {
+            phases.settled_at.set(Some(t));
+            trace.borrow_mut().push(format!("{} settled", fmt_time(t)));
         }
         let down: Vec<bool> = servers.iter().map(|s| faults.is_down(s)).collect();
         watch.observe(t, balancer_started, &down, || balancer.stats());
@@ -642,11 +686,36 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
 }
 
 /// How far simulated time moves per step.
-const TICK: Duration = Duration::from_millis(5);
+const TICK: Duration = Duration::from_millis(10);
 
-/// Length of the warm-up: time for every device to set up and for the
-/// balancer to make its round-robin spread.
+/// The longest warm-up: it ends sooner, once every client has set up (made
+/// its warm-up connections, or signed in and joined the folder).
 const WARMUP: Duration = Duration::from_secs(3);
+
+/// The run's phases as they unfold. The warm-up ends once every client has set
+/// up (or after [`WARMUP`]), the faults run for the fault window, and the
+/// settle delay after the heal lasts as long as the balancer may take to
+/// recover. A warm-up as long as its work and a settle delay as long as its
+/// bound: a run spends no simulated time waiting on nothing.
+#[derive(Debug, Default)]
+struct Phases {
+    /// Clients that have set up.
+    ready: std::cell::Cell<usize>,
+    /// When the warm-up ended and the faults began.
+    faults_from: std::cell::Cell<Option<Duration>>,
+    /// When the settle delay ended: every operation from then on must succeed.
+    settled_at: std::cell::Cell<Option<Duration>>,
+}
+
+impl Phases {
+    fn warming(&self) -> bool {
+        self.faults_from.get().is_none()
+    }
+
+    fn settled(&self) -> bool {
+        self.settled_at.get().is_some()
+    }
+}
 
 /// Link latency outside spikes.
 const MIN_LATENCY: Duration = Duration::from_millis(1);

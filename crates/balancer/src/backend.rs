@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BackendSpec;
@@ -105,20 +106,29 @@ impl Backend {
         self.down.lock().expect("down lock").clone()
     }
 
-    /// Counts a check result (or a failed client connect); returns the new
-    /// state if it flipped. Marking down cancels its connections' token.
-    pub(crate) fn observe(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    /// Counts the result of a check (or a client's connect) that began at
+    /// `began`; returns the new state if it flipped. Marking down cancels its
+    /// connections' token.
+    pub(crate) fn observe(&self, ok: bool, began: Instant, rise: u32, fall: u32) -> Option<bool> {
         let flipped = self
             .health
             .lock()
             .expect("health lock")
-            .observe(ok, rise, fall);
+            .observe(ok, began, rise, fall);
         if flipped == Some(false) {
             let mut down = self.down.lock().expect("down lock");
             down.cancel();
             *down = CancellationToken::new();
         }
         flipped
+    }
+
+    /// Whether an attempt that began at `began` was overtaken by a pass.
+    pub(crate) fn answered_since(&self, began: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock")
+            .answered_since(began)
     }
 
     /// Whether its checks should come at the fast interval.

@@ -172,13 +172,25 @@ impl Balancer {
         Some((backend.clone(), ActiveGuard(backend)))
     }
 
-    /// Counts a failed connect by a client: the backend is suspect, counted
-    /// as one failed check and checked again at once.
-    pub(crate) fn connect_failed(&self, backend: &Backend, why: &dyn std::fmt::Display) {
+    /// Counts a failed connect by a client, begun at `began`: the backend is
+    /// suspect, counted as one failed check and checked again at once; unless
+    /// a check begun no earlier has passed since, which overtakes it.
+    pub(crate) fn connect_failed(
+        &self,
+        backend: &Backend,
+        began: tokio::time::Instant,
+        why: &dyn std::fmt::Display,
+    ) {
         backend.failures.fetch_add(1, Ordering::Relaxed);
+        if backend.answered_since(began) {
+            // It answered a check begun after this connect: a partition that
+            // has healed, say. Another backend gets the client all the same.
+            info!(backend = %backend.spec, error = %why, "connect failed, but the backend has passed a check since it began; trying another backend");
+            return;
+        }
         let health = self.config().health;
         warn!(backend = %backend.spec, error = %why, "connect failed; trying another backend");
-        if let Some(up) = backend.observe(false, health.rise, health.fall) {
+        if let Some(up) = backend.observe(false, began, health.rise, health.fall) {
             log_flip(backend, up, why);
         }
         backend.recheck.notify_one();
@@ -270,13 +282,13 @@ impl Balancer {
             let flipped = match &result {
                 Ok(()) => {
                     *backend.last_error.lock().expect("error lock") = None;
-                    backend.observe(true, health.rise, health.fall)
+                    backend.observe(true, started, health.rise, health.fall)
                 }
                 Err(e) => {
                     backend.checks_failed.fetch_add(1, Ordering::Relaxed);
                     debug!(backend = %backend.spec, error = %e, "health check failed");
                     *backend.last_error.lock().expect("error lock") = Some(e.to_string());
-                    backend.observe(false, health.rise, health.fall)
+                    backend.observe(false, started, health.rise, health.fall)
                 }
             };
             if let Some(up) = flipped {

@@ -16,6 +16,7 @@ use coffer_net::{Net, SharedClock, tls};
 use coffer_proto::request::Hello;
 use coffer_proto::{Frame, Limits, PROTOCOL_VERSION, Request, Response};
 use rustls_pki_types::ServerName;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 /// The rise/fall state of one backend.
@@ -26,6 +27,8 @@ pub struct Health {
     against: u32,
     /// Not yet confirmed by a first check.
     unconfirmed: bool,
+    /// When the newest passing attempt began.
+    passed: Option<Instant>,
 }
 
 impl Health {
@@ -37,6 +40,7 @@ impl Health {
             up: true,
             against: 0,
             unconfirmed: true,
+            passed: None,
         }
     }
 
@@ -51,11 +55,26 @@ impl Health {
         self.unconfirmed || self.against > 0
     }
 
-    /// Counts one result; `Some(up)` when the state flips. Up flips to down
+    /// Whether an attempt that began at `began` has been overtaken: one that
+    /// began no earlier has passed since. Its failure says nothing of the
+    /// backend now (a client's connect that waited out a partition, answered
+    /// after the partition healed and a check passed).
+    pub fn answered_since(&self, began: Instant) -> bool {
+        self.passed.is_some_and(|passed| passed >= began)
+    }
+
+    /// Counts the result of an attempt (a check, or a client's connect) that
+    /// began at `began`; `Some(up)` when the state flips. Up flips to down
     /// after `fall` bad results in a row, down to up after `rise` good ones.
     /// Before its first good check a backend falls at the first bad one: a
-    /// server that was never seen healthy gets no benefit of the doubt.
-    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    /// server that was never seen healthy gets no benefit of the doubt. A
+    /// failure [overtaken](Health::answered_since) by a pass is not counted.
+    pub fn observe(&mut self, ok: bool, began: Instant, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            self.passed = self.passed.max(Some(began));
+        } else if self.answered_since(began) {
+            return None;
+        }
         if ok == self.up {
             self.against = 0;
             self.unconfirmed = false;
@@ -232,31 +251,64 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Attempts that each began later than the one before.
+    fn now() -> Instant {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static TICKS: AtomicU64 = AtomicU64::new(0);
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(Instant::now);
+        start + Duration::from_millis(TICKS.fetch_add(1, Ordering::Relaxed))
+    }
+
     #[test]
     fn rise_and_fall_count_in_a_row() {
         let mut h = Health::new();
         assert!(h.is_up() && h.changing());
-        assert_eq!(h.observe(true, 2, 3), None);
+        assert_eq!(h.observe(true, now(), 2, 3), None);
         assert!(!h.changing());
         // Two bad, one good: the streak starts over.
-        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, now(), 2, 3), None);
         assert!(h.changing());
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), Some(false));
+        assert_eq!(h.observe(false, now(), 2, 3), None);
+        assert_eq!(h.observe(true, now(), 2, 3), None);
+        assert_eq!(h.observe(false, now(), 2, 3), None);
+        assert_eq!(h.observe(false, now(), 2, 3), None);
+        assert_eq!(h.observe(false, now(), 2, 3), Some(false));
         assert!(!h.is_up() && !h.changing());
-        assert_eq!(h.observe(true, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), Some(true));
+        assert_eq!(h.observe(true, now(), 2, 3), None);
+        assert_eq!(h.observe(true, now(), 2, 3), Some(true));
     }
 
     #[test]
     fn a_backend_never_seen_healthy_falls_at_once() {
         let mut h = Health::new();
-        assert_eq!(h.observe(false, 2, 3), Some(false));
-        assert_eq!(h.observe(true, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), Some(true));
+        assert_eq!(h.observe(false, now(), 2, 3), Some(false));
+        assert_eq!(h.observe(true, now(), 2, 3), None);
+        assert_eq!(h.observe(true, now(), 2, 3), Some(true));
+    }
+
+    #[test]
+    fn a_failure_overtaken_by_a_pass_is_not_counted() {
+        let mut h = Health::new();
+        let t0 = now();
+        assert_eq!(h.observe(true, t0, 2, 2), None);
+        // Two client connects begin, then a partition; a check that began
+        // after them passes once it heals; then they time out.
+        let (a, b) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        let check = t0 + Duration::from_secs(3);
+        assert_eq!(h.observe(true, check, 2, 2), None);
+        assert!(h.answered_since(a) && h.answered_since(b));
+        assert_eq!(h.observe(false, a, 2, 2), None);
+        assert_eq!(h.observe(false, b, 2, 2), None);
+        assert!(h.is_up() && !h.changing(), "stale failures counted");
+        // Failures of attempts that began after the pass do count.
+        let later = check + Duration::from_secs(1);
+        assert!(!h.answered_since(later));
+        assert_eq!(h.observe(false, later, 2, 2), None);
+        assert_eq!(h.observe(false, later, 2, 2), Some(false));
+        // And a late pass of an old attempt counts toward rising, as any pass.
+        assert_eq!(h.observe(true, a, 2, 2), None);
+        assert_eq!(h.observe(true, later, 2, 2), Some(true));
     }
 
     proptest! {
@@ -265,15 +317,15 @@ mod tests {
         #[test]
         fn thresholds_hold(history in proptest::collection::vec(any::<bool>(), 0..30), rise in 1u32..5, fall in 1u32..5) {
             let mut h = Health::new();
-            for ok in history { h.observe(ok, rise, fall); }
+            for ok in history { h.observe(ok, now(), rise, fall); }
             // Settle on a confirmed state first.
             let was_up = h.is_up();
-            h.observe(was_up, rise, fall);
+            h.observe(was_up, now(), rise, fall);
             let (target, n) = if was_up { (false, fall) } else { (true, rise) };
             for i in 1..n {
-                prop_assert_eq!(h.observe(target, rise, fall), None, "flipped after {}", i);
+                prop_assert_eq!(h.observe(target, now(), rise, fall), None, "flipped after {}", i);
             }
-            prop_assert_eq!(h.observe(target, rise, fall), Some(target));
+            prop_assert_eq!(h.observe(target, now(), rise, fall), Some(target));
         }
 
         #[test]

@@ -60,6 +60,7 @@ pub(crate) async fn serve<N: Net>(
         let Some((backend, _active)) = balancer.pick(&tried) else {
             break;
         };
+        let began = Instant::now();
         match hand_over(&net, backend.spec.addr, &mut first, n, &config).await {
             Ok((upstream, answered)) => {
                 relay(
@@ -75,7 +76,7 @@ pub(crate) async fn serve<N: Net>(
                 return;
             }
             Err(why) => {
-                balancer.connect_failed(&backend, &why);
+                balancer.connect_failed(&backend, began, &why);
                 tried.push(backend.spec.addr);
             }
         }

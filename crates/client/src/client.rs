@@ -105,6 +105,8 @@ pub struct Client {
     welcome: Welcome,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
     request_timeout: Duration,
+    /// When the server was last heard from (or the connection opened).
+    heard: Arc<Mutex<tokio::time::Instant>>,
     tasks: [AbortHandle; 2],
 }
 
@@ -205,7 +207,8 @@ impl Client {
             }
             let _ = writer.shutdown().await;
         });
-        let (p, c) = (pending.clone(), closed.clone());
+        let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let (p, c, h) = (pending.clone(), closed.clone(), heard.clone());
         let read_task = tokio::spawn(async move {
             loop {
                 let raw = match reader.read_frame().await {
@@ -213,6 +216,7 @@ impl Client {
                     Ok(None) => return fail_all(&p, &c, "the server closed the connection"),
                     Err(e) => return fail_all(&p, &c, &e.to_string()),
                 };
+                *h.lock().expect("heard lock") = tokio::time::Instant::now();
                 let header = match Header::parse(&raw.header) {
                     Ok(header) => header,
                     Err(e) => return fail_all(&p, &c, &format!("bad frame from the server: {e}")),
@@ -271,6 +275,7 @@ impl Client {
             },
             events: Mutex::new(Some(events)),
             request_timeout: t.request,
+            heard,
             tasks: [write_task.abort_handle(), read_task.abort_handle()],
         }
     }
@@ -354,6 +359,12 @@ impl Client {
             return Err(ClientError::Server(body));
         }
         Ok(answer)
+    }
+
+    /// How long the server has said nothing on this connection (since it
+    /// opened, if it never has).
+    pub fn quiet_for(&self) -> Duration {
+        self.heard.lock().expect("heard lock").elapsed()
     }
 
     /// Requests sent on this connection and not answered yet.

@@ -47,6 +47,9 @@ const ATTEMPTS: u32 = 5;
 /// First pause between attempts (plus up to half again, at random); doubles
 /// each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// A connection the server has said nothing on for this long is pinged
+/// before it carries a request that must not run twice.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a request may be sent again without changing its effect: reads,
 /// and the upload steps the server makes idempotent.
@@ -201,7 +204,28 @@ impl<N: Net> Pool<N> {
         let mut pause = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            let result = match self.link().await {
+            let link = self.link().await;
+            // A request that cannot be retried goes out only on a connection
+            // known to be alive. One that has been quiet may lead to a server
+            // or balancer that died without a word (and has restarted since):
+            // the first to learn it would be the request, which then could
+            // not be sent again. A quiet connection is pinged first; if the
+            // ping fails, the request was not sent and goes on another.
+            // Connection pools check a borrowed connection the same way
+            // (HikariCP, past half a second idle).
+            if let Ok(link) = &link
+                && !again
+                && link.in_flight() == 0
+                && link.quiet_for() >= QUIET
+                && let Err(e) = link.ping().await
+            {
+                if attempt < ATTEMPTS && e.is_transient() {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(e);
+            }
+            let result = match link {
                 Ok(link) => link.call_with_body(request.clone(), body.clone()).await,
                 Err(e) => Err(e),
             };

@@ -159,14 +159,11 @@ impl Server {
                 chunks: chunks.clone(),
             },
         )?;
-        let dummy_hash = auth::hash_login(
-            &coffer_proto::types::LoginSecret(coffer_proto::types::Sha256(rand::RngExt::random(
-                &mut rng,
-            ))),
+        let dummy_hash = auth::unmatchable_hash(
             config.bcrypt_cost,
             rand::RngExt::random(&mut rng),
-        )
-        .expect("bcrypt of a valid cost succeeds");
+            rand::RngExt::random(&mut rng),
+        );
         let limiter = auth::RateLimiter::new(auth::LoginLimits {
             per_user: config.login_failures_per_user,
             per_address: config.login_failures_per_address,

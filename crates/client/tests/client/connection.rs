@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use super::support::start;
 use coffer_client::{Client, ClientError, ClientTimeouts, Endpoint};
@@ -137,4 +138,98 @@ async fn the_binary_pings_and_reports_failures_in_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.starts_with(expected), "{stderr}");
     }
+}
+
+/// A relay to `target` that can die without a word and come back: after
+/// [`Relay::restart`], connections it accepted before are answered with a
+/// reset when the client next sends on them — what a host that lost power and
+/// rebooted does — while new ones are relayed as before.
+struct Relay {
+    addr: SocketAddr,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _task: tokio_util::sync::DropGuard,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (g, s) = (generation.clone(), stop.clone());
+        tokio::spawn(s.clone().run_until_cancelled_owned(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let born = g.load(Ordering::SeqCst);
+                let g = g.clone();
+                tokio::spawn(s.clone().run_until_cancelled_owned(async move {
+                    let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let (mut a, mut b) = ([0u8; 16384], [0u8; 16384]);
+                    loop {
+                        tokio::select! {
+                            n = client.read(&mut a) => {
+                                let Ok(n @ 1..) = n else { return };
+                                if g.load(Ordering::SeqCst) != born {
+                                    // Rebooted since: this connection is unknown here.
+                                    let _ = client.set_zero_linger();
+                                    return;
+                                }
+                                if server.write_all(&a[..n]).await.is_err() { return }
+                            }
+                            n = server.read(&mut b) => {
+                                let Ok(n @ 1..) = n else { return };
+                                if client.write_all(&b[..n]).await.is_err() { return }
+                            }
+                        }
+                    }
+                }));
+            }
+        }));
+        Relay {
+            addr,
+            generation,
+            _task: stop.drop_guard(),
+        }
+    }
+
+    fn restart(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_run_twice_never_goes_into_a_connection_that_died_quietly() {
+    use coffer_client::Pool;
+    use coffer_proto::request::Login;
+    use coffer_proto::types::{LoginSecret, Sha256};
+    let s = start().await;
+    let relay = Relay::start(s.addr).await;
+    let pool = Pool::new(TokioNet, endpoint(relay.addr, &s.ca), 1);
+    // `login` is not retried (it makes a session); here it fails, but as the
+    // server's answer, which is what matters.
+    let login = || {
+        Request::Login(Login {
+            username: "nobody".into(),
+            login_secret: LoginSecret(Sha256([1; 32])),
+            device_id: None,
+        })
+    };
+    let answered = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Server(body)) => body.code,
+        other => panic!("not the server's answer: {other:?}"),
+    };
+    assert_eq!(
+        answered(pool.call(login(), Default::default()).await),
+        ErrorCode::NotFound
+    );
+    // The path dies and comes back while the pool's connection is quiet.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    relay.restart();
+    assert_eq!(
+        answered(pool.call(login(), Default::default()).await),
+        ErrorCode::NotFound
+    );
 }
