@@ -600,7 +600,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     let mut spread = None;
     let mut next_fault = Duration::ZERO;
     let mut heal_at = None;
-    let mut healed = false;
+    let mut healed = None;
     let mut watch = Detection::new(servers.len(), detect);
     loop {
         let done = sim.step()?;
@@ -627,29 +627,36 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                 options.clients
             ));
         }
-        let heal_at_t = heal_at.unwrap_or(Duration::MAX);
-        if !healed && options.faults && !phases.warming() {
-            faults.due(&mut sim, t);
-            if t >= next_fault && t < heal_at_t {
-                faults.inject(&mut sim, t, &ledger.borrow().uploading);
-                next_fault = t + Duration::from_millis(faults.rng.random_range(200..1200));
+        // Faults from the end of the warm-up until the heal.
+        if let Some(heal_at) = heal_at
+            && healed.is_none()
+        {
+            if options.faults {
+                faults.due(&mut sim, t);
+                if t >= next_fault && t < heal_at {
+                    faults.inject(&mut sim, t, &ledger.borrow().uploading);
+                    next_fault = t + Duration::from_millis(faults.rng.random_range(200..1200));
+                }
+            }
+            if t >= heal_at {
+                healed = Some(t);
+                faults.heal(&mut sim);
+                if sabotage == Some(Sabotage::NeverHeal) {
+                    faults.partition(&sim, "client-1", "balancer");
+                }
+                if sabotage == Some(Sabotage::CorruptChunks) {
+                    let n = corrupt_chunks(&pki.path("server-1"))?;
+                    trace
+                        .borrow_mut()
+                        .push(format!("{} sabotage: corrupted {n} chunks", fmt_time(t)));
+                }
+                trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
             }
         }
-        if !healed && t >= heal_at_t {
-            healed = true;
-            faults.heal(&mut sim);
-            if sabotage == Some(Sabotage::NeverHeal) {
-                faults.partition(&sim, "client-1", "balancer");
-            }
-            if sabotage == Some(Sabotage::CorruptChunks) {
-                let n = corrupt_chunks(&pki.path("server-1"))?;
-                trace
-                    .borrow_mut()
-                    .push(format!("{} sabotage: corrupted {n} chunks", fmt_time(t)));
-            }
-            trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
-        }
-        if healed && !phases.settled() && t >= heal_at_t + settle {
+        if let Some(healed) = healed
+            && !phases.settled()
+            && t >= healed + settle
+        {
             phases.settled_at.set(Some(t));
             trace.borrow_mut().push(format!("{} settled", fmt_time(t)));
         }
