@@ -37,6 +37,8 @@ struct Totals {
     checked: u32,
     probes: u32,
     faults: FaultCounts,
+    /// Thread-seconds spent in each world.
+    world_secs: Vec<f64>,
 }
 
 /// A seed that did not pass.
@@ -48,10 +50,11 @@ struct Failure {
     trace: Vec<String>,
 }
 
-/// Runs every world of `seed`.
-fn one_seed(seed: u64, worlds: &[Options]) -> Result<Vec<Report>, Failure> {
+/// Runs every world of `seed`; each report with the time its world took.
+fn one_seed(seed: u64, worlds: &[Options]) -> Result<Vec<(Report, f64)>, Failure> {
     let mut reports = Vec::with_capacity(worlds.len());
     for options in worlds {
+        let started = Instant::now();
         let report = run(seed, options).map_err(|e| Failure {
             seed,
             why: vec![format!("seed {seed}: the simulation failed to run: {e}")],
@@ -69,7 +72,7 @@ fn one_seed(seed: u64, worlds: &[Options]) -> Result<Vec<Report>, Failure> {
                 trace: report.trace,
             });
         }
-        reports.push(report);
+        reports.push((report, started.elapsed().as_secs_f64()));
     }
     Ok(reports)
 }
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
     {
         return match one_seed(seed, &worlds) {
             Ok(reports) => {
-                for line in reports.iter().flat_map(|r| &r.trace) {
+                for line in reports.iter().flat_map(|(r, _)| &r.trace) {
                     println!("{line}");
                 }
                 println!("seed {seed} passed");
@@ -144,7 +147,9 @@ fn main() -> ExitCode {
                         Ok(reports) => {
                             let mut t = totals.lock().expect("no thread panics holding it");
                             t.seeds += 1;
-                            for r in &reports {
+                            t.world_secs.resize(reports.len(), 0.0);
+                            for (i, (r, secs)) in reports.iter().enumerate() {
+                                t.world_secs[i] += secs;
                                 t.ops += r.ops.len();
                                 t.checked += r.checked_reads;
                                 t.probes += r.probes;
@@ -186,5 +191,19 @@ fn main() -> ExitCode {
         t.faults.total(),
         t.faults
     );
+    // Each world's share of the run, as the seeds per second it would make
+    // alone on these threads: the balancer world is the default topology.
+    if worlds.len() > 1 {
+        let shares: Vec<String> = worlds
+            .iter()
+            .zip(&t.world_secs)
+            .map(|(options, world_secs)| {
+                let name = if options.files { "files" } else { "balancer" };
+                let alone = t.seeds as f64 * threads as f64 / world_secs.max(f64::MIN_POSITIVE);
+                format!("{name} world {world_secs:.1} thread-s (alone ~{alone:.1} seeds/s)")
+            })
+            .collect();
+        println!("time by world: {}", shares.join(", "));
+    }
     ExitCode::SUCCESS
 }
