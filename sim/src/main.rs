@@ -133,7 +133,10 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let next = AtomicU64::new(base);
     let stop = AtomicBool::new(false);
-    let totals = Mutex::new(Totals::default());
+    let totals = Mutex::new(Totals {
+        world_secs: vec![0.0; worlds.len()],
+        ..Totals::default()
+    });
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -147,7 +150,6 @@ fn main() -> ExitCode {
                         Ok(reports) => {
                             let mut t = totals.lock().expect("no thread panics holding it");
                             t.seeds += 1;
-                            t.world_secs.resize(reports.len(), 0.0);
                             for (i, (r, secs)) in reports.iter().enumerate() {
                                 t.world_secs[i] += secs;
                                 t.ops += r.ops.len();

@@ -613,7 +613,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                 totals: stats.iter().map(|s| s.total).collect(),
                 failures: stats.iter().map(|s| s.failures).collect(),
             });
-            phases.faults_from.set(Some(t));
+            phases.warmed.set(true);
             next_fault = t;
             heal_at = Some(if options.faults {
                 t + options.fault_window
@@ -657,7 +657,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             && !phases.settled()
             && t >= healed + settle
         {
-            phases.settled_at.set(Some(t));
+            phases.settled.set(true);
             trace.borrow_mut().push(format!("{} settled", fmt_time(t)));
         }
         let down: Vec<bool> = servers.iter().map(|s| faults.is_down(s)).collect();
@@ -708,19 +708,19 @@ const WARMUP: Duration = Duration::from_secs(3);
 struct Phases {
     /// Clients that have set up.
     ready: std::cell::Cell<usize>,
-    /// When the warm-up ended and the faults began.
-    faults_from: std::cell::Cell<Option<Duration>>,
-    /// When the settle delay ended: every operation from then on must succeed.
-    settled_at: std::cell::Cell<Option<Duration>>,
+    /// The warm-up has ended and the faults have begun.
+    warmed: std::cell::Cell<bool>,
+    /// The settle delay has ended: every operation from then on must succeed.
+    settled: std::cell::Cell<bool>,
 }
 
 impl Phases {
     fn warming(&self) -> bool {
-        self.faults_from.get().is_none()
+        !self.warmed.get()
     }
 
     fn settled(&self) -> bool {
-        self.settled_at.get().is_some()
+        self.settled.get()
     }
 }
 

@@ -182,16 +182,18 @@ pub(crate) fn hash_login(secret: &LoginSecret, cost: u32, salt: [u8; 16]) -> Res
 /// unknown user's login is checked against. Made without running bcrypt, so a
 /// start does not spend one (a quarter of a second at cost 12).
 pub(crate) fn unmatchable_hash(cost: u32, salt: [u8; 16], hash: [u8; 23]) -> String {
-    let bcrypt64 = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::BCRYPT,
-        base64::engine::general_purpose::NO_PAD,
-    );
     format!(
         "$2b${cost:02}${}{}",
-        bcrypt64.encode(salt),
-        bcrypt64.encode(hash)
+        BCRYPT64.encode(salt),
+        BCRYPT64.encode(hash)
     )
 }
+
+/// bcrypt's base64: its own alphabet, no padding.
+const BCRYPT64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::BCRYPT,
+    base64::engine::general_purpose::NO_PAD,
+);
 
 /// Whether `secret` matches `hash`. A malformed hash never matches.
 pub(crate) fn check_login(secret: &LoginSecret, hash: &str) -> bool {
@@ -304,12 +306,7 @@ mod tests {
         let hash_bytes = {
             let tail = &real[29..];
             let mut out = [0u8; 23];
-            base64::engine::GeneralPurpose::new(
-                &base64::alphabet::BCRYPT,
-                base64::engine::general_purpose::NO_PAD,
-            )
-            .decode_slice(tail, &mut out)
-            .unwrap();
+            BCRYPT64.decode_slice(tail, &mut out).unwrap();
             out
         };
         assert_eq!(
