@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Coffer, env_number, median};
+use support::{Coffer, env_number, host, median};
 
 fn write(dir: &Path, rel: &str, bytes: &[u8]) {
     let p = dir.join(rel);
@@ -143,6 +143,7 @@ fn main() {
     let files = env_number("BENCH_FILES", 10_000);
     let index_files = env_number("BENCH_INDEX_FILES", 100_000);
     let dir = support::scratch();
+    println!("on {}", host());
 
     // Memory first, so that the peak RSS of children is this run's.
     {

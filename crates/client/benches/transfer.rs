@@ -16,7 +16,7 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 
-use support::{env_number, median};
+use support::{env_number, host, median};
 
 const MIB: usize = 1 << 20;
 
@@ -66,7 +66,10 @@ fn main() {
     write_file(&local, size_mib * MIB);
     let back = dir.path().join("large.out");
     let bytes = (size_mib * MIB) as f64;
-    println!("{size_mib} MiB file, {runs} runs, one coffer process per transfer");
+    println!(
+        "{size_mib} MiB file, {runs} runs, one coffer process per transfer, on {}",
+        host()
+    );
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let target = format!("bench:large-{run}.bin");

@@ -68,6 +68,26 @@ impl Coffer<'_> {
     }
 }
 
+/// The processor the figures were measured on, as `/proc/cpuinfo` names it:
+/// the same code has measured up to three times faster on one processor
+/// family than on another, so a figure means little without it.
+pub(crate) fn host() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.split(':').next().is_some_and(|key| key.trim() == name))
+            .and_then(|line| line.split_once(':'))
+            .map_or("?", |(_, value)| value.trim())
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} (family {}, model {}), {cores} cores",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    )
+}
+
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
