@@ -151,6 +151,71 @@ pub fn file_name(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(_, name)| name)
 }
 
+/// `name.conflict-<who>-<yyyymmdd-hhmmss>.ext` beside `path`: where a
+/// conflict copy of `path` is kept, saying who wrote it and when (UTC). The
+/// extension is what follows the last dot of the name, if any. `who` is cut
+/// to 64 characters of `[A-Za-z0-9_-]` (others become `-`), and the stem is
+/// shortened as needed, so the copy of a valid path is a valid path.
+pub fn conflict_name(path: &str, who: &str, unix_secs: u64) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (&path[..dir.len() + 1], name),
+        None => ("", path),
+    };
+    let who: String = who
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    let suffix = format!(".conflict-{who}-{}", utc_stamp(unix_secs));
+    let (mut stem, mut ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    // One byte is kept for a `_` in front, should shortening leave a reserved
+    // device name before the first dot ("CONSOLE…" cut to "CON").
+    let room = MAX_NAME_LEN - 1 - suffix.len();
+    // An extension that leaves no room for the stem is kept as part of it.
+    if ext.len() >= room {
+        (stem, ext) = (name, "");
+    }
+    let mut end = stem.len().min(room - ext.len());
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut copy = format!("{}{suffix}{ext}", &stem[..end]);
+    if check_component(&copy).is_err() {
+        copy.insert(0, '_');
+    }
+    format!("{dir}{copy}")
+}
+
+/// `yyyymmdd-hhmmss` in UTC.
+fn utc_stamp(unix_secs: u64) -> String {
+    let (days, secs) = (unix_secs / 86_400, unix_secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,7 +297,60 @@ mod tests {
         assert!(validate_dir("/").is_err());
     }
 
+    #[test]
+    fn conflict_names_keep_the_extension_and_say_who_and_when() {
+        let t = 1_763_720_100; // 2025-11-21T10:15:00Z
+        assert_eq!(
+            conflict_name("docs/report.txt", "laptop", t),
+            "docs/report.conflict-laptop-20251121-101500.txt"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "my pc", t),
+            "Makefile.conflict-my-pc-20251121-101500"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "a", t),
+            ".bashrc.conflict-a-20251121-101500"
+        );
+        assert_eq!(
+            conflict_name("a.tar.gz", "a", t),
+            "a.tar.conflict-a-20251121-101500.gz"
+        );
+        assert_eq!(
+            conflict_name("x", "n", 951_782_400), // a leap day
+            "x.conflict-n-20000229-000000"
+        );
+        assert_eq!(conflict_name("x", "n", 0), "x.conflict-n-19700101-000000");
+    }
+
+    #[test]
+    fn a_conflict_copy_of_a_long_name_is_shortened_to_a_valid_name() {
+        let long = format!("dir/{}.txt", "é".repeat(125));
+        let copy = conflict_name(&long, "node-1", 1_763_720_100);
+        assert_eq!(validate(&copy), Ok(()), "{copy}");
+        assert!(copy.starts_with("dir/é") && copy.ends_with("-20251121-101500.txt"));
+        // Shortening "CONSOLE…" to "CON" would name a device.
+        let console = format!("CON.{}", "x".repeat(240));
+        let copy = conflict_name(&console, "n", 0);
+        assert_eq!(validate(&copy), Ok(()), "{copy}");
+    }
+
     proptest! {
+        /// The conflict copy of any valid path, by anyone at any time, is a
+        /// valid path in the same directory, and not the path itself.
+        #[test]
+        fn conflict_copies_of_valid_paths_are_valid(
+            path in "([a-zA-Z0-9 ._é-]{1,90}/){0,2}[a-zA-Z0-9 ._é-]{1,300}",
+            who in ".{0,80}",
+            secs in 0u64..10_000_000_000,
+        ) {
+            prop_assume!(validate(&path).is_ok());
+            let copy = conflict_name(&path, &who, secs);
+            prop_assert_eq!(validate(&copy), Ok(()), "{}", copy);
+            prop_assert_ne!(&copy, &path);
+            prop_assert_eq!(parent(&copy), parent(&path));
+        }
+
         #[test]
         fn never_panics_and_valid_paths_stay_inside(path in ".{0,64}") {
             if validate(&path).is_ok() {

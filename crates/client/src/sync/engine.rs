@@ -105,38 +105,6 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     }
 }
 
-/// `name.conflict-<device>-<yyyymmdd-hhmmss>.ext` beside `path` (the
-/// extension is what follows the last dot of the name, if any).
-pub fn conflict_name(path: &str, device: &str, unix_secs: u64) -> String {
-    let (dir, name) = match path.rsplit_once('/') {
-        Some((dir, name)) => (format!("{dir}/"), name),
-        None => (String::new(), path),
-    };
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
-    };
-    let device: String = device
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    let stamp = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs),
-    )
-    .to_string();
-    // 2026-11-21T10:15:00Z → 20261121-101500
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    let stamp = format!("{}-{}", &digits[..8], &digits[8..14]);
-    format!("{dir}{stem}.conflict-{device}-{stamp}{ext}")
-}
-
 /// Runs `jobs`, at most `limit` at a time, handing each outcome to `done` as
 /// it comes; once `done` answers `false`, what still runs is dropped and no
 /// more are started.
@@ -1015,10 +983,10 @@ impl<'a, N: Net> Engine<'a, N> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut name = conflict_name(path, &self.device, secs);
+        let mut name = paths::conflict_name(path, &self.device, secs);
         let mut n = 2;
         while !matches!(look(&folder.local(&name))?, Local::Absent) {
-            name = conflict_name(path, &format!("{}-{n}", self.device), secs);
+            name = paths::conflict_name(path, &format!("{}-{n}", self.device), secs);
             n += 1;
         }
         let (from, to) = (folder.local(path), folder.local(&name));
@@ -1138,28 +1106,6 @@ impl<'a, N: Net> Engine<'a, N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conflict_names_keep_the_extension_and_say_who_and_when() {
-        // 2026-11-21 10:15:00 UTC
-        let t = 1_795_256_100;
-        assert_eq!(
-            conflict_name("docs/report.txt", "laptop", t),
-            "docs/report.conflict-laptop-20261121-101500.txt"
-        );
-        assert_eq!(
-            conflict_name("Makefile", "my pc", t),
-            "Makefile.conflict-my-pc-20261121-101500"
-        );
-        assert_eq!(
-            conflict_name(".bashrc", "a", t),
-            ".bashrc.conflict-a-20261121-101500"
-        );
-        assert_eq!(
-            conflict_name("a.tar.gz", "a", t),
-            "a.tar.conflict-a-20261121-101500.gz"
-        );
-    }
 
     #[test]
     fn a_path_counts_as_changed_unless_the_disk_matches_the_index() {
