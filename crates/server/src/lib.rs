@@ -17,7 +17,7 @@
 //! Modules: [`config`], `tls` (certificates), `conn` (one connection's loop),
 //! `dispatch` (session state and routing), `handlers` (one file per area),
 //! `store` (database, change log), `chunks` (chunk files), `auth` (tokens,
-//! bcrypt, rate limits), [`access`].
+//! bcrypt, rate limits), [`access`], [`cluster`] (merge rules and membership).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use tracing::{Instrument, info, info_span};
 pub mod access;
 mod auth;
 mod chunks;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod dispatch;
