@@ -394,7 +394,9 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             async move {
                 let server = Arc::new(Server::with_seed(config.clone(), clock, server_seed)?);
                 let listener = TurmoilNet.bind(config.listen).await?;
-                server.run(listener, CancellationToken::new()).await?;
+                server
+                    .run(TurmoilNet, listener, CancellationToken::new())
+                    .await?;
                 Ok(())
             }
         });

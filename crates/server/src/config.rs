@@ -29,8 +29,14 @@
 //! login_failures_per_user = 10            # failed logins per user per window…
 //! login_failures_per_address = 100        # …and per client address, before `rate_limited`
 //! login_window = "1m"
+//! # write_quorum = 2                      # nodes holding a write before it is acknowledged;
+//!                                         # absent: 2 with peers, else 1
+//! # [peers]                               # the other nodes of a cluster, by node id; they need
+//! # node-2 = "10.0.0.2:8000"              # tls_cert/tls_key (a peer certificate naming node_id),
+//! # node-3 = "10.0.0.3:8000"              # ca and cluster_secret_file
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,6 +120,12 @@ pub struct Config {
     /// The login rate-limit window.
     #[serde(with = "humantime_serde")]
     pub login_window: Duration,
+    /// The other nodes of the cluster, by node id, with the address each
+    /// listens on. Empty: a single server.
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Nodes that must hold a write durably before it is acknowledged.
+    /// Absent: 2 when there are peers, else 1.
+    pub write_quorum: Option<usize>,
 }
 
 impl Default for Config {
@@ -143,6 +155,8 @@ impl Default for Config {
             login_failures_per_user: 10,
             login_failures_per_address: 100,
             login_window: Duration::from_secs(60),
+            peers: BTreeMap::new(),
+            write_quorum: None,
         }
     }
 }
@@ -214,6 +228,33 @@ impl Config {
             coffer_proto::name::normalize_username(admin)
                 .map_err(|e| ConfigError::Invalid(format!("admin: {e}")))?;
         }
+        for id in self.peers.keys() {
+            coffer_certs::validate_node_id(id)
+                .map_err(|e| ConfigError::Invalid(format!("peer {id}: {e}")))?;
+        }
+        self.membership()?;
+        if !self.peers.is_empty() {
+            for (setting, missing) in [
+                (
+                    "tls_cert and tls_key (a peer certificate naming this node)",
+                    self.tls_cert.is_none(),
+                ),
+                (
+                    "ca (the cluster CA that signs every node's certificate)",
+                    self.ca.is_none(),
+                ),
+                (
+                    "cluster_secret_file (the key every node signs tokens with)",
+                    self.cluster_secret_file.is_none(),
+                ),
+            ] {
+                if missing {
+                    return Err(ConfigError::Invalid(format!(
+                        "a node with peers needs {setting}"
+                    )));
+                }
+            }
+        }
         for (name, value) in [
             ("session_ttl", self.session_ttl),
             ("upload_ttl", self.upload_ttl),
@@ -232,6 +273,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The cluster this configuration describes: this node and its peers.
+    pub fn membership(&self) -> Result<crate::cluster::Membership, ConfigError> {
+        let peers = self
+            .peers
+            .iter()
+            .map(|(id, addr)| (id.clone(), addr.to_string()))
+            .collect();
+        crate::cluster::Membership::new(
+            &self.node_id,
+            &self.listen.to_string(),
+            &peers,
+            self.write_quorum,
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 }
 
@@ -268,5 +327,35 @@ mod tests {
         };
         assert!(bad_id.validate().is_err());
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_cluster_node_needs_its_certificate_the_ca_and_the_shared_secret() {
+        let peers: Config = toml::from_str(
+            "node_id = \"node-1\"\n[peers]\nnode-2 = \"127.0.0.2:8000\"\nnode-3 = \"127.0.0.3:8000\"",
+        )
+        .unwrap();
+        assert_eq!(peers.peers.len(), 2);
+        let error = peers.validate().unwrap_err().to_string();
+        assert!(error.contains("tls_cert"), "{error}");
+        let complete = Config {
+            tls_cert: Some("n.pem".into()),
+            tls_key: Some("n.key".into()),
+            ca: Some("ca.pem".into()),
+            cluster_secret_file: Some("secret".into()),
+            ..peers
+        };
+        assert!(complete.validate().is_ok());
+        assert_eq!(complete.membership().unwrap().write_quorum(), 2);
+        let itself = Config {
+            peers: [("node-1".to_owned(), complete.listen)].into(),
+            ..complete.clone()
+        };
+        assert!(itself.validate().is_err(), "a node is not its own peer");
+        let too_many = Config {
+            write_quorum: Some(4),
+            ..complete
+        };
+        assert!(too_many.validate().is_err());
     }
 }

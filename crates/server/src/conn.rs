@@ -73,6 +73,16 @@ pub(crate) async fn serve<S: Stream>(
         }
     };
     let server = &server;
+    // Only cluster peers present a certificate (the CA verified it): such a
+    // connection is a peer link, never a client's.
+    if let Some(certs) = tls.get_ref().1.peer_certificates() {
+        let node = certs
+            .first()
+            .and_then(|leaf| coffer_certs::node_id_of(leaf));
+        let conn = Connection::new(tls, Limits::default(), timeouts(server, false));
+        crate::cluster::link::serve(server, conn, node, shutdown).await;
+        return;
+    }
     let mut conn = Connection::new(tls, Limits::default(), timeouts(server, false));
     let mut session = Session::new(peer);
     let mut events = server.store.events();

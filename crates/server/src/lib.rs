@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use coffer_net::tls::TlsConfigError;
-use coffer_net::{Listener, SharedClock};
+use coffer_net::{Listener, Net, SharedClock};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::Semaphore;
@@ -93,6 +93,13 @@ pub struct Server {
     /// bcrypt of nothing anyone knows, at the configured cost: what an unknown
     /// user's login is checked against, so it takes as long as a wrong password.
     dummy_hash: String,
+    /// This node and its peers.
+    membership: cluster::Membership,
+    /// How this node reaches its peers, presenting its peer certificate;
+    /// `None` without peers.
+    peer_tls: Option<tokio_rustls::TlsConnector>,
+    /// What the peers following this node's log have acknowledged.
+    followers: cluster::link::Followers,
 }
 
 impl std::fmt::Debug for Server {
@@ -144,6 +151,8 @@ impl Server {
             )?,
         };
         let tls = tls::setup(&config, &clock, token_key.session_tickets(clock.clone()))?;
+        let membership = config.membership()?;
+        let peer_tls = tls::peer_connector(&config, &clock)?;
         let chunk_dir = config.data.join("chunks");
         let chunks = Arc::new(chunks::ChunkStore::open(&chunk_dir).map_err(|source| {
             StartError::DataDir {
@@ -181,12 +190,25 @@ impl Server {
             limiter,
             rng: Mutex::new(rng),
             dummy_hash,
+            membership,
+            peer_tls,
+            followers: cluster::link::Followers::default(),
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// A digest of this node's replicated state (every replicated row, and
+    /// when it was created or deleted): two nodes that have exchanged all
+    /// their records have the same digest.
+    pub async fn replica_digest(&self) -> io::Result<[u8; 32]> {
+        self.store
+            .digest()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// The CA certificate (PEM file) clients should trust: the configured one,
@@ -221,14 +243,19 @@ impl Server {
             .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
             .await?;
         let addr = listener.local_addr()?;
-        Ok((addr, tokio::spawn(self.run(listener, shutdown))))
+        Ok((
+            addr,
+            tokio::spawn(self.run(coffer_net::TokioNet, listener, shutdown)),
+        ))
     }
 
-    /// Serves `listener` until `shutdown` is cancelled, then stops accepting,
-    /// lets every connection finish the request it is handling, and returns
-    /// once all are closed. The caller bounds that wait (a grace period).
-    pub async fn run<L: Listener>(
+    /// Serves `listener` until `shutdown` is cancelled, following each peer's
+    /// log over `net`; then stops accepting, lets every connection finish the
+    /// request it is handling, and returns once all are closed. The caller
+    /// bounds that wait (a grace period).
+    pub async fn run<N: Net, L: Listener>(
         self: Arc<Self>,
+        net: N,
         mut listener: L,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
@@ -237,6 +264,18 @@ impl Server {
         let local = listener.local_addr()?;
         info!(%local, node = %self.config.node_id, "serving");
         tracker.spawn(handlers::maintenance(self.clone(), shutdown.clone()));
+        for (peer, addr) in &self.config.peers {
+            tracker.spawn(
+                cluster::link::follow(
+                    self.clone(),
+                    net.clone(),
+                    peer.clone(),
+                    *addr,
+                    shutdown.clone(),
+                )
+                .instrument(info_span!("follow", %peer)),
+            );
+        }
         loop {
             // Take a connection slot before accepting: when all are in use, new
             // connections wait in the kernel's queue instead of being refused.

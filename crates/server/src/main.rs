@@ -52,6 +52,22 @@ struct Cli {
     /// The admin account [default: the first one registered].
     #[arg(long)]
     admin: Option<String>,
+    /// Another node of the cluster, as ID=IP:PORT; repeat for each.
+    #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
+    peers: Vec<(String, SocketAddr)>,
+    /// Nodes that must hold a write before it is acknowledged [default: 2 with peers, else 1].
+    #[arg(long)]
+    write_quorum: Option<usize>,
+}
+
+fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=IP:PORT"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address (IP:PORT)"))?;
+    Ok((id.to_owned(), addr))
 }
 
 impl Cli {
@@ -67,7 +83,17 @@ impl Cli {
         macro_rules! optional {
             ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
         }
-        optional!(tls_cert, tls_key, ca, cluster_secret_file, admin);
+        optional!(
+            tls_cert,
+            tls_key,
+            ca,
+            cluster_secret_file,
+            admin,
+            write_quorum
+        );
+        if !self.peers.is_empty() {
+            config.peers = self.peers.into_iter().collect();
+        }
         Ok(config)
     }
 }
@@ -101,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on {local}");
 
     let shutdown = CancellationToken::new();
-    let mut serving = tokio::spawn(server.run(listener, shutdown.clone()));
+    let mut serving = tokio::spawn(server.run(TokioNet, listener, shutdown.clone()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline: Duration = tokio::select! {

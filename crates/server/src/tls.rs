@@ -50,3 +50,36 @@ pub(crate) fn setup(
         ca_path,
     })
 }
+
+/// How this node connects to its peers: presenting its certificate, which
+/// must be a peer certificate naming this node, and trusting the cluster CA.
+/// `None` for a node without peers.
+pub(crate) fn peer_connector(
+    config: &Config,
+    clock: &SharedClock,
+) -> Result<Option<tokio_rustls::TlsConnector>, StartError> {
+    if config.peers.is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key), Some(ca)) = (&config.tls_cert, &config.tls_key, &config.ca) else {
+        return Err(crate::ConfigError::Invalid(
+            "a node with peers needs tls_cert, tls_key and ca".into(),
+        )
+        .into());
+    };
+    let identity = Identity::load(cert, key)?;
+    let named = coffer_certs::node_id_of(identity.leaf());
+    if named.as_deref() != Some(config.node_id.as_str()) {
+        return Err(crate::ConfigError::Invalid(format!(
+            "{} is not a peer certificate of node {} (it names {}); make one with `coffer-certs peer {}`",
+            cert.display(),
+            config.node_id,
+            named.as_deref().unwrap_or("no node"),
+            config.node_id
+        ))
+        .into());
+    }
+    let roots = tls::load_roots(ca)?;
+    let client = tls::client_config(roots, Some(&identity), clock.clone())?;
+    Ok(Some(tokio_rustls::TlsConnector::from(client)))
+}

@@ -8,6 +8,7 @@ mod server {
     pub mod support;
 
     mod accounts;
+    mod cluster;
     mod events;
     mod files;
     mod folders;

@@ -5,7 +5,10 @@
 //!   file entries under version vectors, the hybrid logical clock. Sans I/O.
 //! - [`membership`]: the static list of nodes, the owner of each username
 //!   (rendezvous hashing) and the write quorum.
+//! - `link`: peer links over TLS, on which each node follows every other
+//!   node's change log.
 
+pub(crate) mod link;
 pub mod membership;
 pub mod merge;
 

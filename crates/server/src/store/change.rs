@@ -16,16 +16,18 @@ use coffer_proto::event::{
 };
 use coffer_proto::response::{DeviceInfo, FolderInfo, Invite, Registered};
 use coffer_proto::types::{
-    Blob, Causality, EntryKind, EpochKey, FileEntry, FileId, Hlc, Kdf, MemberKey, MemberStatus,
-    Role, Sha256, UserRole, VersionVector,
+    Blob, Causality, EntryKind, EpochKey, FileEntry, FileId, Kdf, MemberKey, MemberStatus, Role,
+    Sha256, UserRole, VersionVector,
 };
 use coffer_proto::{ErrorCode, path as paths};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::query::{self, ENTRY_COLUMNS, kind_str, role_str, summary, user_role_str, vv_json};
+use super::replica;
 use super::{StoredEvent, WriterContext};
 use crate::access::{Need, require};
+use crate::cluster::{Clock, Stamp};
 use crate::error::{Error, Result, bad_request, conflict, forbidden, not_found};
 
 /// An upload as it is begun: everything but the chunks themselves.
@@ -293,20 +295,6 @@ impl Effects {
     }
 }
 
-fn tick(last: Hlc, now_ms: u64) -> Hlc {
-    if now_ms > last.wall_ms {
-        Hlc {
-            wall_ms: now_ms,
-            logical: 0,
-        }
-    } else {
-        Hlc {
-            wall_ms: last.wall_ms,
-            logical: last.logical + 1,
-        }
-    }
-}
-
 /// Applies a batch in one transaction. Each change's result is returned in
 /// order, with the events the batch recorded.
 pub(crate) fn apply_batch(
@@ -316,37 +304,35 @@ pub(crate) fn apply_batch(
 ) -> rusqlite::Result<(Vec<Result<Applied>>, Vec<StoredEvent>)> {
     let mut tx = conn.transaction()?;
     let now = ctx.clock.now_ms();
-    let mut hlc = one(
-        &tx,
-        "SELECT hlc_wall, hlc_logical FROM changes ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| {
-            Ok(Hlc {
-                wall_ms: r.get::<_, i64>(0)? as u64,
-                logical: r.get::<_, i64>(1)? as u32,
-            })
-        },
-    )
-    .optional()?
-    .unwrap_or_default();
+    let mut clock = Clock::new(replica::last_hlc(&tx)?);
+    let mut own_seq = replica::last_seq(&tx, &ctx.node_id)?;
     let mut results = Vec::with_capacity(changes.len());
     let mut recorded = Vec::new();
     for change in changes {
         let sp = tx.savepoint()?;
+        replica::clear_touched(&sp)?;
         let mut effects = Effects::default();
         match apply(&sp, ctx, now, change, &mut effects) {
             Ok(applied) => {
                 if !matches!(change, Change::Collect) {
-                    hlc = tick(hlc, now);
+                    let stamp = Stamp {
+                        hlc: clock.tick(now),
+                        origin: ctx.node_id.clone(),
+                    };
+                    let rows = replica::take_written(&sp, &stamp)?;
+                    own_seq += 1;
                     exec(
                         &sp,
-                        "INSERT INTO changes (origin, hlc_wall, hlc_logical, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO changes (origin, origin_seq, hlc_wall, hlc_logical, kind, payload, rows) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         params![
                             ctx.node_id,
-                            hlc.wall_ms as i64,
-                            hlc.logical as i64,
+                            own_seq as i64,
+                            stamp.hlc.wall_ms as i64,
+                            stamp.hlc.logical as i64,
                             change.kind(),
-                            serde_json::to_string(change).expect("changes serialize")
+                            serde_json::to_string(change).expect("changes serialize"),
+                            serde_json::to_string(&rows).expect("rows serialize")
                         ],
                     )?;
                     let seq = sp.last_insert_rowid();
@@ -372,6 +358,8 @@ pub(crate) fn apply_batch(
                     sp.commit()?;
                     recorded.extend(events);
                 } else {
+                    // Housekeeping of this node alone: nothing to replicate.
+                    replica::clear_touched(&sp)?;
                     sp.commit()?;
                 }
                 results.push(Ok(applied));

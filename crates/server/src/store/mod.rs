@@ -9,13 +9,15 @@
 //! its neighbours. Reads use a small pool of read-only connections, which WAL
 //! lets run beside the writer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use coffer_net::SharedClock;
 use coffer_proto::Event;
+use coffer_proto::peer::Record;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::error::{Error, Result};
@@ -23,6 +25,7 @@ use coffer_net::blocking;
 
 pub(crate) mod change;
 pub(crate) mod query;
+pub(crate) mod replica;
 mod schema;
 
 pub(crate) use change::{Applied, Change};
@@ -90,14 +93,23 @@ pub(crate) struct StoredEvent {
 /// from the database.
 const EVENT_BUFFER: usize = 4096;
 
-struct Job {
-    change: Change,
-    reply: oneshot::Sender<Result<Applied>>,
+/// Work for the writer: a local change, or records from a peer.
+enum Job {
+    Local {
+        change: Box<Change>,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+    Remote {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<replica::Replicated>>,
+    },
 }
 
 /// Handle to the database. Cheap to share behind an `Arc`.
 pub(crate) struct Store {
     db_path: PathBuf,
+    /// The position of the newest record in the log, as each commit leaves it.
+    committed: watch::Receiver<u64>,
     readers: Arc<Mutex<Vec<Connection>>>,
     writer: mpsc::Sender<Job>,
     events: broadcast::Sender<std::sync::Arc<StoredEvent>>,
@@ -168,11 +180,17 @@ impl Store {
         let mut conn = Connection::open(&db_path)?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
+        replica::install_capture(&conn)?;
+        let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+            r.get(0)
+        })?;
+        let (committed_tx, committed) = watch::channel(last as u64);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (writer, jobs) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_loop(conn, jobs, ctx, events.clone()));
+        tokio::spawn(write_loop(conn, jobs, ctx, events.clone(), committed_tx));
         Ok(Store {
             db_path,
+            committed,
             readers: Arc::new(Mutex::new(Vec::new())),
             writer,
             events,
@@ -183,12 +201,116 @@ impl Store {
     pub(crate) async fn write(&self, change: Change) -> Result<Applied> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Job { change, reply })
+            .send(Job::Local {
+                change: Box::new(change),
+                reply,
+            })
             .await
-            .map_err(|_| Error::Io(std::io::Error::other("the store's writer has stopped")))?;
-        answer
+            .map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Applies records from a peer, in order, each at most once; durable when
+    /// this returns. Stops at the first record that cannot be applied yet
+    /// ([`replica::Replicated::stopped`]).
+    pub(crate) async fn replicate(&self, records: Vec<Record>) -> Result<replica::Replicated> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job::Remote { records, reply })
             .await
-            .map_err(|_| Error::Io(std::io::Error::other("the store's writer dropped a change")))?
+            .map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
+    /// `origin`'s records after `after`, at most `limit`, oldest first.
+    #[cfg(test)]
+    pub(crate) async fn records_after(
+        &self,
+        origin: String,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.read(move |conn| Ok(replica::records_after(conn, &origin, after, limit)?))
+            .await
+    }
+
+    /// The newest record held from each origin.
+    pub(crate) async fn cursors(&self) -> Result<BTreeMap<String, u64>> {
+        self.read(|conn| {
+            // One index step per origin rather than a scan of the log.
+            let mut statement = conn.prepare_cached(
+                "WITH RECURSIVE o(origin) AS ( \
+                   SELECT MIN(origin) FROM changes \
+                   UNION ALL \
+                   SELECT (SELECT MIN(origin) FROM changes WHERE origin > o.origin) FROM o \
+                   WHERE o.origin IS NOT NULL) \
+                 SELECT origin, (SELECT MAX(origin_seq) FROM changes c WHERE c.origin = o.origin) \
+                 FROM o WHERE origin IS NOT NULL",
+            )?;
+            let cursors = statement
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(cursors)
+        })
+        .await
+    }
+
+    /// A digest of every replicated row and stamp: equal on two nodes exactly
+    /// when they hold the same replicated state.
+    pub(crate) async fn digest(&self) -> Result<[u8; 32]> {
+        self.read(|conn| Ok(replica::digest(conn)?)).await
+    }
+
+    /// Every record after position `after` of this node's log, in the order
+    /// they were applied here, at most `limit`, each with its position.
+    pub(crate) async fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Record)>> {
+        self.read(move |conn| Ok(replica::log_after(conn, after, limit)?))
+            .await
+    }
+
+    /// The position in this node's log just before the first record a
+    /// follower holding `cursors` lacks (the end of the log if it lacks none).
+    pub(crate) async fn log_start(&self, cursors: BTreeMap<String, u64>) -> Result<u64> {
+        self.read(move |conn| {
+            let mut first: Option<i64> = None;
+            let mut origins = conn.prepare_cached(
+                "WITH RECURSIVE o(origin) AS ( \
+                   SELECT MIN(origin) FROM changes \
+                   UNION ALL \
+                   SELECT (SELECT MIN(origin) FROM changes WHERE origin > o.origin) FROM o \
+                   WHERE o.origin IS NOT NULL) \
+                 SELECT origin FROM o WHERE origin IS NOT NULL",
+            )?;
+            let origins: Vec<String> = origins
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for origin in origins {
+                let held = cursors.get(&origin).copied().unwrap_or(0) as i64;
+                let seq: Option<i64> = conn.query_row(
+                    "SELECT MIN(seq) FROM changes WHERE origin = ?1 AND origin_seq > ?2",
+                    rusqlite::params![origin, held],
+                    |r| r.get(0),
+                )?;
+                first = match (first, seq) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let start = match first {
+                Some(seq) => seq - 1,
+                None => conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })?,
+            };
+            Ok(start as u64)
+        })
+        .await
+    }
+
+    /// The position of the newest record in the log, changing as commits
+    /// add records.
+    pub(crate) fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
     }
 
     /// Runs a read-only query on a pooled connection.
@@ -223,22 +345,77 @@ impl Store {
     }
 }
 
+fn writer_stopped() -> Error {
+    Error::Io(std::io::Error::other("the store's writer has stopped"))
+}
+
 async fn write_loop(
     mut conn: Connection,
     mut jobs: mpsc::Receiver<Job>,
     ctx: WriterContext,
     events: broadcast::Sender<std::sync::Arc<StoredEvent>>,
+    committed: watch::Sender<u64>,
 ) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
+    // Tells followers of the log how far it goes after each commit.
+    let tell = |conn: &Connection| {
+        if let Ok(last) = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            committed.send_if_modified(|held| {
+                let changed = *held != last as u64;
+                *held = last as u64;
+                changed
+            });
+        }
+    };
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let (change, reply) = match first {
+            Job::Local { change, reply } => (*change, reply),
+            Job::Remote { records, reply } => {
+                let me = ctx.node_id.clone();
+                let now = ctx.clock.now_ms();
+                let (returned, outcome) = blocking(move || {
+                    let outcome = replica::apply_records(&mut conn, &me, now, &records);
+                    (conn, outcome)
+                })
+                .await;
+                conn = returned;
+                tell(&conn);
+                match outcome {
+                    Ok(mut done) => {
+                        for event in std::mem::take(&mut done.events) {
+                            let _ = events.send(std::sync::Arc::new(event));
+                        }
+                        let _ = reply.send(Ok(done));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "records from a peer failed to commit");
+                        let _ = reply.send(Err(Error::Io(std::io::Error::other(e.to_string()))));
+                    }
+                }
+                continue;
+            }
+        };
+        let mut batch = vec![(change, reply)];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Job::Local { change, reply }) => batch.push((*change, reply)),
+                Ok(remote) => {
+                    next = Some(remote);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let (changes, replies): (Vec<Change>, Vec<_>) =
-            batch.into_iter().map(|j| (j.change, j.reply)).unzip();
+        let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().unzip();
         let ctx_for_batch = ctx.clone();
         let (returned, outcome) = blocking(move || {
             let outcome = change::apply_batch(&mut conn, &ctx_for_batch, &changes);
@@ -246,6 +423,7 @@ async fn write_loop(
         })
         .await;
         conn = returned;
+        tell(&conn);
         match outcome {
             Ok((results, recorded)) => {
                 for (reply, result) in replies.into_iter().zip(results) {

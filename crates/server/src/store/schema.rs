@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 1;
+pub(crate) const CURRENT: i64 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -203,6 +203,28 @@ CREATE TABLE events (
 ) STRICT;
 CREATE INDEX events_by_folder ON events(folder_id, event_id);
 CREATE INDEX events_by_user ON events(username, event_id);
+"#,
+    // 1 → 2: replication. Records are numbered per origin and carry the rows
+    // their change wrote; every replicated row keeps the stamp of the write
+    // that set it, also once deleted.
+    r#"
+ALTER TABLE changes ADD COLUMN origin_seq INTEGER;
+UPDATE changes SET origin_seq = seq;
+ALTER TABLE changes ADD COLUMN rows TEXT NOT NULL DEFAULT '[]';
+CREATE UNIQUE INDEX changes_by_origin ON changes(origin, origin_seq);
+CREATE INDEX changes_by_hlc ON changes(hlc_wall, hlc_logical);
+
+-- The newest write of each replicated row's existence (col '') and of each
+-- of its columns.
+CREATE TABLE row_stamps (
+    tbl         TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    col         TEXT NOT NULL,
+    hlc_wall    INTEGER NOT NULL,
+    hlc_logical INTEGER NOT NULL,
+    origin      TEXT NOT NULL,
+    PRIMARY KEY (tbl, key, col)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 

@@ -1,0 +1,389 @@
+//! Peer links: how each node follows every other node's change log.
+//!
+//! Every node opens one link to each peer ([`follow`]) and the peer streams
+//! its log down it ([`serve`]): first whatever the follower lacks, per origin,
+//! from the cursors the follower sent in `peer_hello`; then each record as it
+//! commits. Records travel in the order the serving node applied them, which
+//! respects what each depends on (a folder before its members), and a node
+//! passes on what it learnt from others, so a record reaches every node that
+//! can reach anyone who holds it. The follower applies each batch durably and
+//! acknowledges it with its cursors.
+//!
+//! A link is a TLS connection on the ordinary port on which the follower
+//! presents its peer certificate; its node id, from the certificate, must be
+//! a member and must match `peer_hello`. Clients carry no certificate, so
+//! nothing a client holds opens a link.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coffer_net::conn::{ConnError, Connection, Timeouts};
+use coffer_net::{Net, Stream, tls};
+use coffer_proto::peer::{
+    Ack, PeerHello, PeerMessage, PeerPong, PeerWelcome, Record, Records, decode_records,
+    encode_records,
+};
+use coffer_proto::response::ErrorBody;
+use coffer_proto::{DecodeError, ErrorCode, Frame, Limits, PROTOCOL_VERSION};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Server;
+
+/// Records read from the log per round.
+const BATCH_RECORDS: usize = 512;
+/// A batch is sent once its records reach this many bytes of JSON.
+const BATCH_BYTES: usize = 1 << 20;
+/// An idle link is pinged this often; three silent periods end it.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// Waits between attempts to reach a peer, doubling up to the maximum.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("connecting: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::HandshakeError),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("the peer closed the link")]
+    Closed,
+    #[error("the peer said: {0}")]
+    Refused(String),
+    #[error("unexpected {0} on a peer link")]
+    Unexpected(&'static str),
+    #[error("records: {0}")]
+    Records(#[from] DecodeError),
+    #[error("the peer's records could not be applied: {0}")]
+    Apply(String),
+    #[error(transparent)]
+    Server(#[from] crate::error::Error),
+}
+
+fn timeouts(server: &Server) -> Timeouts {
+    Timeouts {
+        idle: PING_EVERY * 3,
+        frame: server.config.frame_timeout,
+        write: server.config.write_timeout,
+    }
+}
+
+/// What the peers that follow this node have acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct Followers {
+    acked: std::sync::Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+}
+
+impl Followers {
+    fn record(&self, peer: &str, applied: BTreeMap<String, u64>) {
+        self.acked
+            .lock()
+            .expect("followers lock")
+            .insert(peer.to_owned(), applied);
+    }
+
+    /// The newest record of `origin` that `peer` has acknowledged.
+    pub(crate) fn acked(&self, peer: &str, origin: &str) -> u64 {
+        self.acked
+            .lock()
+            .expect("followers lock")
+            .get(peer)
+            .and_then(|applied| applied.get(origin))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Follows `peer`'s log until `shutdown`: connects, applies what it sends,
+/// and reconnects with backoff whenever the link ends.
+pub(crate) async fn follow<N: Net>(
+    server: Arc<Server>,
+    net: N,
+    peer: String,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let mut wait = RETRY_FIRST;
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = follow_once(&server, &net, &peer, addr, &mut wait) => outcome,
+        };
+        match outcome {
+            Err(LinkError::Connect(e)) => debug!(%peer, error = %e, "peer unreachable"),
+            Err(e) => info!(%peer, error = %e, "peer link ended"),
+            Ok(()) => info!(%peer, "peer link ended"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+async fn follow_once<N: Net>(
+    server: &Arc<Server>,
+    net: &N,
+    peer: &str,
+    addr: SocketAddr,
+    wait: &mut Duration,
+) -> Result<(), LinkError> {
+    let Some(connector) = &server.peer_tls else {
+        return Err(LinkError::Refused(
+            "this node has no peer certificate".into(),
+        ));
+    };
+    let timeout = server.config.handshake_timeout;
+    let stream = tokio::time::timeout(timeout, net.connect(addr))
+        .await
+        .map_err(|_| LinkError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(LinkError::Connect)?;
+    let name = rustls::pki_types::ServerName::try_from(peer.to_owned())
+        .map_err(|e| LinkError::Refused(format!("node id {peer} is not a TLS name: {e}")))?;
+    let tls = tls::connect(connector, name, stream, timeout).await?;
+    let mut conn = Connection::new(tls, Limits::default(), timeouts(server));
+    let me = server.config.node_id.clone();
+    conn.send(&Frame::new(
+        1,
+        PeerMessage::PeerHello(PeerHello {
+            protocol: PROTOCOL_VERSION,
+            node_id: me.clone(),
+            cursors: server.store.cursors().await?,
+        }),
+    ))
+    .await?;
+    match next(&mut conn).await?.msg {
+        PeerMessage::PeerWelcome(welcome) if welcome.node_id == peer => {}
+        PeerMessage::PeerWelcome(welcome) => {
+            return Err(LinkError::Refused(format!(
+                "expected node {peer}, reached {}",
+                welcome.node_id
+            )));
+        }
+        PeerMessage::PeerError(e) => return Err(LinkError::Refused(e.message)),
+        other => return Err(LinkError::Unexpected(kind(&other))),
+    }
+    info!(%peer, "following the peer's log");
+    *wait = RETRY_FIRST;
+    loop {
+        let frame = next(&mut conn).await?;
+        match frame.msg {
+            PeerMessage::Records(Records { count, .. }) => {
+                let records = decode_records(&frame.body, count)?;
+                let done = server.store.replicate(records).await?;
+                if let Some(stopped) = done.stopped {
+                    return Err(LinkError::Apply(stopped.to_string()));
+                }
+                debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
+                conn.send(&Frame::new(
+                    0,
+                    PeerMessage::Ack(Ack {
+                        applied: server.store.cursors().await?,
+                    }),
+                ))
+                .await?;
+            }
+            PeerMessage::PeerPing => {
+                conn.send(&Frame::new(
+                    frame.id,
+                    PeerMessage::PeerPong(PeerPong {
+                        node_id: me.clone(),
+                        ready: true,
+                    }),
+                ))
+                .await?;
+            }
+            PeerMessage::PeerError(e) => return Err(LinkError::Refused(e.message)),
+            other => return Err(LinkError::Unexpected(kind(&other))),
+        }
+    }
+}
+
+async fn next<S: Stream>(conn: &mut Connection<S>) -> Result<Frame<PeerMessage>, LinkError> {
+    conn.recv::<PeerMessage>().await?.ok_or(LinkError::Closed)
+}
+
+fn kind(msg: &PeerMessage) -> &'static str {
+    coffer_proto::Message::kind(msg)
+}
+
+/// Serves a peer that follows this node's log, on a connection whose client
+/// certificate names node `node` (`None`: it has none that names a node).
+pub(crate) async fn serve<S: Stream>(
+    server: &Arc<Server>,
+    mut conn: Connection<S>,
+    node: Option<String>,
+    shutdown: CancellationToken,
+) {
+    conn.set_timeouts(timeouts(server));
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        outcome = serve_inner(server, &mut conn, node) => outcome,
+    };
+    match outcome {
+        Ok(()) => debug!("peer link closed"),
+        Err(LinkError::Conn(e)) if e.is_disconnect() => debug!(error = %e, "peer link closed"),
+        Err(e) => info!(error = %e, "peer link ended"),
+    }
+    let _ = conn.shutdown().await;
+}
+
+async fn refuse<S: Stream>(conn: &mut Connection<S>, why: String) -> LinkError {
+    let _ = conn
+        .send(&Frame::new(
+            0,
+            PeerMessage::PeerError(ErrorBody::new(ErrorCode::Forbidden, why.clone())),
+        ))
+        .await;
+    LinkError::Refused(why)
+}
+
+async fn serve_inner<S: Stream>(
+    server: &Arc<Server>,
+    conn: &mut Connection<S>,
+    node: Option<String>,
+) -> Result<(), LinkError> {
+    let frame = next(conn).await?;
+    let PeerMessage::PeerHello(hello) = frame.msg else {
+        return Err(refuse(conn, "a peer link opens with peer_hello".into()).await);
+    };
+    let me = &server.config.node_id;
+    let peer = match node {
+        Some(node) if node == hello.node_id && server.membership.contains(&node) && node != *me => {
+            node
+        }
+        Some(node) if node != hello.node_id => {
+            return Err(refuse(
+                conn,
+                format!("the certificate names {node}, not {}", hello.node_id),
+            )
+            .await);
+        }
+        _ => {
+            return Err(refuse(conn, format!("{} is not a peer of {me}", hello.node_id)).await);
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(refuse(
+            conn,
+            format!("protocol {} is not {PROTOCOL_VERSION}", hello.protocol),
+        )
+        .await);
+    }
+    conn.send(&Frame::new(
+        frame.id,
+        PeerMessage::PeerWelcome(PeerWelcome {
+            node_id: me.clone(),
+            cursors: server.store.cursors().await?,
+        }),
+    ))
+    .await?;
+    info!(%peer, "a peer follows this node's log");
+    let mut sent = hello.cursors;
+    let mut position = server.store.log_start(sent.clone()).await?;
+    let mut committed = server.store.committed();
+    loop {
+        // Everything the follower lacks, in the order it was applied here.
+        loop {
+            let batch = server.store.log_after(position, BATCH_RECORDS).await?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            let full = batch.len() == BATCH_RECORDS;
+            position = last;
+            let wanted: Vec<Record> = batch
+                .into_iter()
+                .map(|(_, record)| record)
+                .filter(|r| r.seq > sent.get(&r.origin).copied().unwrap_or(0))
+                .collect();
+            for record in &wanted {
+                sent.insert(record.origin.clone(), record.seq);
+            }
+            send_records(conn, wanted).await?;
+            if !full {
+                break;
+            }
+        }
+        committed.borrow_and_update();
+        tokio::select! {
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            frame = conn.recv::<PeerMessage>() => {
+                let frame = frame?.ok_or(LinkError::Closed)?;
+                match frame.msg {
+                    PeerMessage::Ack(ack) => {
+                        server.followers.record(&peer, ack.applied);
+                        let own = sent.get(me).copied().unwrap_or(0);
+                        let behind = own.saturating_sub(server.followers.acked(&peer, me));
+                        debug!(%peer, behind, "the peer acknowledged records");
+                    }
+                    PeerMessage::PeerPong(_) => {}
+                    other => return Err(LinkError::Unexpected(kind(&other))),
+                }
+            }
+            _ = tokio::time::sleep(PING_EVERY) => {
+                conn.send(&Frame::new(1, PeerMessage::PeerPing)).await?;
+            }
+        }
+    }
+}
+
+/// Sends `records` in batches of at most [`BATCH_BYTES`] of JSON (a record
+/// larger than that travels alone) and at most the protocol's record limit.
+async fn send_records<S: Stream>(
+    conn: &mut Connection<S>,
+    records: Vec<Record>,
+) -> Result<(), LinkError> {
+    let mut batch: Vec<Record> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = serde_json::to_vec(&record.payload).map_or(0, |v| v.len()) + 64;
+        if !batch.is_empty()
+            && (bytes + size > BATCH_BYTES
+                || batch.len() >= coffer_proto::limits::MAX_RECORDS_PER_BATCH as usize)
+        {
+            send_batch(conn, std::mem::take(&mut batch)).await?;
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(record);
+    }
+    if !batch.is_empty() {
+        send_batch(conn, batch).await?;
+    }
+    Ok(())
+}
+
+async fn send_batch<S: Stream>(
+    conn: &mut Connection<S>,
+    batch: Vec<Record>,
+) -> Result<(), LinkError> {
+    let body: Bytes = encode_records(&batch);
+    if body.len() > coffer_proto::limits::MAX_BODY as usize {
+        warn!(
+            bytes = body.len(),
+            "a record is larger than a frame can carry; the link cannot pass it"
+        );
+        return Err(LinkError::Unexpected("record too large"));
+    }
+    conn.send(&Frame::with_body(
+        0,
+        PeerMessage::Records(Records {
+            count: batch.len() as u32,
+            more: false,
+        }),
+        body,
+    ))
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,1466 @@
+//! Replicated rows: which tables replicate, what a change wrote to them, and
+//! how rows from peers are merged in.
+//!
+//! A change-log record carries the **rows** its change wrote, each whole (or
+//! as deleted), not the operation: a peer merges rows without validating them
+//! again, so that nodes cannot decide differently (see "Cluster" in
+//! docs/ARCHITECTURE.md). Which rows a change wrote is captured by temporary
+//! triggers on the writer's connection, so no write site can forget one; the
+//! rows are then read back whole in [`TABLES`]' column order.
+//!
+//! Each replicated row has a stamp in `row_stamps`: the (HLC, origin) of the
+//! write that set it, kept after the row is deleted. A row from a peer is
+//! taken only when its stamp is greater ([`crate::cluster::Lww`]). Two rows
+//! that collide on a unique constraint other than the key (two devices of one
+//! user named alike, made on two nodes at once) keep the greater stamp; the
+//! other is absent on every node.
+
+use coffer_proto::peer::Record;
+use coffer_proto::types::{Blob, Hlc};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use super::{exec, one};
+use crate::cluster::Stamp;
+
+/// A replicated table: its name, its key columns, every column (key first,
+/// in schema order), and its unique constraints besides the key.
+pub(crate) struct Table {
+    pub(crate) name: &'static str,
+    pub(crate) key: &'static [&'static str],
+    pub(crate) columns: &'static [&'static str],
+    pub(crate) unique: &'static [&'static [&'static str]],
+}
+
+/// Every table whose rows replicate as registers. File entries and their
+/// versions merge under version vectors and are not here; uploads in
+/// progress, chunk bookkeeping and the logs themselves are local to a node.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        name: "users",
+        key: &["username"],
+        columns: &[
+            "username",
+            "login_hash",
+            "role",
+            "disabled",
+            "public_key",
+            "wrapped_private_key",
+            "kdf",
+            "created_ms",
+        ],
+        unique: &[],
+    },
+    Table {
+        name: "devices",
+        key: &["device_id"],
+        columns: &["device_id", "username", "name", "mac", "created_ms"],
+        unique: &[&["username", "name"], &["username", "mac"]],
+    },
+    Table {
+        name: "sessions",
+        key: &["session_id"],
+        columns: &[
+            "session_id",
+            "username",
+            "device_id",
+            "created_ms",
+            "expires_ms",
+            "revoked",
+        ],
+        unique: &[],
+    },
+    Table {
+        name: "folders",
+        key: &["folder_id"],
+        columns: &["folder_id", "label", "owner", "epoch", "created_ms"],
+        unique: &[&["owner", "label"]],
+    },
+    Table {
+        name: "members",
+        key: &["folder_id", "username"],
+        columns: &[
+            "folder_id",
+            "username",
+            "role",
+            "status",
+            "invited_by",
+            "created_ms",
+        ],
+        unique: &[],
+    },
+    Table {
+        name: "folder_keys",
+        key: &["folder_id", "username", "epoch"],
+        columns: &["folder_id", "username", "epoch", "wrapped_key"],
+        unique: &[],
+    },
+    Table {
+        name: "file_shares",
+        key: &["share_id"],
+        columns: &[
+            "share_id",
+            "folder_id",
+            "path",
+            "file_id",
+            "owner",
+            "recipient",
+            "wrapped_key",
+            "created_ms",
+        ],
+        unique: &[],
+    },
+];
+
+fn table(name: &str) -> Option<&'static Table> {
+    TABLES.iter().find(|t| t.name == name)
+}
+
+/// One value of a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Blob),
+}
+
+impl ToSql for Cell {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Cell::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Cell::Int(n) => ToSqlOutput::Borrowed(ValueRef::Integer(*n)),
+            Cell::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Cell::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b.as_bytes())),
+        })
+    }
+}
+
+fn cell(value: ValueRef<'_>) -> rusqlite::Result<Cell> {
+    Ok(match value {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(n) => Cell::Int(n),
+        ValueRef::Text(t) => Cell::Text(
+            std::str::from_utf8(t)
+                .map_err(|e| rusqlite::Error::Utf8Error(0, e))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(b) => Cell::Blob(Blob(b.to_vec())),
+        // No replicated column is REAL (the tables are STRICT).
+        ValueRef::Real(_) => {
+            return Err(rusqlite::Error::InvalidColumnType(
+                0,
+                "real".into(),
+                rusqlite::types::Type::Real,
+            ));
+        }
+    })
+}
+
+/// What a change did to one row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RowOp {
+    /// Created (or created again): every column, in [`Table::columns`] order.
+    Inserted(Vec<Cell>),
+    /// Some columns set: each by name, with its new value.
+    Updated(Vec<(String, Cell)>),
+    /// Deleted.
+    Deleted,
+}
+
+/// A row as a change left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RowWrite {
+    pub(crate) table: String,
+    /// The key columns' values.
+    pub(crate) key: Vec<Cell>,
+    pub(crate) op: RowOp,
+}
+
+/// Why a peer's row was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RowError {
+    #[error("rows of table {0} do not replicate")]
+    UnknownTable(String),
+    #[error("a row of {0} does not have the table's shape")]
+    Shape(&'static str),
+    #[error(transparent)]
+    Db(#[from] rusqlite::Error),
+}
+
+/// The `row_stamps` column that stamps a row's existence (its creation or
+/// deletion); the others stamp one column each.
+const EXISTENCE: &str = "";
+
+/// Sets up the capture of written rows on the writer's connection: a
+/// temporary table of touched keys and columns, and triggers per table that
+/// fill it — every column on insert, each column that changed on update, the
+/// row's existence on delete.
+pub(crate) fn install_capture(conn: &Connection) -> rusqlite::Result<()> {
+    let mut sql = String::from(
+        "CREATE TEMP TABLE IF NOT EXISTS touched (n INTEGER PRIMARY KEY, tbl TEXT NOT NULL, \
+         key TEXT NOT NULL, col TEXT NOT NULL, UNIQUE (tbl, key, col));\n",
+    );
+    for t in TABLES {
+        let key = |row: &str| {
+            t.key
+                .iter()
+                .map(|c| format!("{row}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let touch = |row: &str, col: &str| {
+            format!(
+                "INSERT OR IGNORE INTO touched (tbl, key, col) VALUES ('{}', json_array({}), '{col}');",
+                t.name,
+                key(row)
+            )
+        };
+        let name = t.name;
+        sql.push_str(&format!(
+            "CREATE TEMP TRIGGER IF NOT EXISTS touched_{name}_insert AFTER INSERT ON main.{name} BEGIN {} END;\n",
+            touch("NEW", "*")
+        ));
+        sql.push_str(&format!(
+            "CREATE TEMP TRIGGER IF NOT EXISTS touched_{name}_delete AFTER DELETE ON main.{name} BEGIN {} END;\n",
+            touch("OLD", EXISTENCE)
+        ));
+        for column in &t.columns[t.key.len()..] {
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS touched_{name}_{column} AFTER UPDATE OF {column} ON main.{name} \
+                 WHEN OLD.{column} IS NOT NEW.{column} BEGIN {} END;\n",
+                touch("NEW", column)
+            ));
+        }
+    }
+    conn.execute_batch(&sql)
+}
+
+/// Forgets what was touched (a refused change's writes were rolled back).
+pub(crate) fn clear_touched(conn: &Connection) -> rusqlite::Result<()> {
+    exec(conn, "DELETE FROM touched", []).map(drop)
+}
+
+/// The key text `row_stamps` files a row under: SQLite's `json_array` of the
+/// key values, the same text the triggers write.
+fn key_text(conn: &Connection, key: &[Cell]) -> rusqlite::Result<String> {
+    let marks = (1..=key.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    one(
+        conn,
+        &format!("SELECT json_array({marks})"),
+        params_from_iter(key),
+        |r| r.get(0),
+    )
+}
+
+fn where_key(t: &Table) -> String {
+    t.key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The row of `t` under `key`, whole, if present.
+fn read_row(conn: &Connection, t: &Table, key: &[Cell]) -> rusqlite::Result<Option<Vec<Cell>>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        t.columns.join(", "),
+        t.name,
+        where_key(t)
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params_from_iter(key), |r| {
+            (0..t.columns.len()).map(|i| cell(r.get_ref(i)?)).collect()
+        })
+        .optional()
+}
+
+fn stamp_of(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    col: &str,
+) -> rusqlite::Result<Option<Stamp>> {
+    one(
+        conn,
+        "SELECT hlc_wall, hlc_logical, origin FROM row_stamps WHERE tbl = ?1 AND key = ?2 AND col = ?3",
+        params![table, key, col],
+        |r| {
+            Ok(Stamp {
+                hlc: Hlc {
+                    wall_ms: r.get::<_, i64>(0)? as u64,
+                    logical: r.get::<_, i64>(1)? as u32,
+                },
+                origin: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn set_stamp(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    col: &str,
+    stamp: &Stamp,
+) -> rusqlite::Result<()> {
+    exec(
+        conn,
+        "INSERT INTO row_stamps (tbl, key, col, hlc_wall, hlc_logical, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (tbl, key, col) DO UPDATE SET hlc_wall = excluded.hlc_wall, \
+         hlc_logical = excluded.hlc_logical, origin = excluded.origin",
+        params![
+            table,
+            key,
+            col,
+            stamp.hlc.wall_ms as i64,
+            stamp.hlc.logical as i64,
+            stamp.origin
+        ],
+    )
+    .map(drop)
+}
+
+fn key_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// What the current change did to each row it touched, every write now
+/// stamped with `stamp`; clears the capture for the next change.
+pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result<Vec<RowWrite>> {
+    // Rows in the order they were first written, which the origin's foreign
+    // keys allowed (a folder before its members); a row's columns together.
+    let touched: Vec<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT t.tbl, t.key, t.col FROM touched t \
+             JOIN (SELECT tbl, key, MIN(n) AS first FROM touched GROUP BY tbl, key) f \
+             ON f.tbl = t.tbl AND f.key = t.key ORDER BY f.first, t.col",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut written = Vec::new();
+    let mut rows = touched.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1));
+    for group in &mut rows {
+        let (name, key_json) = (&group[0].0, &group[0].1);
+        let t = table(name).expect("triggers exist only on replicated tables");
+        let key = parse_key(key_json).map_err(key_error)?;
+        let inserted = group.iter().any(|(_, _, col)| col == "*");
+        let op = match read_row(conn, t, &key)? {
+            None => {
+                set_stamp(conn, t.name, key_json, EXISTENCE, stamp)?;
+                RowOp::Deleted
+            }
+            Some(row) if inserted => {
+                set_stamp(conn, t.name, key_json, EXISTENCE, stamp)?;
+                for column in &t.columns[t.key.len()..] {
+                    set_stamp(conn, t.name, key_json, column, stamp)?;
+                }
+                RowOp::Inserted(row)
+            }
+            Some(row) => {
+                let mut set = Vec::new();
+                for (_, _, col) in group.iter().filter(|(_, _, col)| !col.is_empty()) {
+                    let i = t
+                        .columns
+                        .iter()
+                        .position(|c| c == col)
+                        .expect("triggers name columns of their table");
+                    set_stamp(conn, t.name, key_json, col, stamp)?;
+                    set.push((col.clone(), row[i].clone()));
+                }
+                RowOp::Updated(set)
+            }
+        };
+        written.push(RowWrite {
+            table: t.name.to_owned(),
+            key,
+            op,
+        });
+    }
+    clear_touched(conn)?;
+    Ok(written)
+}
+
+/// A key as the triggers wrote it: a JSON array of text and integers.
+fn parse_key(json: &str) -> Result<Vec<Cell>, serde_json::Error> {
+    let values: Vec<serde_json::Value> = serde_json::from_str(json)?;
+    values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(Cell::Text(s)),
+            serde_json::Value::Number(n) if n.is_i64() => Ok(Cell::Int(n.as_i64().unwrap_or(0))),
+            serde_json::Value::Null => Ok(Cell::Null),
+            other => Err(serde::de::Error::custom(format!(
+                "a key value cannot be {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// What merging one peer row did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Merged {
+    /// The write was taken, wholly or for the columns where it is newest.
+    Taken,
+    /// Newer writes were already here.
+    Older,
+    /// It collided with a newer row on a unique constraint, and is absent.
+    Lost,
+    /// It updates a row this node has not seen created: to be tried again
+    /// once the creating record has arrived.
+    Waiting,
+}
+
+/// Merges one row written by a peer at `stamp`, column by column: each
+/// column, and the row's existence, keeps its newest write.
+pub(crate) fn merge_row(
+    conn: &Connection,
+    write: &RowWrite,
+    stamp: &Stamp,
+) -> Result<Merged, RowError> {
+    let t = table(&write.table).ok_or_else(|| RowError::UnknownTable(write.table.clone()))?;
+    if write.key.len() != t.key.len() {
+        return Err(RowError::Shape(t.name));
+    }
+    let key = key_text(conn, &write.key)?;
+    let existence = stamp_of(conn, t.name, &key, EXISTENCE)?;
+    match &write.op {
+        RowOp::Deleted => {
+            if existence.is_some_and(|held| held >= *stamp) {
+                return Ok(Merged::Older);
+            }
+            delete(conn, t, &write.key)?;
+            set_stamp(conn, t.name, &key, EXISTENCE, stamp)?;
+            Ok(Merged::Taken)
+        }
+        RowOp::Inserted(row) => {
+            if row.len() != t.columns.len() || row[..t.key.len()] != write.key[..] {
+                return Err(RowError::Shape(t.name));
+            }
+            if existence.as_ref().is_some_and(|held| held >= stamp) {
+                return Ok(Merged::Older);
+            }
+            // Columns a newer write already set keep their value.
+            let mut row = row.clone();
+            if let Some(here) = read_row(conn, t, &write.key)? {
+                for (i, column) in t.columns.iter().enumerate().skip(t.key.len()) {
+                    if stamp_of(conn, t.name, &key, column)?.is_some_and(|held| held > *stamp) {
+                        row[i] = here[i].clone();
+                    }
+                }
+            }
+            set_stamp(conn, t.name, &key, EXISTENCE, stamp)?;
+            for column in &t.columns[t.key.len()..] {
+                if stamp_of(conn, t.name, &key, column)?.is_none_or(|held| held <= *stamp) {
+                    set_stamp(conn, t.name, &key, column, stamp)?;
+                }
+            }
+            if outranked(conn, t, &row)? {
+                delete(conn, t, &write.key)?;
+                return Ok(Merged::Lost);
+            }
+            upsert(conn, t, &row)?;
+            Ok(Merged::Taken)
+        }
+        RowOp::Updated(set) => {
+            if set
+                .iter()
+                .any(|(column, _)| !t.columns[t.key.len()..].contains(&column.as_str()))
+            {
+                return Err(RowError::Shape(t.name));
+            }
+            let Some(mut row) = read_row(conn, t, &write.key)? else {
+                return Ok(if existence.is_some() {
+                    // Deleted here, or lost a collision: an update does not
+                    // bring a row back.
+                    Merged::Older
+                } else {
+                    Merged::Waiting
+                });
+            };
+            let mut taken = false;
+            for (column, value) in set {
+                let i = t.columns[t.key.len()..]
+                    .iter()
+                    .position(|c| c == column)
+                    .map(|i| i + t.key.len())
+                    .ok_or(RowError::Shape(t.name))?;
+                if stamp_of(conn, t.name, &key, column)?.is_some_and(|held| held >= *stamp) {
+                    continue;
+                }
+                set_stamp(conn, t.name, &key, column, stamp)?;
+                row[i] = value.clone();
+                taken = true;
+            }
+            if !taken {
+                return Ok(Merged::Older);
+            }
+            if outranked(conn, t, &row)? {
+                delete(conn, t, &write.key)?;
+                return Ok(Merged::Lost);
+            }
+            upsert(conn, t, &row)?;
+            Ok(Merged::Taken)
+        }
+    }
+}
+
+fn delete(conn: &Connection, t: &Table, key: &[Cell]) -> rusqlite::Result<()> {
+    exec(
+        conn,
+        &format!("DELETE FROM {} WHERE {}", t.name, where_key(t)),
+        params_from_iter(key),
+    )
+    .map(drop)
+}
+
+/// Whether `row` (its stamps already recorded) collides on a unique
+/// constraint with a row that ranks higher. Colliding rows that rank lower are
+/// deleted; their stamps stay, so that they do not come back.
+///
+/// A row ranks by the newest write of its existence or of a column of the
+/// constraint — the write that made the collision — so that every node
+/// compares the same two stamps whichever row it saw first.
+fn outranked(conn: &Connection, t: &Table, row: &[Cell]) -> rusqlite::Result<bool> {
+    let value = |column: &str| {
+        let i = t
+            .columns
+            .iter()
+            .position(|c| *c == column)
+            .expect("unique columns are columns");
+        &row[i]
+    };
+    let own = key_text(conn, &row[..t.key.len()])?;
+    let mut rivals = Vec::new();
+    for unique in t.unique {
+        let condition = unique
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "SELECT json_array({}) FROM {} WHERE {condition}",
+            t.key.join(", "),
+            t.name
+        );
+        let keys: Vec<String> = conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(unique.iter().map(|c| value(c))), |r| {
+                r.get(0)
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rivals.extend(keys.into_iter().filter(|k| *k != own));
+    }
+    rivals.sort();
+    rivals.dedup();
+    let rank = |key: &str| -> rusqlite::Result<Option<Stamp>> {
+        let mut best = stamp_of(conn, t.name, key, EXISTENCE)?;
+        for column in t.unique.iter().flat_map(|u| u.iter()) {
+            best = best.max(stamp_of(conn, t.name, key, column)?);
+        }
+        Ok(best)
+    };
+    let ours = rank(&own)?;
+    for rival in &rivals {
+        if rank(rival)? > ours {
+            return Ok(true);
+        }
+    }
+    for rival in &rivals {
+        delete(conn, t, &parse_key(rival).map_err(key_error)?)?;
+    }
+    Ok(false)
+}
+
+fn upsert(conn: &Connection, t: &Table, row: &[Cell]) -> rusqlite::Result<()> {
+    let marks = (1..=t.columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = t.columns[t.key.len()..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO {name} ({columns}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {set}",
+        name = t.name,
+        columns = t.columns.join(", "),
+        key = t.key.join(", "),
+    );
+    exec(conn, &sql, params_from_iter(row)).map(drop)
+}
+
+/// The newest HLC in the change log, local or from peers.
+pub(crate) fn last_hlc(conn: &Connection) -> rusqlite::Result<Hlc> {
+    one(
+        conn,
+        "SELECT hlc_wall, hlc_logical FROM changes ORDER BY hlc_wall DESC, hlc_logical DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(Hlc {
+                wall_ms: r.get::<_, i64>(0)? as u64,
+                logical: r.get::<_, i64>(1)? as u32,
+            })
+        },
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
+}
+
+/// The sequence number of `origin`'s newest record held here (0: none).
+pub(crate) fn last_seq(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
+    one(
+        conn,
+        "SELECT COALESCE(MAX(origin_seq), 0) FROM changes WHERE origin = ?1",
+        [origin],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+/// An event as a record carries it: its audience and body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RecordEvent {
+    pub(crate) folder_id: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) event: coffer_proto::Event,
+}
+
+/// What a replicated record carries: the change's kind, the rows it wrote
+/// and the events its subscribers were told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Payload {
+    pub(crate) kind: String,
+    pub(crate) rows: Vec<RowWrite>,
+    pub(crate) events: Vec<RecordEvent>,
+}
+
+/// `origin`'s records after `after`, at most `limit`, oldest first.
+#[cfg(test)]
+pub(crate) fn records_after(
+    conn: &Connection,
+    origin: &str,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Record>> {
+    let found = read_records(
+        conn,
+        "WHERE origin = ?1 AND origin_seq > ?2 ORDER BY origin_seq LIMIT ?3",
+        params![origin, after as i64, limit as i64],
+    )?;
+    Ok(found.into_iter().map(|(_, record)| record).collect())
+}
+
+/// Every record after position `after` of this node's log, in the order this
+/// node applied them (which respects what each record depends on), at most
+/// `limit`, each with its position.
+pub(crate) fn log_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(u64, Record)>> {
+    read_records(
+        conn,
+        "WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        params![after as i64, limit as i64],
+    )
+}
+
+fn read_records(
+    conn: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<(u64, Record)>> {
+    let sql = format!(
+        "SELECT seq, origin, origin_seq, hlc_wall, hlc_logical, kind, rows FROM changes {filter}"
+    );
+    let found: Vec<(i64, String, i64, i64, i64, String, String)> = conn
+        .prepare_cached(&sql)?
+        .query_map(params, |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut records = Vec::with_capacity(found.len());
+    for (seq, origin, origin_seq, wall, logical, kind, rows) in found {
+        let rows: Vec<RowWrite> = serde_json::from_str(&rows).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+        let events = conn
+            .prepare_cached(
+                "SELECT folder_id, username, body FROM events WHERE seq = ?1 ORDER BY event_id",
+            )?
+            .query_map([seq], |r| {
+                let body: String = r.get(2)?;
+                Ok(RecordEvent {
+                    folder_id: r.get(0)?,
+                    username: r.get(1)?,
+                    event: serde_json::from_str(&body).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        records.push((
+            seq as u64,
+            Record {
+                origin,
+                seq: origin_seq as u64,
+                hlc: Hlc {
+                    wall_ms: wall as u64,
+                    logical: logical as u32,
+                },
+                payload: serde_json::to_value(Payload { kind, rows, events })
+                    .expect("payloads serialize"),
+            },
+        ));
+    }
+    Ok(records)
+}
+
+/// How far applying a batch of peer records got.
+#[derive(Debug, Default)]
+pub(crate) struct Replicated {
+    /// Records applied now.
+    pub(crate) applied: usize,
+    /// Records already held, skipped.
+    pub(crate) duplicates: usize,
+    /// Events recorded, to tell subscribers once committed.
+    pub(crate) events: Vec<super::StoredEvent>,
+    /// Why the rest of the batch was not applied, if it was not.
+    pub(crate) stopped: Option<Stopped>,
+}
+
+/// Why applying peer records stopped before the end of a batch.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stopped {
+    /// A record of `origin` after `held` is missing; pull from there.
+    #[error("records of {origin} after {held} are missing")]
+    Gap { origin: String, held: u64 },
+    /// A record refers to a row not yet here; try again after other records.
+    #[error("record {seq} of {origin} refers to a row not yet here")]
+    Waiting { origin: String, seq: u64 },
+    /// A record was refused; the peer sent something this node cannot take.
+    #[error("record {seq} of {origin} refused: {why}")]
+    Refused {
+        origin: String,
+        seq: u64,
+        why: String,
+    },
+}
+
+/// Applies peer records in one transaction, in order, each at most once;
+/// stops at the first that cannot be applied yet.
+pub(crate) fn apply_records(
+    conn: &mut Connection,
+    me: &str,
+    now_ms: u64,
+    records: &[Record],
+) -> rusqlite::Result<Replicated> {
+    let mut tx = conn.transaction()?;
+    let mut clock = crate::cluster::Clock::new(last_hlc(&tx)?);
+    let mut out = Replicated::default();
+    for record in records {
+        let held = last_seq(&tx, &record.origin)?;
+        if record.seq <= held {
+            out.duplicates += 1;
+            continue;
+        }
+        let refused = |why: String| Stopped::Refused {
+            origin: record.origin.clone(),
+            seq: record.seq,
+            why,
+        };
+        if record.origin == me && held > 0 {
+            // This node's own records come back only to a node rebuilding
+            // from its peers, which holds none of them yet.
+            out.stopped = Some(refused("a record of this node's own origin".into()));
+            break;
+        }
+        if record.seq != held + 1 {
+            out.stopped = Some(Stopped::Gap {
+                origin: record.origin.clone(),
+                held,
+            });
+            break;
+        }
+        if let Err(ahead) = clock.observe(record.hlc, now_ms) {
+            out.stopped = Some(refused(ahead.to_string()));
+            break;
+        }
+        let payload: Payload = match serde_json::from_value(record.payload.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                out.stopped = Some(refused(format!("payload: {e}")));
+                break;
+            }
+        };
+        let stamp = Stamp {
+            hlc: record.hlc,
+            origin: record.origin.clone(),
+        };
+        let sp = tx.savepoint()?;
+        let mut failed = None;
+        for row in &payload.rows {
+            match merge_row(&sp, row, &stamp) {
+                Ok(Merged::Waiting) => {
+                    failed = Some(Stopped::Waiting {
+                        origin: record.origin.clone(),
+                        seq: record.seq,
+                    });
+                    break;
+                }
+                Ok(_) => {}
+                // A row refers to one not yet here (a member of a folder whose
+                // record has not arrived).
+                Err(RowError::Db(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+                {
+                    failed = Some(Stopped::Waiting {
+                        origin: record.origin.clone(),
+                        seq: record.seq,
+                    });
+                    break;
+                }
+                Err(RowError::Db(e)) if !matches!(e, rusqlite::Error::SqliteFailure(..)) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    failed = Some(refused(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(stopped) = failed {
+            drop(sp);
+            out.stopped = Some(stopped);
+            break;
+        }
+        exec(
+            &sp,
+            "INSERT INTO changes (origin, origin_seq, hlc_wall, hlc_logical, kind, payload, rows) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'null', ?6)",
+            params![
+                record.origin,
+                record.seq as i64,
+                record.hlc.wall_ms as i64,
+                record.hlc.logical as i64,
+                payload.kind,
+                serde_json::to_string(&payload.rows).expect("rows serialize")
+            ],
+        )?;
+        let seq = sp.last_insert_rowid();
+        for e in payload.events {
+            exec(
+                &sp,
+                "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    seq,
+                    e.folder_id,
+                    e.username,
+                    serde_json::to_string(&e.event).expect("events serialize")
+                ],
+            )?;
+            out.events.push(super::StoredEvent {
+                id: sp.last_insert_rowid(),
+                folder_id: e.folder_id,
+                username: e.username,
+                event: e.event,
+            });
+        }
+        sp.commit()?;
+        out.applied += 1;
+    }
+    clear_touched(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// SHA-256 over every replicated row and the stamp of its existence, in key
+/// order: equal on two nodes exactly when they hold the same replicated
+/// state. (Column stamps of a deleted row may differ: a node that saw an
+/// update only after the delete never took it.)
+pub(crate) fn digest(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for t in TABLES {
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            t.columns.join(", "),
+            t.name,
+            t.key.join(", ")
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query([])?;
+        hash.update(t.name.as_bytes());
+        while let Some(r) = rows.next()? {
+            let cells = (0..t.columns.len())
+                .map(|i| cell(r.get_ref(i)?))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            hash.update(serde_json::to_vec(&cells).expect("cells serialize"));
+        }
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT tbl, key, hlc_wall, hlc_logical, origin FROM row_stamps WHERE col = '' ORDER BY tbl, key",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(r) = rows.next()? {
+        let line: (String, String, i64, i64, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        hash.update(serde_json::to_vec(&line).expect("stamps serialize"));
+    }
+    Ok(hash.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use coffer_net::SystemClock;
+    use coffer_proto::types::{Kdf, Role};
+
+    use super::super::{Change, Store, WriterContext};
+    use super::*;
+    use crate::chunks::ChunkStore;
+
+    /// The column lists above are the schema's: a column added to a
+    /// replicated table without adding it here would silently not replicate.
+    #[test]
+    fn the_replicated_columns_are_the_schemas() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        for t in TABLES {
+            let mut statement = conn
+                .prepare(&format!(
+                    "SELECT name, pk FROM pragma_table_info('{}') ORDER BY cid",
+                    t.name
+                ))
+                .unwrap();
+            let info: Vec<(String, i64)> = statement
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let columns: Vec<&str> = info.iter().map(|(c, _)| c.as_str()).collect();
+            let mut by_position: Vec<_> = info.iter().filter(|(_, pk)| *pk > 0).collect();
+            by_position.sort_by_key(|(_, pk)| *pk);
+            let key: Vec<&str> = by_position.iter().map(|(c, _)| c.as_str()).collect();
+            assert_eq!(columns, t.columns, "columns of {}", t.name);
+            assert_eq!(key, t.key, "key of {}", t.name);
+            assert_eq!(
+                &t.columns[..t.key.len()],
+                t.key,
+                "{}: the key comes first",
+                t.name
+            );
+        }
+    }
+
+    fn node(dir: &Path, id: &str) -> Store {
+        let dir = dir.join(id);
+        let chunks = Arc::new(ChunkStore::open(&dir.join("chunks")).unwrap());
+        Store::open(
+            &dir,
+            WriterContext {
+                node_id: id.to_owned(),
+                clock: Arc::new(SystemClock),
+                keep_versions: 10,
+                chunks,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Sends `to` every record `from` holds that `to` lacks, origin by origin.
+    async fn ship(from: &Store, to: &Store) -> Replicated {
+        let mut total = Replicated::default();
+        for origin in from.cursors().await.unwrap().into_keys() {
+            let held = to
+                .cursors()
+                .await
+                .unwrap()
+                .get(&origin)
+                .copied()
+                .unwrap_or(0);
+            let records = from.records_after(origin, held, 10_000).await.unwrap();
+            let done = to.replicate(records).await.unwrap();
+            total.applied += done.applied;
+            total.duplicates += done.duplicates;
+            total.stopped = total.stopped.or(done.stopped);
+        }
+        total
+    }
+
+    async fn write(store: &Store, change: Change) {
+        store.write(change).await.unwrap();
+    }
+
+    fn register(username: &str) -> Change {
+        Change::Register {
+            username: username.to_owned(),
+            login_hash: "$2b$04$hash".to_owned(),
+            public_key: Blob(vec![1; 8]),
+            wrapped_private_key: Blob(vec![2; 8]),
+            kdf: Kdf {
+                alg: "argon2id".to_owned(),
+                m_cost_kib: 8,
+                t_cost: 1,
+                p_cost: 1,
+                salt: Blob(vec![3; 16]),
+            },
+            admin: None,
+        }
+    }
+
+    fn session(username: &str, session_id: &str) -> Change {
+        Change::SessionOpen {
+            session_id: session_id.to_owned(),
+            username: username.to_owned(),
+            device_id: None,
+            expires_ms: 4_000_000_000_000,
+        }
+    }
+
+    fn device(username: &str, session_id: &str, device_id: &str, name: &str, mac: &str) -> Change {
+        Change::DeviceRegister {
+            username: username.to_owned(),
+            session_id: session_id.to_owned(),
+            device_id: device_id.to_owned(),
+            name: name.to_owned(),
+            mac: mac.to_owned(),
+        }
+    }
+
+    async fn column(store: &Store, sql: &'static str) -> Vec<String> {
+        store
+            .read(move |conn| {
+                let mut statement = conn.prepare(sql)?;
+                let values = statement
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(values)
+            })
+            .await
+            .unwrap()
+    }
+
+    fn rows(record: &Record) -> Vec<RowWrite> {
+        serde_json::from_value::<Payload>(record.payload.clone())
+            .unwrap()
+            .rows
+    }
+
+    #[tokio::test]
+    async fn records_carry_the_rows_their_change_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = node(dir.path(), "a");
+        write(&a, register("alice")).await;
+        write(
+            &a,
+            Change::UserDisable {
+                username: "alice".into(),
+                disabled: true,
+            },
+        )
+        .await;
+        let records = a.records_after("a".into(), 0, 10).await.unwrap();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        let created = rows(&records[0]);
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0].table, "users");
+        assert_eq!(created[0].key, [Cell::Text("alice".into())]);
+        assert!(matches!(&created[0].op, RowOp::Inserted(cells) if cells.len() == 8));
+        // An update carries the columns it changed, and only those.
+        let disabled = rows(&records[1]);
+        assert_eq!(
+            disabled[0].op,
+            RowOp::Updated(vec![("disabled".into(), Cell::Int(1))])
+        );
+        // A refused change leaves nothing behind for the next one.
+        assert!(a.write(register("alice")).await.is_err());
+        write(&a, register("bob")).await;
+        let records = a.records_after("a".into(), 2, 10).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(rows(&records[0]).len(), 1);
+        assert_eq!(rows(&records[0])[0].key, [Cell::Text("bob".into())]);
+    }
+
+    #[tokio::test]
+    async fn nodes_converge_and_records_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, session("alice", "s1")).await;
+        write(
+            &a,
+            device("alice", "s1", "d1", "laptop", "02:00:00:00:00:01"),
+        )
+        .await;
+        write(
+            &a,
+            Change::FolderCreate {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                label: "docs".into(),
+                wrapped_key: Blob(vec![4; 8]),
+            },
+        )
+        .await;
+        write(&b, register("bob")).await;
+        assert_ne!(a.digest().await.unwrap(), b.digest().await.unwrap());
+        let done = ship(&a, &b).await;
+        assert!(done.stopped.is_none(), "{:?}", done.stopped);
+        assert_eq!(done.applied, 4);
+        assert_eq!(ship(&b, &a).await.applied, 1);
+        assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+        assert_eq!(
+            column(&b, "SELECT username FROM users ORDER BY 1").await,
+            ["alice", "bob"]
+        );
+        // The same records again change nothing.
+        let again = a.records_after("a".into(), 0, 100).await.unwrap();
+        let done = b.replicate(again).await.unwrap();
+        assert_eq!((done.applied, done.duplicates), (0, 4));
+        // A record after a gap is not applied.
+        write(&a, register("carol")).await;
+        write(&a, register("dave")).await;
+        let last = a.records_after("a".into(), 5, 100).await.unwrap();
+        let done = b.replicate(last).await.unwrap();
+        assert_eq!(done.applied, 0);
+        assert!(matches!(done.stopped, Some(Stopped::Gap { held: 4, .. })));
+        // What b learnt is passed on: c hears of a's users through b.
+        let c = node(dir.path(), "c");
+        ship(&a, &b).await;
+        ship(&b, &c).await;
+        assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
+        // Subscribers on b were told of what a's changes told: the folder's
+        // creation is not an event, but records carry their events.
+        assert_eq!(
+            column(&c, "SELECT username FROM users ORDER BY 1").await,
+            ["alice", "bob", "carol", "dave"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_not_lost_to_a_concurrent_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, session("alice", "s1")).await;
+        ship(&a, &b).await;
+        // At once: a refreshes the session, b revokes it. Whatever the
+        // stamps, both columns keep their own newest write.
+        write(
+            &b,
+            Change::SessionRevoke {
+                username: "alice".into(),
+                session_id: "s1".into(),
+            },
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(
+            &a,
+            Change::SessionExtend {
+                session_id: "s1".into(),
+                expires_ms: 4_100_000_000_000,
+            },
+        )
+        .await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        for node in [&a, &b] {
+            assert_eq!(
+                column(node, "SELECT revoked || ',' || expires_ms FROM sessions").await,
+                ["1,4100000000000"]
+            );
+        }
+        assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn devices_named_alike_on_two_nodes_leave_one_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, session("alice", "s1")).await;
+        write(&a, session("alice", "s2")).await;
+        ship(&a, &b).await;
+        write(
+            &a,
+            device("alice", "s1", "d1", "laptop", "02:00:00:00:00:01"),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(
+            &b,
+            device("alice", "s2", "d2", "laptop", "02:00:00:00:00:02"),
+        )
+        .await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        for node in [&a, &b] {
+            // The later registration wins on both.
+            assert_eq!(column(node, "SELECT device_id FROM devices").await, ["d2"]);
+        }
+        assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_record_that_needs_another_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            node(dir.path(), "a"),
+            node(dir.path(), "b"),
+            node(dir.path(), "c"),
+        );
+        write(&a, register("alice")).await;
+        ship(&a, &b).await;
+        write(
+            &b,
+            Change::FolderCreate {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                label: "docs".into(),
+                wrapped_key: Blob(vec![4; 8]),
+            },
+        )
+        .await;
+        write(&b, register("bob")).await;
+        write(
+            &b,
+            Change::FolderShare {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                invitee: "bob".into(),
+                role: Role::Viewer,
+                keys: vec![coffer_proto::types::EpochKey {
+                    epoch: 1,
+                    wrapped_key: Blob(vec![5; 8]),
+                }],
+            },
+        )
+        .await;
+        // c hears from b first: b's folder names a's user, not yet on c.
+        let from_b = b.records_after("b".into(), 0, 100).await.unwrap();
+        let done = c.replicate(from_b.clone()).await.unwrap();
+        assert_eq!(done.applied, 0);
+        assert!(matches!(
+            done.stopped,
+            Some(Stopped::Waiting { seq: 1, .. })
+        ));
+        ship(&a, &c).await;
+        let done = c.replicate(from_b).await.unwrap();
+        assert_eq!(done.applied, 3);
+        assert!(done.stopped.is_none());
+        // The invitation reached c's subscribers as an event.
+        assert_eq!(
+            column(
+                &c,
+                "SELECT username FROM events WHERE body LIKE '%\"invited\"%'"
+            )
+            .await,
+            ["bob"]
+        );
+        assert_eq!(c.digest().await.unwrap(), b.digest().await.unwrap());
+    }
+
+    fn share(folder_id: &str, invitee: &str, epochs: u64) -> Change {
+        Change::FolderShare {
+            username: "alice".into(),
+            folder_id: folder_id.into(),
+            invitee: invitee.into(),
+            role: Role::Viewer,
+            keys: (1..=epochs)
+                .map(|epoch| coffer_proto::types::EpochKey {
+                    epoch,
+                    wrapped_key: Blob(vec![5; 8]),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_delete_arriving_late_does_not_undo_a_newer_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            node(dir.path(), "a"),
+            node(dir.path(), "b"),
+            node(dir.path(), "c"),
+        );
+        write(&a, register("alice")).await;
+        write(&a, register("bob")).await;
+        write(
+            &a,
+            Change::FolderCreate {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                label: "docs".into(),
+                wrapped_key: Blob(vec![4; 8]),
+            },
+        )
+        .await;
+        write(&a, share("f1", "bob", 1)).await;
+        let shared = ship(&a, &c).await;
+        assert_eq!(shared.applied, 4);
+        // a removes bob; b, having heard, invites him again.
+        write(
+            &a,
+            Change::FolderUnshare {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                member: "bob".into(),
+                epoch: 2,
+                keys: vec![coffer_proto::types::MemberKey {
+                    username: "alice".into(),
+                    wrapped_key: Blob(vec![6; 8]),
+                }],
+            },
+        )
+        .await;
+        ship(&a, &b).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&b, share("f1", "bob", 2)).await;
+        // c hears of the new invitation first, and of the removal after it.
+        let from_b = b.records_after("b".into(), 0, 100).await.unwrap();
+        assert!(c.replicate(from_b).await.unwrap().stopped.is_none());
+        ship(&a, &c).await;
+        ship(&b, &a).await;
+        for node in [&a, &b, &c] {
+            assert_eq!(
+                column(
+                    node,
+                    "SELECT username || ':' || status FROM members ORDER BY 1"
+                )
+                .await,
+                ["alice:active", "bob:invited"]
+            );
+        }
+        assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
+        assert_eq!(b.digest().await.unwrap(), a.digest().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_old_write_arriving_after_a_newer_delete_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            node(dir.path(), "a"),
+            node(dir.path(), "b"),
+            node(dir.path(), "c"),
+        );
+        write(&a, register("alice")).await;
+        write(&a, register("bob")).await;
+        write(
+            &a,
+            Change::FolderCreate {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                label: "docs".into(),
+                wrapped_key: Blob(vec![4; 8]),
+            },
+        )
+        .await;
+        ship(&a, &b).await;
+        // b invites bob; a hears of it and removes him.
+        write(&b, share("f1", "bob", 1)).await;
+        ship(&b, &a).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(
+            &a,
+            Change::FolderUnshare {
+                username: "alice".into(),
+                folder_id: "f1".into(),
+                member: "bob".into(),
+                epoch: 2,
+                keys: vec![coffer_proto::types::MemberKey {
+                    username: "alice".into(),
+                    wrapped_key: Blob(vec![6; 8]),
+                }],
+            },
+        )
+        .await;
+        // c hears of the removal before the invitation it removes.
+        let from_a = a.records_after("a".into(), 0, 100).await.unwrap();
+        assert!(c.replicate(from_a).await.unwrap().stopped.is_none());
+        ship(&b, &c).await;
+        ship(&a, &b).await;
+        for node in [&a, &b, &c] {
+            assert_eq!(
+                column(node, "SELECT username FROM members").await,
+                ["alice"]
+            );
+        }
+        assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
+        assert_eq!(b.digest().await.unwrap(), a.digest().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_peer_row_of_the_wrong_shape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = node(dir.path(), "a");
+        let bad = |table: &str, key: Vec<Cell>, op: RowOp| Record {
+            origin: "b".into(),
+            seq: 1,
+            hlc: Hlc {
+                wall_ms: 1,
+                logical: 0,
+            },
+            payload: serde_json::to_value(Payload {
+                kind: "register".into(),
+                rows: vec![RowWrite {
+                    table: table.into(),
+                    key,
+                    op,
+                }],
+                events: vec![],
+            })
+            .unwrap(),
+        };
+        for record in [
+            bad("changes", vec![Cell::Int(1)], RowOp::Deleted),
+            bad("users", vec![], RowOp::Deleted),
+            bad(
+                "users",
+                vec![Cell::Text("x".into())],
+                RowOp::Inserted(vec![]),
+            ),
+            bad(
+                "users",
+                vec![Cell::Text("x".into())],
+                RowOp::Updated(vec![("username".into(), Cell::Text("y".into()))]),
+            ),
+        ] {
+            let done = a.replicate(vec![record]).await.unwrap();
+            assert!(
+                matches!(done.stopped, Some(Stopped::Refused { .. })),
+                "{:?}",
+                done.stopped
+            );
+        }
+        assert_eq!(a.cursors().await.unwrap().get("b"), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! Three servers on loopback, each with its own database and a peer
+//! certificate from one CA, following each other's change logs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_certs::{Ca, Kind, Validity};
+use coffer_net::{Listener as _, Net as _, SystemClock, TokioNet};
+use coffer_proto::peer::{PeerHello, PeerMessage};
+use coffer_proto::request::Login;
+use coffer_proto::{Frame, Request, Response};
+use coffer_server::{Config, Server};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::support::{Conn, Identity, hello, test_config};
+
+struct Node {
+    addr: SocketAddr,
+    config: Config,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: Arc<Server>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    nodes: Vec<Node>,
+}
+
+fn ca_file(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate(
+            "Coffer test CA",
+            Validity::days_from(OffsetDateTime::now_utc(), 2),
+        )
+        .unwrap();
+        std::fs::write(ca_file(dir.path()), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("secret"), [7u8; 32]).unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(
+                TokioNet
+                    .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let id = format!("node-{}", i + 1);
+            let peer = ca
+                .issue(
+                    Kind::Peer,
+                    &id,
+                    &["localhost".to_owned()],
+                    Validity::days_from(OffsetDateTime::now_utc(), 2),
+                )
+                .unwrap();
+            let (cert, key) = peer.write(dir.path(), &id, false).unwrap();
+            let config = Config {
+                listen: addrs[i],
+                node_id: id,
+                tls_cert: Some(cert),
+                tls_key: Some(key),
+                ca: Some(ca_file(dir.path())),
+                cluster_secret_file: Some(dir.path().join("secret")),
+                peers: (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| (format!("node-{}", j + 1), addrs[j]))
+                    .collect(),
+                ..test_config(&dir.path().join(format!("data-{}", i + 1)))
+            };
+            nodes.push(Node::run(config, listener));
+        }
+        Cluster { dir, ca, nodes }
+    }
+
+    fn ca(&self) -> PathBuf {
+        ca_file(self.dir.path())
+    }
+
+    async fn client(&self, node: usize) -> Conn {
+        let mut conn = Conn::open(self.nodes[node].addr, &self.ca()).await;
+        let welcome = conn.call(hello()).await;
+        assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
+        conn
+    }
+
+    /// Waits until every running node has the same replicated state.
+    async fn converged(&self) {
+        for _ in 0..500 {
+            let mut digests = Vec::new();
+            for node in &self.nodes {
+                digests.push(node.server.replica_digest().await.unwrap());
+            }
+            if digests.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the nodes did not converge within 10 s");
+    }
+}
+
+impl Node {
+    fn run(config: Config, listener: coffer_net::TokioListener) -> Node {
+        let server = Arc::new(Server::new(config.clone(), Arc::new(SystemClock)).unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.clone().run(TokioNet, listener, shutdown.clone()));
+        Node {
+            addr: config.listen,
+            config,
+            shutdown,
+            task,
+            server,
+        }
+    }
+
+    async fn stop(self) -> Config {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        self.config
+    }
+
+    async fn restart(config: Config) -> Node {
+        let listener = TokioNet.bind(config.listen).await.unwrap();
+        Node::run(config, listener)
+    }
+}
+
+async fn login(conn: &mut Conn, who: &Identity) -> Response {
+    conn.call(Request::Login(Login {
+        username: who.name.clone(),
+        login_secret: who.secret(),
+        device_id: None,
+    }))
+    .await
+}
+
+async fn register(cluster: &Cluster, node: usize, who: &Identity) {
+    let mut conn = cluster.client(node).await;
+    let answer = conn.call(who.register()).await;
+    assert!(matches!(answer, Response::Registered(_)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn an_account_made_on_one_node_signs_in_on_every_other() {
+    let cluster = Cluster::start(3).await;
+    let alice = Identity::new("alice");
+    register(&cluster, 0, &alice).await;
+    cluster.converged().await;
+    for node in 0..3 {
+        let mut conn = cluster.client(node).await;
+        let answer = login(&mut conn, &alice).await;
+        assert!(
+            matches!(answer, Response::Session(_)),
+            "node {node}: {answer:?}"
+        );
+    }
+    // A session opened on one node is a session on the others: its token
+    // (signed with the shared secret) and its row both travelled.
+    cluster.converged().await;
+}
+
+#[tokio::test]
+async fn a_node_that_was_down_or_wiped_catches_up_from_its_peers() {
+    let mut cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    cluster.converged().await;
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    register(&cluster, 1, &Identity::new("bob")).await;
+    cluster.converged().await;
+    // Back with its database: it follows from where it stopped.
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.converged().await;
+    let mut conn = cluster.client(2).await;
+    let bob = Identity::new("bob");
+    assert!(matches!(login(&mut conn, &bob).await, Response::Session(_)));
+    // Back with nothing: it rebuilds everything, its own records included.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    std::fs::remove_dir_all(&third.data).unwrap();
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.converged().await;
+    let mut conn = cluster.client(2).await;
+    let alice = Identity::new("alice");
+    assert!(matches!(
+        login(&mut conn, &alice).await,
+        Response::Session(_)
+    ));
+}
+
+/// Opens a TLS connection presenting `identity` (a chain and key written
+/// under the cluster's directory) and says `peer_hello` as `claims`.
+async fn peer_hello(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &str) -> Vec<u8> {
+    use coffer_net::tls;
+    let roots = tls::load_roots(&cluster.ca()).unwrap();
+    let id = match identity {
+        Some((name, kind)) => {
+            let issued = cluster
+                .ca
+                .issue(
+                    kind,
+                    name,
+                    &[],
+                    Validity::days_from(OffsetDateTime::now_utc(), 2),
+                )
+                .unwrap();
+            let (cert, key) = issued
+                .write(&cluster.dir.path().join("others"), name, true)
+                .unwrap();
+            Some(tls::Identity::load(&cert, &key).unwrap())
+        }
+        None => None,
+    };
+    let config = tls::client_config(roots, id.as_ref(), Arc::new(SystemClock)).unwrap();
+    let tcp = TokioNet.connect(cluster.nodes[0].addr).await.unwrap();
+    let stream = tls::connect(
+        &tokio_rustls::TlsConnector::from(config),
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+        tcp,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut conn = coffer_net::conn::Connection::new(
+        stream,
+        coffer_proto::Limits::default(),
+        coffer_net::conn::Timeouts::default(),
+    );
+    conn.send(&Frame::new(
+        1,
+        PeerMessage::PeerHello(PeerHello {
+            protocol: coffer_proto::PROTOCOL_VERSION,
+            node_id: claims.to_owned(),
+            cursors: Default::default(),
+        }),
+    ))
+    .await
+    .unwrap();
+    let raw = conn.read_frame().await.unwrap().unwrap();
+    raw.header.to_vec()
+}
+
+#[tokio::test]
+async fn only_a_member_with_its_own_certificate_opens_a_peer_link() {
+    let cluster = Cluster::start(2).await;
+    let answer = |header: Vec<u8>| String::from_utf8(header).unwrap();
+    // The member, as itself: welcomed.
+    let welcome = answer(peer_hello(&cluster, Some(("node-2", Kind::Peer)), "node-2").await);
+    assert!(welcome.contains("peer_welcome"), "{welcome}");
+    // A member's certificate claiming another member: refused.
+    let other = answer(peer_hello(&cluster, Some(("node-2", Kind::Peer)), "node-1").await);
+    assert!(other.contains("peer_error"), "{other}");
+    // A node the cluster does not list: refused.
+    let stranger = answer(peer_hello(&cluster, Some(("node-9", Kind::Peer)), "node-9").await);
+    assert!(
+        stranger.contains("peer_error") && stranger.contains("not a peer"),
+        "{stranger}"
+    );
+    // No certificate: a client, for whom peer_hello is not a request.
+    let client = answer(peer_hello(&cluster, None, "node-2").await);
+    assert!(
+        client.contains("\"type\":\"error\"") && client.contains("unknown message type"),
+        "{client}"
+    );
+}
