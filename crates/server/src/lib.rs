@@ -100,6 +100,8 @@ pub struct Server {
     peer_tls: Option<tokio_rustls::TlsConnector>,
     /// What the peers following this node's log have acknowledged.
     followers: cluster::link::Followers,
+    /// The links up to peers, for requests forwarded to them.
+    outbox: cluster::link::Outbox,
 }
 
 impl std::fmt::Debug for Server {
@@ -193,12 +195,19 @@ impl Server {
             membership,
             peer_tls,
             followers: cluster::link::Followers::default(),
+            outbox: cluster::link::Outbox::default(),
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The peers this node has a link to now (it follows their logs, and can
+    /// forward requests to them).
+    pub fn linked_peers(&self) -> Vec<String> {
+        self.outbox.linked()
     }
 
     /// A digest of this node's replicated state (every replicated row, and

@@ -26,8 +26,11 @@ use coffer_proto::peer::{
     Ack, PeerHello, PeerMessage, PeerPong, PeerWelcome, Record, Records, decode_records,
     encode_records,
 };
-use coffer_proto::response::ErrorBody;
+use coffer_proto::request::Register;
+use coffer_proto::response::{ErrorBody, Registered};
 use coffer_proto::{DecodeError, ErrorCode, Frame, Limits, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -39,6 +42,8 @@ const BATCH_RECORDS: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
 /// An idle link is pinged this often; three silent periods end it.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait for a peer to answer a forwarded request.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between attempts to reach a peer, doubling up to the maximum.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -97,6 +102,86 @@ impl Followers {
             .and_then(|applied| applied.get(origin))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// A request forwarded to a peer over the link that follows it, and where
+/// its answer goes.
+struct Forward {
+    register: Register,
+    reply: oneshot::Sender<Result<Registered, ErrorBody>>,
+}
+
+/// The links this node has up to its peers, for forwarding requests.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    links: std::sync::Mutex<BTreeMap<String, mpsc::Sender<Forward>>>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the login secret.
+        f.debug_struct("Forward")
+            .field("username", &self.register.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    fn link(&self, peer: &str) -> Option<mpsc::Sender<Forward>> {
+        self.links.lock().expect("outbox lock").get(peer).cloned()
+    }
+
+    pub(crate) fn linked(&self) -> Vec<String> {
+        self.links
+            .lock()
+            .expect("outbox lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Removes a link from the outbox when the link ends.
+struct LinkUp(Arc<Server>, String);
+
+impl Drop for LinkUp {
+    fn drop(&mut self) {
+        self.0
+            .outbox
+            .links
+            .lock()
+            .expect("outbox lock")
+            .remove(&self.1);
+    }
+}
+
+fn unavailable(message: String) -> crate::error::Error {
+    crate::error::Error::refused(ErrorCode::Unavailable, message)
+}
+
+/// Has `owner`, the node that registers this name, register it: over this
+/// node's link to it. `unavailable` when that link is down or the owner does
+/// not answer in time; otherwise the owner's own answer.
+pub(crate) async fn forward_register(
+    server: &Server,
+    owner: &str,
+    register: Register,
+) -> crate::error::Result<Registered> {
+    let down = || {
+        unavailable(format!(
+            "{owner}, the node that registers this name, is not reachable"
+        ))
+    };
+    let link = server.outbox.link(owner).ok_or_else(down)?;
+    let (reply, answer) = oneshot::channel();
+    link.send(Forward { register, reply })
+        .await
+        .map_err(|_| down())?;
+    match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
+        Ok(Ok(Ok(registered))) => Ok(registered),
+        Ok(Ok(Err(body))) => Err(crate::error::Error::refused(body.code, body.message)),
+        Ok(Err(_)) | Err(_) => Err(down()),
     }
 }
 
@@ -172,9 +257,40 @@ async fn follow_once<N: Net>(
     }
     info!(%peer, "following the peer's log");
     *wait = RETRY_FIRST;
+    // Requests for the peer go out on this link while it is up.
+    let (outbox, mut forwards) = mpsc::channel::<Forward>(64);
+    server
+        .outbox
+        .links
+        .lock()
+        .expect("outbox lock")
+        .insert(peer.to_owned(), outbox);
+    let _registered = LinkUp(server.clone(), peer.to_owned());
+    let mut waiting: BTreeMap<u64, oneshot::Sender<Result<Registered, ErrorBody>>> =
+        BTreeMap::new();
+    let mut next_id = 2u64;
     loop {
-        let frame = next(&mut conn).await?;
+        let frame = tokio::select! {
+            frame = next(&mut conn) => frame?,
+            Some(forward) = forwards.recv() => {
+                let id = next_id;
+                next_id += 1;
+                conn.send(&Frame::new(id, PeerMessage::Forward(forward.register))).await?;
+                waiting.insert(id, forward.reply);
+                continue;
+            }
+        };
         match frame.msg {
+            PeerMessage::Forwarded(registered) => {
+                if let Some(reply) = waiting.remove(&frame.id) {
+                    let _ = reply.send(Ok(registered));
+                }
+            }
+            PeerMessage::PeerError(e) if frame.id != 0 => {
+                if let Some(reply) = waiting.remove(&frame.id) {
+                    let _ = reply.send(Err(e));
+                }
+            }
             PeerMessage::Records(Records { count, .. }) => {
                 let records = decode_records(&frame.body, count)?;
                 let done = server.store.replicate(records).await?;
@@ -289,6 +405,8 @@ async fn serve_inner<S: Stream>(
     let mut sent = hello.cursors;
     let mut position = server.store.log_start(sent.clone()).await?;
     let mut committed = server.store.committed();
+    // Registrations the peer forwarded, being made here.
+    let mut forwarded: JoinSet<(u64, Result<Registered, ErrorBody>)> = JoinSet::new();
     loop {
         // Everything the follower lacks, in the order it was applied here.
         loop {
@@ -321,6 +439,15 @@ async fn serve_inner<S: Stream>(
             frame = conn.recv::<PeerMessage>() => {
                 let frame = frame?.ok_or(LinkError::Closed)?;
                 match frame.msg {
+                    PeerMessage::Forward(register) => {
+                        let server = server.clone();
+                        forwarded.spawn(async move {
+                            let outcome = crate::handlers::register_owned(&server, register)
+                                .await
+                                .map_err(|e| e.to_body());
+                            (frame.id, outcome)
+                        });
+                    }
                     PeerMessage::Ack(ack) => {
                         server.followers.record(&peer, ack.applied);
                         let own = sent.get(me).copied().unwrap_or(0);
@@ -330,6 +457,14 @@ async fn serve_inner<S: Stream>(
                     PeerMessage::PeerPong(_) => {}
                     other => return Err(LinkError::Unexpected(kind(&other))),
                 }
+            }
+            Some(done) = forwarded.join_next(), if !forwarded.is_empty() => {
+                let (id, outcome) = done.map_err(|e| LinkError::Apply(e.to_string()))?;
+                let msg = match outcome {
+                    Ok(registered) => PeerMessage::Forwarded(registered),
+                    Err(body) => PeerMessage::PeerError(body),
+                };
+                conn.send(&Frame::new(id, msg)).await?;
             }
             _ = tokio::time::sleep(PING_EVERY) => {
                 conn.send(&Frame::new(1, PeerMessage::PeerPing)).await?;

@@ -57,6 +57,34 @@ fn username(raw: &str) -> Result<String> {
 pub(super) async fn register(server: &Server, r: Register) -> Answer {
     let username = username(&r.username)?;
     check_keys(&r.public_key, &r.wrapped_private_key, &r.kdf)?;
+    // One node registers each name, so that two people cannot take it on two
+    // nodes at once; the others forward to it.
+    let owner = server.membership.owner(&username);
+    let r = Register { username, ..r };
+    let registered = if owner == server.config.node_id {
+        register_owned(server, r).await?
+    } else {
+        crate::cluster::link::forward_register(server, owner, r).await?
+    };
+    answer(Response::Registered(registered))
+}
+
+/// Registers an account whose name this node owns: here, or forwarded by a peer.
+pub(crate) async fn register_owned(
+    server: &Server,
+    r: Register,
+) -> Result<coffer_proto::response::Registered> {
+    let username = username(&r.username)?;
+    if server.membership.owner(&username) != server.config.node_id {
+        return Err(Error::refused(
+            ErrorCode::Unavailable,
+            format!(
+                "{} does not register the name {username}",
+                server.config.node_id
+            ),
+        ));
+    }
+    check_keys(&r.public_key, &r.wrapped_private_key, &r.kdf)?;
     let mut salt = [0u8; 16];
     server.random(&mut salt);
     let cost = server.config.bcrypt_cost;
@@ -71,7 +99,7 @@ pub(super) async fn register(server: &Server, r: Register) -> Answer {
         admin: server.config.admin.clone(),
     };
     match server.store.write(change).await? {
-        Applied::Registered(registered) => answer(Response::Registered(registered)),
+        Applied::Registered(registered) => Ok(registered),
         other => Err(unexpected(other)),
     }
 }

@@ -15,7 +15,7 @@ use crate::dispatch::Session;
 use crate::error::{Error, Result};
 use crate::store::{Applied, Change};
 
-pub(crate) use account::format_cursor;
+pub(crate) use account::{format_cursor, register_owned};
 pub(crate) use file::{ChunkJob, prepare_chunk, store_chunk};
 
 mod account;

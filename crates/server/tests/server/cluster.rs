@@ -82,7 +82,24 @@ impl Cluster {
             };
             nodes.push(Node::run(config, listener));
         }
-        Cluster { dir, ca, nodes }
+        let cluster = Cluster { dir, ca, nodes };
+        cluster.linked().await;
+        cluster
+    }
+
+    /// Waits until every running node has a link to every other.
+    async fn linked(&self) {
+        for _ in 0..500 {
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.server.linked_peers().len() == self.nodes.len() - 1)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the nodes did not link up within 10 s");
     }
 
     fn ca(&self) -> PathBuf {
@@ -273,4 +290,71 @@ async fn only_a_member_with_its_own_certificate_opens_a_peer_link() {
         client.contains("\"type\":\"error\"") && client.contains("unknown message type"),
         "{client}"
     );
+}
+
+/// A name owned by `node` (an id), found by asking the membership.
+fn name_owned_by(cluster: &Cluster, node: &str, prefix: &str) -> String {
+    let membership = cluster.nodes[0].config.membership().unwrap();
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|name| membership.owner(name) == node)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_name_is_registered_by_its_owner_whichever_node_is_asked() {
+    let mut cluster = Cluster::start(3).await;
+    // Names owned by each node, all asked of the first.
+    let names: Vec<String> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|node| name_owned_by(&cluster, node, "user"))
+        .collect();
+    for name in &names {
+        register(&cluster, 0, &Identity::new(name)).await;
+    }
+    // The same name asked of two nodes at once: one account, one refusal.
+    let contested = Identity::new(&name_owned_by(&cluster, "node-1", "both"));
+    let (mut second, mut third) = (cluster.client(1).await, cluster.client(2).await);
+    let (a, b) = tokio::join!(
+        second.call(contested.register()),
+        third.call(contested.register())
+    );
+    let answers = [a, b];
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|r| matches!(r, Response::Registered(_)))
+            .count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|r| matches!(
+        r,
+        Response::Error(e) if e.code == coffer_proto::ErrorCode::Conflict
+    )));
+    cluster.converged().await;
+    for node in 0..3 {
+        for name in &names {
+            let mut conn = cluster.client(node).await;
+            let answer = login(&mut conn, &Identity::new(name)).await;
+            assert!(
+                matches!(answer, Response::Session(_)),
+                "{name} on {node}: {answer:?}"
+            );
+        }
+    }
+    // With its owner down, a name cannot be registered; others still can.
+    cluster.nodes.pop().unwrap().stop().await;
+    let orphan = Identity::new(&name_owned_by(&cluster, "node-3", "late"));
+    let mut conn = cluster.client(0).await;
+    match conn.call(orphan.register()).await {
+        Response::Error(e) => assert_eq!(e.code, coffer_proto::ErrorCode::Unavailable, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    register(
+        &cluster,
+        0,
+        &Identity::new(&name_owned_by(&cluster, "node-2", "late")),
+    )
+    .await;
 }
