@@ -358,3 +358,51 @@ async fn each_name_is_registered_by_its_owner_whichever_node_is_asked() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_subscriber_on_one_node_hears_of_what_is_done_on_another() {
+    use coffer_proto::request::{FolderShare, Subscribe};
+    use coffer_proto::types::{Blob, EpochKey, Role};
+    use coffer_proto::{Event, Request};
+
+    use super::support::Client;
+
+    let cluster = Cluster::start(3).await;
+    let (alice, bob) = (Identity::new("alice"), Identity::new("bob"));
+    register(&cluster, 0, &alice).await;
+    register(&cluster, 0, &bob).await;
+    cluster.converged().await;
+    let mut bob_on_1 = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    bob_on_1.login(bob).await;
+    bob_on_1
+        .ok(Request::Subscribe(Subscribe { cursor: None }))
+        .await;
+    while !matches!(bob_on_1.conn.event().await, Event::CaughtUp(_)) {}
+    let mut alice_on_2 = Client {
+        conn: cluster.client(1).await,
+        user: None,
+    };
+    alice_on_2.login(alice).await;
+    let (folder, _) = alice_on_2.folder("team").await;
+    alice_on_2
+        .ok(Request::FolderShare(FolderShare {
+            folder_id: folder.folder_id.clone(),
+            username: "bob".into(),
+            role: Role::Editor,
+            keys: vec![EpochKey {
+                epoch: 1,
+                wrapped_key: Blob(vec![1; 256]),
+            }],
+        }))
+        .await;
+    let event = tokio::time::timeout(Duration::from_secs(10), bob_on_1.conn.event())
+        .await
+        .expect("the invitation reaches the subscriber on the other node");
+    match event {
+        Event::Invited(invited) => assert_eq!(invited.invite.folder_id, folder.folder_id),
+        other => panic!("{other:?}"),
+    }
+}
