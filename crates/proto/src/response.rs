@@ -1,5 +1,7 @@
 //! Responses: what a server answers. Each echoes its request's `id`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "arbitrary"))]
@@ -145,6 +147,24 @@ pub struct Pong {
     pub node_id: String,
     /// The node's clock, Unix milliseconds.
     pub time_ms: u64,
+    /// In a cluster: how each peer stands with this node (absent for a
+    /// single node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, PeerLag>,
+}
+
+/// How one peer stands with the node answering `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct PeerLag {
+    /// The node has a link to the peer now and follows its log.
+    pub linked: bool,
+    /// The node has received the peer's whole log at least once since it started.
+    pub caught_up: bool,
+    /// Records this node holds that the peer has not acknowledged.
+    pub behind_records: u64,
+    /// While it is behind: milliseconds since the peer last acknowledged.
+    pub behind_ms: u64,
 }
 
 /// A new account.

@@ -204,6 +204,16 @@ impl Server {
         &self.config
     }
 
+    /// Whether this node serves clients: always for a single node; in a
+    /// cluster, once it has received the whole log of enough peers since it
+    /// started that every acknowledged write is among them (all but
+    /// `write_quorum − 1` of its peers, and at least one), so that a node
+    /// back from a restart or a wipe does not answer from stale state.
+    pub fn ready(&self) -> bool {
+        let peers = self.membership.len() - 1;
+        peers == 0 || self.outbox.caught_up() >= (peers + 1 - self.membership.write_quorum()).max(1)
+    }
+
     /// The peers this node has a link to now (it follows their logs, and can
     /// forward requests to them).
     pub fn linked_peers(&self) -> Vec<String> {

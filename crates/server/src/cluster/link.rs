@@ -82,15 +82,20 @@ fn timeouts(server: &Server) -> Timeouts {
 /// What the peers that follow this node have acknowledged.
 #[derive(Debug, Default)]
 pub(crate) struct Followers {
-    acked: std::sync::Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Per peer: its cursors as it last acknowledged them, and when.
+    acked: std::sync::Mutex<BTreeMap<String, Acked>>,
 }
 
+/// A follower's cursors (origin → newest record applied) and the time, in
+/// Unix milliseconds, it acknowledged them.
+type Acked = (BTreeMap<String, u64>, u64);
+
 impl Followers {
-    fn record(&self, peer: &str, applied: BTreeMap<String, u64>) {
+    fn record(&self, peer: &str, applied: BTreeMap<String, u64>, now_ms: u64) {
         self.acked
             .lock()
             .expect("followers lock")
-            .insert(peer.to_owned(), applied);
+            .insert(peer.to_owned(), (applied, now_ms));
     }
 
     /// The newest record of `origin` that `peer` has acknowledged.
@@ -99,9 +104,37 @@ impl Followers {
             .lock()
             .expect("followers lock")
             .get(peer)
-            .and_then(|applied| applied.get(origin))
+            .and_then(|(applied, _)| applied.get(origin))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// How far `peer` is behind a node holding `held`: records not
+    /// acknowledged, and milliseconds since its last acknowledgement (0 when
+    /// it holds everything).
+    pub(crate) fn behind(
+        &self,
+        peer: &str,
+        held: &BTreeMap<String, u64>,
+        now_ms: u64,
+    ) -> (u64, u64) {
+        let acked = self.acked.lock().expect("followers lock");
+        let (applied, at) = match acked.get(peer) {
+            Some((applied, at)) => (Some(applied), Some(*at)),
+            None => (None, None),
+        };
+        let records: u64 = held
+            .iter()
+            .map(|(origin, &seq)| {
+                seq.saturating_sub(applied.and_then(|a| a.get(origin)).copied().unwrap_or(0))
+            })
+            .sum();
+        let since = if records == 0 {
+            0
+        } else {
+            at.map_or(now_ms, |at| now_ms.saturating_sub(at))
+        };
+        (records, since)
     }
 }
 
@@ -116,6 +149,8 @@ struct Forward {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     links: std::sync::Mutex<BTreeMap<String, mpsc::Sender<Forward>>>,
+    /// Peers whose whole log this node has received since it started.
+    caught_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Forward {
@@ -139,6 +174,23 @@ impl Outbox {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Whether this node has received `peer`'s whole log since it started.
+    pub(crate) fn caught_up_with(&self, peer: &str) -> bool {
+        self.caught_up.lock().expect("outbox lock").contains(peer)
+    }
+
+    /// How many peers this node has caught up with since it started.
+    pub(crate) fn caught_up(&self) -> usize {
+        self.caught_up.lock().expect("outbox lock").len()
+    }
+
+    fn mark_caught_up(&self, peer: &str) -> bool {
+        self.caught_up
+            .lock()
+            .expect("outbox lock")
+            .insert(peer.to_owned())
     }
 }
 
@@ -291,13 +343,16 @@ async fn follow_once<N: Net>(
                     let _ = reply.send(Err(e));
                 }
             }
-            PeerMessage::Records(Records { count, .. }) => {
+            PeerMessage::Records(Records { count, more }) => {
                 let records = decode_records(&frame.body, count)?;
                 let done = server.store.replicate(records).await?;
                 if let Some(stopped) = done.stopped {
                     return Err(LinkError::Apply(stopped.to_string()));
                 }
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
+                if !more && server.outbox.mark_caught_up(peer) {
+                    info!(%peer, "caught up with the peer's log");
+                }
                 conn.send(&Frame::new(
                     0,
                     PeerMessage::Ack(Ack {
@@ -407,6 +462,9 @@ async fn serve_inner<S: Stream>(
     let mut committed = server.store.committed();
     // Registrations the peer forwarded, being made here.
     let mut forwarded: JoinSet<(u64, Result<Registered, ErrorBody>)> = JoinSet::new();
+    // The first round sends the follower's backlog, marked `more`, and ends
+    // with an empty batch that is not: from then on it is caught up.
+    let mut backlog = true;
     loop {
         // Everything the follower lacks, in the order it was applied here.
         loop {
@@ -424,10 +482,14 @@ async fn serve_inner<S: Stream>(
             for record in &wanted {
                 sent.insert(record.origin.clone(), record.seq);
             }
-            send_records(conn, wanted).await?;
+            send_records(conn, wanted, backlog).await?;
             if !full {
                 break;
             }
+        }
+        if backlog {
+            send_batch(conn, Vec::new(), false).await?;
+            backlog = false;
         }
         committed.borrow_and_update();
         tokio::select! {
@@ -449,7 +511,9 @@ async fn serve_inner<S: Stream>(
                         });
                     }
                     PeerMessage::Ack(ack) => {
-                        server.followers.record(&peer, ack.applied);
+                        server
+                            .followers
+                            .record(&peer, ack.applied, server.clock.now_ms());
                         let own = sent.get(me).copied().unwrap_or(0);
                         let behind = own.saturating_sub(server.followers.acked(&peer, me));
                         debug!(%peer, behind, "the peer acknowledged records");
@@ -478,6 +542,7 @@ async fn serve_inner<S: Stream>(
 async fn send_records<S: Stream>(
     conn: &mut Connection<S>,
     records: Vec<Record>,
+    more: bool,
 ) -> Result<(), LinkError> {
     let mut batch: Vec<Record> = Vec::new();
     let mut bytes = 0;
@@ -487,14 +552,14 @@ async fn send_records<S: Stream>(
             && (bytes + size > BATCH_BYTES
                 || batch.len() >= coffer_proto::limits::MAX_RECORDS_PER_BATCH as usize)
         {
-            send_batch(conn, std::mem::take(&mut batch)).await?;
+            send_batch(conn, std::mem::take(&mut batch), true).await?;
             bytes = 0;
         }
         bytes += size;
         batch.push(record);
     }
     if !batch.is_empty() {
-        send_batch(conn, batch).await?;
+        send_batch(conn, batch, more).await?;
     }
     Ok(())
 }
@@ -502,6 +567,7 @@ async fn send_records<S: Stream>(
 async fn send_batch<S: Stream>(
     conn: &mut Connection<S>,
     batch: Vec<Record>,
+    more: bool,
 ) -> Result<(), LinkError> {
     let body: Bytes = encode_records(&batch);
     if body.len() > coffer_proto::limits::MAX_BODY as usize {
@@ -515,7 +581,7 @@ async fn send_batch<S: Stream>(
         0,
         PeerMessage::Records(Records {
             count: batch.len() as u32,
-            more: false,
+            more,
         }),
         body,
     ))

@@ -22,12 +22,30 @@ const MAX_PUBLIC_KEY: usize = 2048;
 /// Largest wrapped private key accepted.
 const MAX_WRAPPED_PRIVATE_KEY: usize = 8192;
 
-pub(super) fn ping(server: &Server) -> Answer {
+pub(super) async fn ping(server: &Server) -> Answer {
+    let now = server.clock.now_ms();
+    let mut peers = std::collections::BTreeMap::new();
+    if server.membership.len() > 1 {
+        let held = server.store.cursors().await?;
+        let linked = server.outbox.linked();
+        for (peer, _) in server.membership.peers() {
+            let (behind_records, behind_ms) = server.followers.behind(peer, &held, now);
+            peers.insert(
+                peer.to_owned(),
+                coffer_proto::response::PeerLag {
+                    linked: linked.iter().any(|l| l == peer),
+                    caught_up: server.outbox.caught_up_with(peer),
+                    behind_records,
+                    behind_ms,
+                },
+            );
+        }
+    }
     answer(Response::Pong(Pong {
-        // Serving means ready: a single node has no peers to catch up with.
-        ready: true,
+        ready: server.ready(),
         node_id: server.config.node_id.clone(),
-        time_ms: server.clock.now_ms(),
+        time_ms: now,
+        peers,
     }))
 }
 

@@ -48,7 +48,7 @@ pub(crate) async fn route(
     use Request as R;
     match request {
         R::Hello(_) => unreachable!("hello is answered before routing"),
-        R::Ping => account::ping(server),
+        R::Ping => account::ping(server).await,
         R::Register(r) => account::register(server, r).await,
         R::Login(r) => account::login(server, session, r).await,
         R::Auth(r) => account::auth(server, session, r).await,

@@ -406,3 +406,57 @@ async fn a_subscriber_on_one_node_hears_of_what_is_done_on_another() {
         other => panic!("{other:?}"),
     }
 }
+
+async fn pong(cluster: &Cluster, node: usize) -> coffer_proto::response::Pong {
+    let mut conn = cluster.client(node).await;
+    match conn.call(Request::Ping).await {
+        Response::Pong(pong) => pong,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_is_ready_once_caught_up_and_ping_tells_how_each_peer_stands() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.converged().await;
+    let first = pong(&cluster, 0).await;
+    assert!(first.ready, "{first:?}");
+    assert_eq!(first.peers.len(), 2);
+    assert!(
+        first.peers.values().all(|p| p.linked && p.caught_up),
+        "{first:?}"
+    );
+    // A peer that is down falls behind, and says so.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    let name = name_owned_by(&cluster, "node-1", "user");
+    register(&cluster, 0, &Identity::new(&name)).await;
+    let mut behind = None;
+    for _ in 0..500 {
+        let now = pong(&cluster, 0).await;
+        let lag = now.peers["node-3"].clone();
+        if !lag.linked && lag.behind_records > 0 {
+            behind = Some(lag);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(behind.is_some(), "node-3 never showed as behind");
+    // A node that comes back while no peer is reachable is not ready…
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    let first = cluster.nodes.pop().unwrap().stop().await;
+    cluster.nodes.push(Node::restart(first).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pong(&cluster, 0).await.ready);
+    // …until it has caught up with enough of them (one of two, with a
+    // write quorum of two).
+    cluster.nodes.push(Node::restart(second).await);
+    for _ in 0..500 {
+        if pong(&cluster, 0).await.ready {
+            cluster.nodes.push(Node::restart(third).await);
+            cluster.converged().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node-1 never became ready");
+}
