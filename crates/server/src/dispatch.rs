@@ -111,6 +111,9 @@ impl Session {
                 false,
             );
         }
+        if !matches!(request.msg, Request::Ping) && !server.ready() {
+            return Reply::error(id, &catching_up(server), false);
+        }
         if let Err(e) = self.authorize(server, &request.msg).await {
             return Reply::error(id, &e, false);
         }
@@ -138,6 +141,9 @@ impl Session {
         let request = Request::UploadChunk(chunk);
         if !self.said_hello {
             return Err(self.hello(server, id, request));
+        }
+        if !server.ready() {
+            return Err(Reply::error(id, &catching_up(server), false));
         }
         if let Err(e) = self.authorize(server, &request).await {
             return Err(Reply::error(id, &e, false));
@@ -262,4 +268,17 @@ fn check(conn: &rusqlite::Connection, username: &str, role: UserRole, need: Chec
             access::require(conn, username, &folder_id, Need::Write).map(|_| ())
         }
     }
+}
+
+/// Why a node in a cluster refuses requests until it has caught up with its
+/// peers: what it holds may be stale, and what it wrote could clash with
+/// records it has not yet received back.
+fn catching_up(server: &Server) -> crate::error::Error {
+    crate::error::Error::refused(
+        coffer_proto::ErrorCode::Unavailable,
+        format!(
+            "{} is catching up with its peers; try again or another node",
+            server.config.node_id
+        ),
+    )
 }

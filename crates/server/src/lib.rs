@@ -102,6 +102,8 @@ pub struct Server {
     followers: cluster::link::Followers,
     /// The links up to peers, for requests forwarded to them.
     outbox: cluster::link::Outbox,
+    /// The change log was empty at start: a new node, or a wiped one.
+    started_empty: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -171,6 +173,7 @@ impl Server {
                 chunks: chunks.clone(),
             },
         )?;
+        let started_empty = *store.committed().borrow() == 0;
         let dummy_hash = auth::unmatchable_hash(
             config.bcrypt_cost,
             rand::RngExt::random(&mut rng),
@@ -196,6 +199,7 @@ impl Server {
             peer_tls,
             followers: cluster::link::Followers::default(),
             outbox: cluster::link::Outbox::default(),
+            started_empty,
         })
     }
 
@@ -211,7 +215,12 @@ impl Server {
     /// back from a restart or a wipe does not answer from stale state.
     pub fn ready(&self) -> bool {
         let peers = self.membership.len() - 1;
-        peers == 0 || self.outbox.caught_up() >= (peers + 1 - self.membership.write_quorum()).max(1)
+        // An acknowledged write is on `write_quorum` nodes. A node that kept
+        // its data holds it or one of the others does, so it needs all but
+        // `write_quorum − 1` of its peers; a node that starts empty (new, or
+        // wiped) may have been one of those nodes, so it needs one more.
+        let needed = (peers + 1 - self.membership.write_quorum()) + usize::from(self.started_empty);
+        peers == 0 || self.outbox.caught_up() >= needed.clamp(1, peers)
     }
 
     /// The peers this node has a link to now (it follows their logs, and can

@@ -380,10 +380,9 @@ async fn write_loop(
         let (change, reply) = match first {
             Job::Local { change, reply } => (*change, reply),
             Job::Remote { records, reply } => {
-                let me = ctx.node_id.clone();
                 let now = ctx.clock.now_ms();
                 let (returned, outcome) = blocking(move || {
-                    let outcome = replica::apply_records(&mut conn, &me, now, &records);
+                    let outcome = replica::apply_records(&mut conn, now, &records);
                     (conn, outcome)
                 })
                 .await;

@@ -776,7 +776,6 @@ pub(crate) enum Stopped {
 /// stops at the first that cannot be applied yet.
 pub(crate) fn apply_records(
     conn: &mut Connection,
-    me: &str,
     now_ms: u64,
     records: &[Record],
 ) -> rusqlite::Result<Replicated> {
@@ -794,12 +793,6 @@ pub(crate) fn apply_records(
             seq: record.seq,
             why,
         };
-        if record.origin == me && held > 0 {
-            // This node's own records come back only to a node rebuilding
-            // from its peers, which holds none of them yet.
-            out.stopped = Some(refused("a record of this node's own origin".into()));
-            break;
-        }
         if record.seq != held + 1 {
             out.stopped = Some(Stopped::Gap {
                 origin: record.origin.clone(),

@@ -87,13 +87,13 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every running node has a link to every other.
+    /// Waits until every running node has a link to every other and is ready.
     async fn linked(&self) {
         for _ in 0..500 {
             if self
                 .nodes
                 .iter()
-                .all(|n| n.server.linked_peers().len() == self.nodes.len() - 1)
+                .all(|n| n.server.linked_peers().len() == self.nodes.len() - 1 && n.server.ready())
             {
                 return;
             }
@@ -193,27 +193,37 @@ async fn an_account_made_on_one_node_signs_in_on_every_other() {
 async fn a_node_that_was_down_or_wiped_catches_up_from_its_peers() {
     let mut cluster = Cluster::start(3).await;
     register(&cluster, 0, &Identity::new("alice")).await;
+    // A record of the third node's own, which it must get back once wiped.
+    let own = Identity::new(&name_owned_by(&cluster, "node-3", "own"));
+    register(&cluster, 2, &own).await;
     cluster.converged().await;
     let third = cluster.nodes.pop().unwrap().stop().await;
     register(&cluster, 1, &Identity::new("bob")).await;
     cluster.converged().await;
     // Back with its database: it follows from where it stopped.
     cluster.nodes.push(Node::restart(third).await);
+    cluster.linked().await;
     cluster.converged().await;
     let mut conn = cluster.client(2).await;
     let bob = Identity::new("bob");
     assert!(matches!(login(&mut conn, &bob).await, Response::Session(_)));
-    // Back with nothing: it rebuilds everything, its own records included.
+    // Back with nothing: it rebuilds everything, its own records included,
+    // and refuses requests until it has.
     let third = cluster.nodes.pop().unwrap().stop().await;
     std::fs::remove_dir_all(&third.data).unwrap();
     cluster.nodes.push(Node::restart(third).await);
+    cluster.linked().await;
     cluster.converged().await;
     let mut conn = cluster.client(2).await;
-    let alice = Identity::new("alice");
-    assert!(matches!(
-        login(&mut conn, &alice).await,
-        Response::Session(_)
-    ));
+    for who in [Identity::new("alice"), own] {
+        let answer = login(&mut conn, &who).await;
+        assert!(matches!(answer, Response::Session(_)), "{answer:?}");
+    }
+    // Its next records follow on from those it got back rather than reuse
+    // their numbers: the cluster still converges.
+    let after = Identity::new(&name_owned_by(&cluster, "node-3", "after"));
+    register(&cluster, 2, &after).await;
+    cluster.converged().await;
 }
 
 /// Opens a TLS connection presenting `identity` (a chain and key written
