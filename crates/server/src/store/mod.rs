@@ -236,23 +236,7 @@ impl Store {
 
     /// The newest record held from each origin.
     pub(crate) async fn cursors(&self) -> Result<BTreeMap<String, u64>> {
-        self.read(|conn| {
-            // One index step per origin rather than a scan of the log.
-            let mut statement = conn.prepare_cached(
-                "WITH RECURSIVE o(origin) AS ( \
-                   SELECT MIN(origin) FROM changes \
-                   UNION ALL \
-                   SELECT (SELECT MIN(origin) FROM changes WHERE origin > o.origin) FROM o \
-                   WHERE o.origin IS NOT NULL) \
-                 SELECT origin, (SELECT MAX(origin_seq) FROM changes c WHERE c.origin = o.origin) \
-                 FROM o WHERE origin IS NOT NULL",
-            )?;
-            let cursors = statement
-                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(cursors)
-        })
-        .await
+        self.read(|conn| Ok(replica::cursors(conn)?)).await
     }
 
     /// A digest of every replicated row and stamp: equal on two nodes exactly
@@ -273,18 +257,7 @@ impl Store {
     pub(crate) async fn log_start(&self, cursors: BTreeMap<String, u64>) -> Result<u64> {
         self.read(move |conn| {
             let mut first: Option<i64> = None;
-            let mut origins = conn.prepare_cached(
-                "WITH RECURSIVE o(origin) AS ( \
-                   SELECT MIN(origin) FROM changes \
-                   UNION ALL \
-                   SELECT (SELECT MIN(origin) FROM changes WHERE origin > o.origin) FROM o \
-                   WHERE o.origin IS NOT NULL) \
-                 SELECT origin FROM o WHERE origin IS NOT NULL",
-            )?;
-            let origins: Vec<String> = origins
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for origin in origins {
+            for origin in replica::cursors(conn)?.into_keys() {
                 let held = cursors.get(&origin).copied().unwrap_or(0) as i64;
                 let seq: Option<i64> = conn.query_row(
                     "SELECT MIN(seq) FROM changes WHERE origin = ?1 AND origin_seq > ?2",

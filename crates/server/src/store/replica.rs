@@ -15,6 +15,8 @@
 //! user named alike, made on two nodes at once) keep the greater stamp; the
 //! other is absent on every node.
 
+use std::collections::BTreeMap;
+
 use coffer_proto::peer::Record;
 use coffer_proto::types::{Blob, Hlc};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -618,6 +620,22 @@ pub(crate) fn last_hlc(conn: &Connection) -> rusqlite::Result<Hlc> {
     .map(Option::unwrap_or_default)
 }
 
+/// The newest record held from each origin.
+pub(crate) fn cursors(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> {
+    // One index step per origin rather than a scan of the log.
+    conn.prepare_cached(
+        "WITH RECURSIVE o(origin) AS ( \
+           SELECT MIN(origin) FROM changes \
+           UNION ALL \
+           SELECT (SELECT MIN(origin) FROM changes WHERE origin > o.origin) FROM o \
+           WHERE o.origin IS NOT NULL) \
+         SELECT origin, (SELECT MAX(origin_seq) FROM changes c WHERE c.origin = o.origin) \
+         FROM o WHERE origin IS NOT NULL",
+    )?
+    .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+    .collect()
+}
+
 /// The sequence number of `origin`'s newest record held here (0: none).
 pub(crate) fn last_seq(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
     one(
@@ -1113,16 +1131,7 @@ mod tests {
             device("alice", "s1", "d1", "laptop", "02:00:00:00:00:01"),
         )
         .await;
-        write(
-            &a,
-            Change::FolderCreate {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                label: "docs".into(),
-                wrapped_key: Blob(vec![4; 8]),
-            },
-        )
-        .await;
+        write(&a, folder("f1")).await;
         write(&b, register("bob")).await;
         assert_ne!(a.digest().await.unwrap(), b.digest().await.unwrap());
         let done = ship(&a, &b).await;
@@ -1226,23 +1235,10 @@ mod tests {
     #[tokio::test]
     async fn a_record_that_needs_another_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            node(dir.path(), "a"),
-            node(dir.path(), "b"),
-            node(dir.path(), "c"),
-        );
+        let (a, b, c) = three(dir.path());
         write(&a, register("alice")).await;
         ship(&a, &b).await;
-        write(
-            &b,
-            Change::FolderCreate {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                label: "docs".into(),
-                wrapped_key: Blob(vec![4; 8]),
-            },
-        )
-        .await;
+        write(&b, folder("f1")).await;
         write(&b, register("bob")).await;
         write(
             &b,
@@ -1282,6 +1278,43 @@ mod tests {
         assert_eq!(c.digest().await.unwrap(), b.digest().await.unwrap());
     }
 
+    /// alice's folder `folder_id`, labelled "docs".
+    fn folder(folder_id: &str) -> Change {
+        Change::FolderCreate {
+            username: "alice".into(),
+            folder_id: folder_id.into(),
+            label: "docs".into(),
+            wrapped_key: Blob(vec![4; 8]),
+        }
+    }
+
+    /// alice removes bob from `folder_id`, at key epoch 2.
+    fn unshare_bob(folder_id: &str) -> Change {
+        Change::FolderUnshare {
+            username: "alice".into(),
+            folder_id: folder_id.into(),
+            member: "bob".into(),
+            epoch: 2,
+            keys: vec![coffer_proto::types::MemberKey {
+                username: "alice".into(),
+                wrapped_key: Blob(vec![6; 8]),
+            }],
+        }
+    }
+
+    /// Asserts that every node holds the same replicated state.
+    async fn same(nodes: &[&Store]) {
+        let first = nodes[0].digest().await.unwrap();
+        for node in &nodes[1..] {
+            assert_eq!(node.digest().await.unwrap(), first);
+        }
+    }
+
+    /// Three empty nodes a, b and c.
+    fn three(dir: &Path) -> (Store, Store, Store) {
+        (node(dir, "a"), node(dir, "b"), node(dir, "c"))
+    }
+
     fn share(folder_id: &str, invitee: &str, epochs: u64) -> Change {
         Change::FolderShare {
             username: "alice".into(),
@@ -1300,41 +1333,15 @@ mod tests {
     #[tokio::test]
     async fn an_old_delete_arriving_late_does_not_undo_a_newer_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            node(dir.path(), "a"),
-            node(dir.path(), "b"),
-            node(dir.path(), "c"),
-        );
+        let (a, b, c) = three(dir.path());
         write(&a, register("alice")).await;
         write(&a, register("bob")).await;
-        write(
-            &a,
-            Change::FolderCreate {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                label: "docs".into(),
-                wrapped_key: Blob(vec![4; 8]),
-            },
-        )
-        .await;
+        write(&a, folder("f1")).await;
         write(&a, share("f1", "bob", 1)).await;
         let shared = ship(&a, &c).await;
         assert_eq!(shared.applied, 4);
         // a removes bob; b, having heard, invites him again.
-        write(
-            &a,
-            Change::FolderUnshare {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                member: "bob".into(),
-                epoch: 2,
-                keys: vec![coffer_proto::types::MemberKey {
-                    username: "alice".into(),
-                    wrapped_key: Blob(vec![6; 8]),
-                }],
-            },
-        )
-        .await;
+        write(&a, unshare_bob("f1")).await;
         ship(&a, &b).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         write(&b, share("f1", "bob", 2)).await;
@@ -1353,49 +1360,22 @@ mod tests {
                 ["alice:active", "bob:invited"]
             );
         }
-        assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
-        assert_eq!(b.digest().await.unwrap(), a.digest().await.unwrap());
+        same(&[&a, &b, &c]).await;
     }
 
     #[tokio::test]
     async fn an_old_write_arriving_after_a_newer_delete_stays_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            node(dir.path(), "a"),
-            node(dir.path(), "b"),
-            node(dir.path(), "c"),
-        );
+        let (a, b, c) = three(dir.path());
         write(&a, register("alice")).await;
         write(&a, register("bob")).await;
-        write(
-            &a,
-            Change::FolderCreate {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                label: "docs".into(),
-                wrapped_key: Blob(vec![4; 8]),
-            },
-        )
-        .await;
+        write(&a, folder("f1")).await;
         ship(&a, &b).await;
         // b invites bob; a hears of it and removes him.
         write(&b, share("f1", "bob", 1)).await;
         ship(&b, &a).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        write(
-            &a,
-            Change::FolderUnshare {
-                username: "alice".into(),
-                folder_id: "f1".into(),
-                member: "bob".into(),
-                epoch: 2,
-                keys: vec![coffer_proto::types::MemberKey {
-                    username: "alice".into(),
-                    wrapped_key: Blob(vec![6; 8]),
-                }],
-            },
-        )
-        .await;
+        write(&a, unshare_bob("f1")).await;
         // c hears of the removal before the invitation it removes.
         let from_a = a.records_after("a".into(), 0, 100).await.unwrap();
         assert!(c.replicate(from_a).await.unwrap().stopped.is_none());
@@ -1407,8 +1387,7 @@ mod tests {
                 ["alice"]
             );
         }
-        assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
-        assert_eq!(b.digest().await.unwrap(), a.digest().await.unwrap());
+        same(&[&a, &b, &c]).await;
     }
 
     #[tokio::test]
