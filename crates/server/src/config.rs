@@ -247,6 +247,10 @@ impl Config {
                     "cluster_secret_file (the key every node signs tokens with)",
                     self.cluster_secret_file.is_none(),
                 ),
+                (
+                    "admin (each node would otherwise make its own first account admin)",
+                    self.admin.is_none(),
+                ),
             ] {
                 if missing {
                     return Err(ConfigError::Invalid(format!(
@@ -343,6 +347,7 @@ mod tests {
             tls_key: Some("n.key".into()),
             ca: Some("ca.pem".into()),
             cluster_secret_file: Some("secret".into()),
+            admin: Some("root".into()),
             ..peers
         };
         assert!(complete.validate().is_ok());

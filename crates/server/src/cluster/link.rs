@@ -42,6 +42,8 @@ const BATCH_RECORDS: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
 /// An idle link is pinged this often; three silent periods end it.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// Most registrations a follower may have this node make at once.
+const MAX_FORWARDED: usize = 16;
 /// Longest wait for a peer to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between attempts to reach a peer, doubling up to the maximum.
@@ -285,6 +287,19 @@ async fn follow_once<N: Net>(
     let name = rustls::pki_types::ServerName::try_from(peer.to_owned())
         .map_err(|e| LinkError::Refused(format!("node id {peer} is not a TLS name: {e}")))?;
     let tls = tls::connect(connector, name, stream, timeout).await?;
+    // The CA signed it for this name; it must also be the peer certificate
+    // of that node, not a server certificate that happens to carry the name.
+    let named = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| coffer_certs::node_id_of(leaf));
+    if named.as_deref() != Some(peer) {
+        return Err(LinkError::Refused(format!(
+            "the certificate at {addr} is not the peer certificate of {peer}"
+        )));
+    }
     let mut conn = Connection::new(tls, Limits::default(), timeouts(server));
     let me = server.config.node_id.clone();
     conn.send(&Frame::new(
@@ -308,7 +323,6 @@ async fn follow_once<N: Net>(
         other => return Err(LinkError::Unexpected(kind(&other))),
     }
     info!(%peer, "following the peer's log");
-    *wait = RETRY_FIRST;
     // Requests for the peer go out on this link while it is up.
     let (outbox, mut forwards) = mpsc::channel::<Forward>(64);
     server
@@ -325,6 +339,8 @@ async fn follow_once<N: Net>(
         let frame = tokio::select! {
             frame = next(&mut conn) => frame?,
             Some(forward) = forwards.recv() => {
+                // Requests whose callers gave up are forgotten.
+                waiting.retain(|_, reply| !reply.is_closed());
                 let id = next_id;
                 next_id += 1;
                 conn.send(&Frame::new(id, PeerMessage::Forward(forward.register))).await?;
@@ -347,8 +363,13 @@ async fn follow_once<N: Net>(
                 let records = decode_records(&frame.body, count)?;
                 let done = server.store.replicate(records).await?;
                 if let Some(stopped) = done.stopped {
+                    // Nothing after it can be applied either: say so loudly,
+                    // and back off rather than fetch the same batch in a loop.
+                    warn!(%peer, %stopped, "replication from this peer is stuck");
                     return Err(LinkError::Apply(stopped.to_string()));
                 }
+                // Progress: the next failure starts its backoff afresh.
+                *wait = RETRY_FIRST;
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
                 if !more && server.outbox.mark_caught_up(peer) {
                     info!(%peer, "caught up with the peer's log");
@@ -465,7 +486,13 @@ async fn serve_inner<S: Stream>(
     // The first round sends the follower's backlog, marked `more`, and ends
     // with an empty batch that is not: from then on it is caught up.
     let mut backlog = true;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
     loop {
+        // Seen before reading, so that a commit landing meanwhile wakes the
+        // next round instead of waiting for a ping.
+        committed.borrow_and_update();
         // Everything the follower lacks, in the order it was applied here.
         loop {
             let batch = server.store.log_after(position, BATCH_RECORDS).await?;
@@ -491,7 +518,6 @@ async fn serve_inner<S: Stream>(
             send_batch(conn, Vec::new(), false).await?;
             backlog = false;
         }
-        committed.borrow_and_update();
         tokio::select! {
             changed = committed.changed() => {
                 if changed.is_err() {
@@ -500,7 +526,15 @@ async fn serve_inner<S: Stream>(
             }
             frame = conn.recv::<PeerMessage>() => {
                 let frame = frame?.ok_or(LinkError::Closed)?;
+                heard = tokio::time::Instant::now();
                 match frame.msg {
+                    PeerMessage::Forward(_) if forwarded.len() >= MAX_FORWARDED => {
+                        let body = ErrorBody::new(
+                            ErrorCode::Unavailable,
+                            "too many registrations forwarded at once; try again",
+                        );
+                        conn.send(&Frame::new(frame.id, PeerMessage::PeerError(body))).await?;
+                    }
                     PeerMessage::Forward(register) => {
                         let server = server.clone();
                         forwarded.spawn(async move {
@@ -511,6 +545,12 @@ async fn serve_inner<S: Stream>(
                         });
                     }
                     PeerMessage::Ack(ack) => {
+                        // What the follower holds need not be sent to it again,
+                        // whoever it had it from.
+                        for (origin, &seq) in &ack.applied {
+                            let held = sent.entry(origin.clone()).or_insert(0);
+                            *held = (*held).max(seq);
+                        }
                         server
                             .followers
                             .record(&peer, ack.applied, server.clock.now_ms());
@@ -530,7 +570,10 @@ async fn serve_inner<S: Stream>(
                 };
                 conn.send(&Frame::new(id, msg)).await?;
             }
-            _ = tokio::time::sleep(PING_EVERY) => {
+            _ = ping.tick() => {
+                if heard.elapsed() > PING_EVERY * 3 {
+                    return Err(LinkError::Refused("the follower stopped answering".into()));
+                }
                 conn.send(&Frame::new(1, PeerMessage::PeerPing)).await?;
             }
         }

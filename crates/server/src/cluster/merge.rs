@@ -41,9 +41,16 @@ pub struct Stamp {
 /// into the future by as much.
 pub const MAX_DRIFT_MS: u64 = 60_000;
 
+/// The largest logical counter taken from a peer: a billion stamps within
+/// one millisecond is a broken or hostile clock, not a busy one.
+pub const MAX_LOGICAL: u32 = 1 << 30;
+
 /// A peer's stamp that is too far ahead of this node's wall clock.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a peer's clock is {ahead_ms} ms ahead of this node's, more than the {max_ms} ms allowed")]
+#[error(
+    "a peer's stamp is out of line: {ahead_ms} ms ahead of this node's clock (at most {max_ms} allowed), \
+     or its logical counter past the limit"
+)]
 pub struct ClockAhead {
     /// By how much the stamp is ahead.
     pub ahead_ms: u64,
@@ -92,7 +99,9 @@ impl Clock {
     /// the stamp is more than [`MAX_DRIFT_MS`] ahead of `now_ms`.
     pub fn observe(&mut self, remote: Hlc, now_ms: u64) -> Result<(), ClockAhead> {
         let ahead_ms = remote.wall_ms.saturating_sub(now_ms);
-        if ahead_ms > MAX_DRIFT_MS {
+        // A logical counter near its end would leave no room for later
+        // stamps to differ: as far out of line as a clock far ahead.
+        if ahead_ms > MAX_DRIFT_MS || remote.logical > MAX_LOGICAL {
             return Err(ClockAhead {
                 ahead_ms,
                 max_ms: MAX_DRIFT_MS,
@@ -405,6 +414,12 @@ mod tests {
             })
         );
         assert_eq!(clock, before, "a refused stamp leaves the clock alone");
+        let worn = Hlc {
+            wall_ms: 100,
+            logical: MAX_LOGICAL + 1,
+        };
+        assert!(clock.observe(worn, 100).is_err(), "no room left after it");
+        assert_eq!(clock, before);
     }
 
     // Versions over three nodes, with few distinct vectors so that equal,

@@ -825,7 +825,11 @@ pub(crate) fn apply_records(
         let payload: Payload = match serde_json::from_value(record.payload.clone()) {
             Ok(p) => p,
             Err(e) => {
-                out.stopped = Some(refused(format!("payload: {e}")));
+                // The category only: serde's message can quote a value.
+                out.stopped = Some(refused(format!(
+                    "the payload is not a record's ({:?} error)",
+                    e.classify()
+                )));
                 break;
             }
         };

@@ -74,6 +74,7 @@ impl Cluster {
                 tls_key: Some(key),
                 ca: Some(ca_file(dir.path())),
                 cluster_secret_file: Some(dir.path().join("secret")),
+                admin: Some("root".into()),
                 peers: (0..n)
                     .filter(|&j| j != i)
                     .map(|j| (format!("node-{}", j + 1), addrs[j]))
