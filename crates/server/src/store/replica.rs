@@ -167,8 +167,12 @@ fn cell(value: ValueRef<'_>) -> rusqlite::Result<Cell> {
 pub(crate) enum RowOp {
     /// Created (or created again): every column, in [`Table::columns`] order.
     Inserted(Vec<Cell>),
-    /// Some columns set: each by name, with its new value.
-    Updated(Vec<(String, Cell)>),
+    /// Some columns set, each by name with its new value, in the row's
+    /// incarnation `of`: the write that created it (its existence stamp).
+    Updated {
+        of: Option<Stamp>,
+        set: Vec<(String, Cell)>,
+    },
     /// Deleted.
     Deleted,
 }
@@ -369,6 +373,7 @@ pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result
                 RowOp::Inserted(row)
             }
             Some(row) => {
+                let of = stamp_of(conn, t.name, key_json, EXISTENCE)?;
                 let mut set = Vec::new();
                 for (_, _, col) in group.iter().filter(|(_, _, col)| !col.is_empty()) {
                     let i = t
@@ -379,7 +384,7 @@ pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result
                     set_stamp(conn, t.name, key_json, col, stamp)?;
                     set.push((col.clone(), row[i].clone()));
                 }
-                RowOp::Updated(set)
+                RowOp::Updated { of, set }
             }
         };
         written.push(RowWrite {
@@ -451,20 +456,13 @@ pub(crate) fn merge_row(
             if existence.as_ref().is_some_and(|held| held >= stamp) {
                 return Ok(Merged::Older);
             }
-            // Columns a newer write already set keep their value.
-            let mut row = row.clone();
-            if let Some(here) = read_row(conn, t, &write.key)? {
-                for (i, column) in t.columns.iter().enumerate().skip(t.key.len()) {
-                    if stamp_of(conn, t.name, &key, column)?.is_some_and(|held| held > *stamp) {
-                        row[i] = here[i].clone();
-                    }
-                }
-            }
+            // A new incarnation: every column starts from it. Updates of an
+            // earlier incarnation are dead, and updates of this one come
+            // after it (they wait for it otherwise).
+            let row = row.clone();
             set_stamp(conn, t.name, &key, EXISTENCE, stamp)?;
             for column in &t.columns[t.key.len()..] {
-                if stamp_of(conn, t.name, &key, column)?.is_none_or(|held| held <= *stamp) {
-                    set_stamp(conn, t.name, &key, column, stamp)?;
-                }
+                set_stamp(conn, t.name, &key, column, stamp)?;
             }
             if outranked(conn, t, &row)? {
                 delete(conn, t, &write.key)?;
@@ -473,21 +471,25 @@ pub(crate) fn merge_row(
             upsert(conn, t, &row)?;
             Ok(Merged::Taken)
         }
-        RowOp::Updated(set) => {
+        RowOp::Updated { of, set } => {
             if set
                 .iter()
                 .any(|(column, _)| !t.columns[t.key.len()..].contains(&column.as_str()))
             {
                 return Err(RowError::Shape(t.name));
             }
-            let Some(mut row) = read_row(conn, t, &write.key)? else {
-                return Ok(if existence.is_some() {
-                    // Deleted here, or lost a collision: an update does not
-                    // bring a row back.
-                    Merged::Older
-                } else {
+            // An update belongs to one incarnation of the row: it waits for
+            // that incarnation to arrive, and dies with it.
+            if existence != *of {
+                return Ok(if *of > existence {
                     Merged::Waiting
+                } else {
+                    Merged::Older
                 });
+            }
+            let Some(mut row) = read_row(conn, t, &write.key)? else {
+                // Deleted at this very stamp, or lost a collision.
+                return Ok(Merged::Older);
             };
             let mut taken = false;
             for (column, value) in set {
@@ -1111,10 +1113,11 @@ mod tests {
         assert!(matches!(&created[0].op, RowOp::Inserted(cells) if cells.len() == 8));
         // An update carries the columns it changed, and only those.
         let disabled = rows(&records[1]);
-        assert_eq!(
-            disabled[0].op,
-            RowOp::Updated(vec![("disabled".into(), Cell::Int(1))])
-        );
+        assert!(matches!(
+            &disabled[0].op,
+            RowOp::Updated { of: Some(of), set }
+                if of.origin == "a" && *set == [("disabled".to_owned(), Cell::Int(1))]
+        ));
         // A refused change leaves nothing behind for the next one.
         assert!(a.write(register("alice")).await.is_err());
         write(&a, register("bob")).await;
@@ -1395,6 +1398,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_update_dies_with_the_incarnation_of_the_row_it_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = three(dir.path());
+        write(&a, register("alice")).await;
+        write(&a, register("bob")).await;
+        write(&a, folder("f1")).await;
+        write(&a, share("f1", "bob", 1)).await;
+        ship(&a, &b).await;
+        ship(&a, &c).await;
+        // a removes bob; c, having heard, invites him again; later, b, having
+        // heard of neither, has bob accept the first invitation.
+        write(&a, unshare_bob("f1")).await;
+        ship(&a, &c).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&c, share("f1", "bob", 2)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(
+            &b,
+            Change::InviteAccept {
+                username: "bob".into(),
+                folder_id: "f1".into(),
+            },
+        )
+        .await;
+        // a hears of the acceptance before the new invitation; b and c the
+        // other way round.
+        ship(&b, &a).await;
+        ship(&c, &a).await;
+        ship(&c, &b).await;
+        ship(&b, &c).await;
+        ship(&a, &b).await;
+        ship(&a, &c).await;
+        for node in [&a, &b, &c] {
+            // The acceptance was of an invitation that no longer exists.
+            assert_eq!(
+                column(
+                    node,
+                    "SELECT username || ':' || status FROM members ORDER BY 1"
+                )
+                .await,
+                ["alice:active", "bob:invited"]
+            );
+        }
+        same(&[&a, &b, &c]).await;
+    }
+
+    #[tokio::test]
     async fn a_peer_row_of_the_wrong_shape_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let a = node(dir.path(), "a");
@@ -1427,7 +1477,10 @@ mod tests {
             bad(
                 "users",
                 vec![Cell::Text("x".into())],
-                RowOp::Updated(vec![("username".into(), Cell::Text("y".into()))]),
+                RowOp::Updated {
+                    of: None,
+                    set: vec![("username".into(), Cell::Text("y".into()))],
+                },
             ),
         ] {
             let done = a.replicate(vec![record]).await.unwrap();
