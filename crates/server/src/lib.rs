@@ -168,6 +168,11 @@ impl Server {
             &config.data,
             store::WriterContext {
                 node_id: config.node_id.clone(),
+                origin: format!("{}.{}", config.node_id, {
+                    let mut suffix = [0u8; 4];
+                    rand::Rng::fill_bytes(&mut rng, &mut suffix);
+                    hex::encode(suffix)
+                }),
                 clock: clock.clone(),
                 keep_versions: config.keep_versions,
                 chunks: chunks.clone(),

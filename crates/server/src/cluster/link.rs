@@ -554,8 +554,9 @@ async fn serve_inner<S: Stream>(
                         server
                             .followers
                             .record(&peer, ack.applied, server.clock.now_ms());
-                        let own = sent.get(me).copied().unwrap_or(0);
-                        let behind = own.saturating_sub(server.followers.acked(&peer, me));
+                        let origin = server.store.origin();
+                        let own = sent.get(origin).copied().unwrap_or(0);
+                        let behind = own.saturating_sub(server.followers.acked(&peer, origin));
                         debug!(%peer, behind, "the peer acknowledged records");
                     }
                     PeerMessage::PeerPong(_) => {}

@@ -305,7 +305,7 @@ pub(crate) fn apply_batch(
     let mut tx = conn.transaction()?;
     let now = ctx.clock.now_ms();
     let mut clock = Clock::new(replica::last_hlc(&tx)?);
-    let mut own_seq = replica::last_seq(&tx, &ctx.node_id)?;
+    let mut own_seq = replica::last_seq(&tx, &ctx.origin)?;
     let mut results = Vec::with_capacity(changes.len());
     let mut recorded = Vec::new();
     for change in changes {
@@ -317,7 +317,7 @@ pub(crate) fn apply_batch(
                 if !matches!(change, Change::Collect) {
                     let stamp = Stamp {
                         hlc: clock.tick(now),
-                        origin: ctx.node_id.clone(),
+                        origin: ctx.origin.clone(),
                     };
                     let rows = replica::take_written(&sp, &stamp)?;
                     own_seq += 1;
@@ -326,7 +326,7 @@ pub(crate) fn apply_batch(
                         "INSERT INTO changes (origin, origin_seq, hlc_wall, hlc_logical, kind, payload, rows) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         params![
-                            ctx.node_id,
+                            ctx.origin,
                             own_seq as i64,
                             stamp.hlc.wall_ms as i64,
                             stamp.hlc.logical as i64,

@@ -67,8 +67,13 @@ pub enum StoreError {
 /// What the writer needs besides the changes.
 #[derive(Debug, Clone)]
 pub(crate) struct WriterContext {
-    /// This node, the origin of its change-log records.
+    /// This node: the writer it counts in version vectors.
     pub(crate) node_id: String,
+    /// The origin of this node's change-log records. Given for a new
+    /// database; an existing one keeps the origin it was created with. A node
+    /// whose data directory is wiped so starts a new origin, and can never
+    /// number a record as one of its earlier life that peers still hold.
+    pub(crate) origin: String,
     /// Calendar time.
     pub(crate) clock: SharedClock,
     /// How many versions of each path to keep.
@@ -108,6 +113,8 @@ enum Job {
 /// Handle to the database. Cheap to share behind an `Arc`.
 pub(crate) struct Store {
     db_path: PathBuf,
+    /// The origin of this node's records.
+    origin: String,
     /// The position of the newest record in the log, as each commit leaves it.
     committed: watch::Receiver<u64>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -181,6 +188,15 @@ impl Store {
         configure(&conn)?;
         schema::migrate(&mut conn)?;
         replica::install_capture(&conn)?;
+        let mut ctx = ctx;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('origin', ?1)",
+            [&ctx.origin],
+        )?;
+        ctx.origin = conn.query_row("SELECT value FROM meta WHERE key = 'origin'", [], |r| {
+            r.get(0)
+        })?;
+        let origin = ctx.origin.clone();
         let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
             r.get(0)
         })?;
@@ -190,6 +206,7 @@ impl Store {
         tokio::spawn(write_loop(conn, jobs, ctx, events.clone(), committed_tx));
         Ok(Store {
             db_path,
+            origin,
             committed,
             readers: Arc::new(Mutex::new(Vec::new())),
             writer,
@@ -278,6 +295,11 @@ impl Store {
             Ok(start as u64)
         })
         .await
+    }
+
+    /// The origin of this node's records.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The position of the newest record in the log, changing as commits

@@ -1004,6 +1004,7 @@ mod tests {
             &dir,
             WriterContext {
                 node_id: id.to_owned(),
+                origin: id.to_owned(),
                 clock: Arc::new(SystemClock),
                 keep_versions: 10,
                 chunks,
@@ -1442,6 +1443,40 @@ mod tests {
             );
         }
         same(&[&a, &b, &c]).await;
+    }
+
+    #[tokio::test]
+    async fn a_database_keeps_its_origin_and_a_new_one_takes_a_new_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |origin: &str| {
+            let chunks = Arc::new(ChunkStore::open(&dir.path().join("chunks")).unwrap());
+            Store::open(
+                dir.path(),
+                WriterContext {
+                    node_id: "n".into(),
+                    origin: origin.into(),
+                    clock: Arc::new(SystemClock),
+                    keep_versions: 10,
+                    chunks,
+                },
+            )
+            .unwrap()
+        };
+        let first = open("n.1111");
+        write(&first, register("alice")).await;
+        assert_eq!(
+            first.cursors().await.unwrap().keys().collect::<Vec<_>>(),
+            ["n.1111"]
+        );
+        drop(first);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Reopened: the same origin, whatever the candidate.
+        assert_eq!(open("n.2222").origin(), "n.1111");
+        std::fs::remove_file(dir.path().join("coffer.db")).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("coffer.db-wal"));
+        let _ = std::fs::remove_file(dir.path().join("coffer.db-shm"));
+        // Wiped: a new origin, so no record number of the old one is reused.
+        assert_eq!(open("n.3333").origin(), "n.3333");
     }
 
     #[tokio::test]
