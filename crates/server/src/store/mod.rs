@@ -186,7 +186,9 @@ impl Store {
         let db_path = dir.join("coffer.db");
         let mut conn = Connection::open(&db_path)?;
         configure(&conn)?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
         schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         replica::install_capture(&conn)?;
         let mut ctx = ctx;
         conn.execute(

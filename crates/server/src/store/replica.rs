@@ -10,10 +10,9 @@
 //!
 //! Each replicated row has a stamp in `row_stamps`: the (HLC, origin) of the
 //! write that set it, kept after the row is deleted. A row from a peer is
-//! taken only when its stamp is greater ([`crate::cluster::Lww`]). Two rows
-//! that collide on a unique constraint other than the key (two devices of one
-//! user named alike, made on two nodes at once) keep the greater stamp; the
-//! other is absent on every node.
+//! taken only when its stamp is greater ([`crate::cluster::Lww`]). No
+//! replicated table has a unique constraint besides its key: two devices of
+//! one user named alike, made on two nodes at once, are both kept.
 
 use std::collections::BTreeMap;
 
@@ -26,13 +25,13 @@ use serde::{Deserialize, Serialize};
 use super::{exec, one};
 use crate::cluster::Stamp;
 
-/// A replicated table: its name, its key columns, every column (key first,
-/// in schema order), and its unique constraints besides the key.
+/// A replicated table: its name, its key columns and every column (key
+/// first, in schema order). None has a unique constraint besides its key:
+/// merging could not honour one without dropping a row some node accepted.
 pub(crate) struct Table {
     pub(crate) name: &'static str,
     pub(crate) key: &'static [&'static str],
     pub(crate) columns: &'static [&'static str],
-    pub(crate) unique: &'static [&'static [&'static str]],
 }
 
 /// Every table whose rows replicate as registers. File entries and their
@@ -52,13 +51,11 @@ pub(crate) const TABLES: &[Table] = &[
             "kdf",
             "created_ms",
         ],
-        unique: &[],
     },
     Table {
         name: "devices",
         key: &["device_id"],
         columns: &["device_id", "username", "name", "mac", "created_ms"],
-        unique: &[&["username", "name"], &["username", "mac"]],
     },
     Table {
         name: "sessions",
@@ -71,13 +68,11 @@ pub(crate) const TABLES: &[Table] = &[
             "expires_ms",
             "revoked",
         ],
-        unique: &[],
     },
     Table {
         name: "folders",
         key: &["folder_id"],
         columns: &["folder_id", "label", "owner", "epoch", "created_ms"],
-        unique: &[&["owner", "label"]],
     },
     Table {
         name: "members",
@@ -90,13 +85,11 @@ pub(crate) const TABLES: &[Table] = &[
             "invited_by",
             "created_ms",
         ],
-        unique: &[],
     },
     Table {
         name: "folder_keys",
         key: &["folder_id", "username", "epoch"],
         columns: &["folder_id", "username", "epoch", "wrapped_key"],
-        unique: &[],
     },
     Table {
         name: "file_shares",
@@ -111,7 +104,6 @@ pub(crate) const TABLES: &[Table] = &[
             "wrapped_key",
             "created_ms",
         ],
-        unique: &[],
     },
 ];
 
@@ -420,8 +412,6 @@ pub(crate) enum Merged {
     Taken,
     /// Newer writes were already here.
     Older,
-    /// It collided with a newer row on a unique constraint, and is absent.
-    Lost,
     /// It updates a row this node has not seen created: to be tried again
     /// once the creating record has arrived.
     Waiting,
@@ -464,10 +454,6 @@ pub(crate) fn merge_row(
             for column in &t.columns[t.key.len()..] {
                 set_stamp(conn, t.name, &key, column, stamp)?;
             }
-            if outranked(conn, t, &row)? {
-                delete(conn, t, &write.key)?;
-                return Ok(Merged::Lost);
-            }
             upsert(conn, t, &row)?;
             Ok(Merged::Taken)
         }
@@ -488,7 +474,7 @@ pub(crate) fn merge_row(
                 });
             }
             let Some(mut row) = read_row(conn, t, &write.key)? else {
-                // Deleted at this very stamp, or lost a collision.
+                // Deleted at this very stamp.
                 return Ok(Merged::Older);
             };
             let mut taken = false;
@@ -508,10 +494,6 @@ pub(crate) fn merge_row(
             if !taken {
                 return Ok(Merged::Older);
             }
-            if outranked(conn, t, &row)? {
-                delete(conn, t, &write.key)?;
-                return Ok(Merged::Lost);
-            }
             upsert(conn, t, &row)?;
             Ok(Merged::Taken)
         }
@@ -525,65 +507,6 @@ fn delete(conn: &Connection, t: &Table, key: &[Cell]) -> rusqlite::Result<()> {
         params_from_iter(key),
     )
     .map(drop)
-}
-
-/// Whether `row` (its stamps already recorded) collides on a unique
-/// constraint with a row that ranks higher. Colliding rows that rank lower are
-/// deleted; their stamps stay, so that they do not come back.
-///
-/// A row ranks by the newest write of its existence or of a column of the
-/// constraint — the write that made the collision — so that every node
-/// compares the same two stamps whichever row it saw first.
-fn outranked(conn: &Connection, t: &Table, row: &[Cell]) -> rusqlite::Result<bool> {
-    let value = |column: &str| {
-        let i = t
-            .columns
-            .iter()
-            .position(|c| *c == column)
-            .expect("unique columns are columns");
-        &row[i]
-    };
-    let own = key_text(conn, &row[..t.key.len()])?;
-    let mut rivals = Vec::new();
-    for unique in t.unique {
-        let condition = unique
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ?{}", i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let sql = format!(
-            "SELECT json_array({}) FROM {} WHERE {condition}",
-            t.key.join(", "),
-            t.name
-        );
-        let keys: Vec<String> = conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(unique.iter().map(|c| value(c))), |r| {
-                r.get(0)
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        rivals.extend(keys.into_iter().filter(|k| *k != own));
-    }
-    rivals.sort();
-    rivals.dedup();
-    let rank = |key: &str| -> rusqlite::Result<Option<Stamp>> {
-        let mut best = stamp_of(conn, t.name, key, EXISTENCE)?;
-        for column in t.unique.iter().flat_map(|u| u.iter()) {
-            best = best.max(stamp_of(conn, t.name, key, column)?);
-        }
-        Ok(best)
-    };
-    let ours = rank(&own)?;
-    for rival in &rivals {
-        if rank(rival)? > ours {
-            return Ok(true);
-        }
-    }
-    for rival in &rivals {
-        delete(conn, t, &parse_key(rival).map_err(key_error)?)?;
-    }
-    Ok(false)
 }
 
 fn upsert(conn: &Connection, t: &Table, row: &[Cell]) -> rusqlite::Result<()> {
@@ -994,6 +917,18 @@ mod tests {
                 "{}: the key comes first",
                 t.name
             );
+            // A unique index besides the key would make merging drop rows.
+            let unique: Vec<String> = conn
+                .prepare(&format!(
+                    "SELECT name FROM pragma_index_list('{}') WHERE \"unique\" AND origin <> 'pk'",
+                    t.name
+                ))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(unique.is_empty(), "{}: {unique:?}", t.name);
         }
     }
 
@@ -1213,7 +1148,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn devices_named_alike_on_two_nodes_leave_one_everywhere() {
+    async fn devices_named_alike_on_two_nodes_are_both_kept_everywhere() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
         write(&a, register("alice")).await;
@@ -1225,19 +1160,44 @@ mod tests {
             device("alice", "s1", "d1", "laptop", "02:00:00:00:00:01"),
         )
         .await;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         write(
             &b,
             device("alice", "s2", "d2", "laptop", "02:00:00:00:00:02"),
         )
         .await;
+        // One node still refuses a second "laptop" of its own.
+        assert!(
+            a.write(device("alice", "s2", "d3", "laptop", "02:00:00:00:00:03"))
+                .await
+                .is_err()
+        );
         ship(&a, &b).await;
         ship(&b, &a).await;
+        // Likewise two folders labelled alike, each with its members, and
+        // replication goes on after them.
+        write(&a, folder("f1")).await;
+        write(&b, folder("f2")).await;
+        write(&b, register("bob")).await;
+        write(&b, share("f2", "bob", 1)).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        write(&a, share("f1", "bob", 1)).await;
+        ship(&a, &b).await;
         for node in [&a, &b] {
-            // The later registration wins on both.
-            assert_eq!(column(node, "SELECT device_id FROM devices").await, ["d2"]);
+            assert_eq!(
+                column(node, "SELECT device_id FROM devices ORDER BY 1").await,
+                ["d1", "d2"]
+            );
+            assert_eq!(
+                column(
+                    node,
+                    "SELECT folder_id || ':' || username FROM members ORDER BY 1"
+                )
+                .await,
+                ["f1:alice", "f1:bob", "f2:alice", "f2:bob"]
+            );
         }
-        assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+        same(&[&a, &b]).await;
     }
 
     #[tokio::test]

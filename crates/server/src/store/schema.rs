@@ -212,6 +212,33 @@ ALTER TABLE changes ADD COLUMN origin_seq INTEGER;
 UPDATE changes SET origin_seq = seq;
 ALTER TABLE changes ADD COLUMN rows TEXT NOT NULL DEFAULT '[]';
 CREATE UNIQUE INDEX changes_by_origin ON changes(origin, origin_seq);
+
+-- Device names and MACs per user, and folder labels per owner, are unique
+-- where they are made, not across the cluster: two nodes may each accept one
+-- at the same moment, and merging keeps both rather than drop one.
+CREATE TABLE devices_v2 (
+    device_id  TEXT PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(username),
+    name       TEXT NOT NULL,
+    mac        TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO devices_v2 SELECT device_id, username, name, mac, created_ms FROM devices;
+DROP TABLE devices;
+ALTER TABLE devices_v2 RENAME TO devices;
+CREATE INDEX devices_by_user ON devices(username, name);
+
+CREATE TABLE folders_v2 (
+    folder_id  TEXT PRIMARY KEY,
+    label      TEXT NOT NULL,
+    owner      TEXT NOT NULL REFERENCES users(username),
+    epoch      INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO folders_v2 SELECT folder_id, label, owner, epoch, created_ms FROM folders;
+DROP TABLE folders;
+ALTER TABLE folders_v2 RENAME TO folders;
+CREATE INDEX folders_by_owner ON folders(owner, label);
 CREATE INDEX changes_by_hlc ON changes(hlc_wall, hlc_logical);
 
 -- The newest write of each replicated row's existence (col '') and of each
@@ -231,6 +258,7 @@ CREATE TABLE row_stamps (
 const _: () = assert!(MIGRATIONS.len() as i64 == CURRENT);
 
 /// Brings the database to [`CURRENT`], refusing one from a newer build.
+/// Foreign keys must be off (migrations rebuild tables others refer to).
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > CURRENT {
