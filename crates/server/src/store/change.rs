@@ -274,10 +274,13 @@ pub(crate) enum Applied {
     Collected(usize),
 }
 
+/// An event with its audience: the active members of a folder, and/or a user.
+pub(super) type Told = (Option<String>, Option<String>, Event);
+
 /// Events a change produces, with their audience.
 #[derive(Default)]
 struct Effects {
-    events: Vec<(Option<String>, Option<String>, Event)>,
+    events: Vec<Told>,
 }
 
 impl Effects {
@@ -1378,6 +1381,130 @@ fn put_version(
         }
     }
     Ok(())
+}
+
+/// Where two versions written at once stand: a live one before a tombstone
+/// (a delete racing a modification keeps the modification), then the later
+/// commit, then the vector — a total order every node computes alike.
+fn rank(v: &FileEntry) -> (bool, u64, std::collections::BTreeMap<String, u64>) {
+    (!v.deleted, v.modified_ms, v.vv.clone().into())
+}
+
+/// The chunk list of the version `entry` names, as stored.
+fn version_chunks(tx: &Connection, entry: &FileEntry) -> Result<Vec<u8>> {
+    Ok(one(
+        tx,
+        "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+        params![entry.folder_id, entry.path, entry.version as i64],
+        |r| r.get(0),
+    )
+    .optional()?
+    .unwrap_or_default())
+}
+
+/// Removes a version row, releasing its chunks.
+fn remove_version(tx: &Connection, folder_id: &str, path: &str, version: u64) -> Result<()> {
+    let chunks: Option<Vec<u8>> = one(
+        tx,
+        "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+        params![folder_id, path, version as i64],
+        |r| r.get(0),
+    )
+    .optional()?;
+    if let Some(chunks) = chunks {
+        exec(
+            tx,
+            "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+            params![folder_id, path, version as i64],
+        )?;
+        for hash in distinct(&chunks) {
+            release_chunk(tx, folder_id, &hash)?;
+        }
+    }
+    Ok(())
+}
+
+/// A version of a file entry written on a peer, merged by version vector:
+/// taken when it follows the version here, ignored when this node already
+/// holds it or one that saw it. Concurrent with the version here, the one
+/// that ranks higher takes the path (and the version number both carry) on
+/// every node, and the other, unless a tombstone, is returned: the conflict
+/// copy to keep beside it.
+pub(super) fn merge_version(
+    tx: &Connection,
+    ctx: &WriterContext,
+    remote: FileEntry,
+    chunks: Vec<u8>,
+) -> Result<Option<(FileEntry, Vec<u8>)>> {
+    let Some(current) = query::entry(tx, &remote.folder_id, &remote.path)? else {
+        remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
+        put_version(tx, ctx, &remote, &chunks)?;
+        return Ok(None);
+    };
+    let loser = match remote.vv.compare(&current.vv) {
+        Causality::Equal | Causality::Before => return Ok(None),
+        Causality::After => {
+            remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
+            put_version(tx, ctx, &remote, &chunks)?;
+            return Ok(None);
+        }
+        Causality::Concurrent if rank(&remote) > rank(&current) => {
+            let held = version_chunks(tx, &current)?;
+            remove_version(tx, &current.folder_id, &current.path, current.version)?;
+            remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
+            put_version(tx, ctx, &remote, &chunks)?;
+            (current, held)
+        }
+        Causality::Concurrent => (remote, chunks),
+    };
+    // A tombstone that lost needs no copy, and neither does a directory (it
+    // holds nothing; what is in it stays under the path).
+    Ok((!loser.0.deleted && loser.0.kind == EntryKind::File).then_some(loser))
+}
+
+/// Keeps `loser`, a version that lost to a concurrent one, as a new entry
+/// beside its path: `name.conflict-<device>-<time>.ext`, its content, file id
+/// and vector unchanged, so that every node that finds the same conflict
+/// makes the same copy. Returns the events to tell, or nothing when the copy
+/// is already here.
+pub(super) fn keep_copy(
+    tx: &Connection,
+    ctx: &WriterContext,
+    loser: FileEntry,
+    chunks: Vec<u8>,
+) -> Result<Vec<Told>> {
+    let who: String = loser
+        .device_id
+        .as_deref()
+        .unwrap_or("peer")
+        .chars()
+        .take(9)
+        .collect();
+    let secs = loser.modified_ms / 1000;
+    for n in 1.. {
+        let name = if n == 1 {
+            paths::conflict_name(&loser.path, &who, secs)
+        } else {
+            paths::conflict_name(&loser.path, &format!("{who}-{n}"), secs)
+        };
+        match query::entry(tx, &loser.folder_id, &name)? {
+            Some(here) if here.vv == loser.vv => return Ok(Vec::new()),
+            Some(_) => continue,
+            None => {
+                let copy = FileEntry {
+                    path: name,
+                    version: 1,
+                    ..loser
+                };
+                remove_version(tx, &copy.folder_id, &copy.path, 1)?;
+                put_version(tx, ctx, &copy, &chunks)?;
+                let mut fx = Effects::default();
+                file_event(&mut fx, &copy, FileChange::Created, None);
+                return Ok(fx.events);
+            }
+        }
+    }
+    unreachable!("some name is free")
 }
 
 fn release_chunk(tx: &Connection, folder_id: &str, hash: &[u8; 32]) -> Result<()> {

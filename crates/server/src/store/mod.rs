@@ -378,8 +378,9 @@ async fn write_loop(
             Job::Local { change, reply } => (*change, reply),
             Job::Remote { records, reply } => {
                 let now = ctx.clock.now_ms();
+                let ctx = ctx.clone();
                 let (returned, outcome) = blocking(move || {
-                    let outcome = replica::apply_records(&mut conn, now, &records);
+                    let outcome = replica::apply_records(&mut conn, &ctx, now, &records);
                     (conn, outcome)
                 })
                 .await;

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use coffer_proto::peer::Record;
-use coffer_proto::types::{Blob, Hlc};
+use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Hlc};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde::{Deserialize, Serialize};
@@ -107,8 +107,97 @@ pub(crate) const TABLES: &[Table] = &[
     },
 ];
 
+/// The versions of file entries. They replicate as versions — immutable,
+/// ordered by their version vectors, concurrent ones kept as conflict copies
+/// (`change::merge_version`) — not as registers; this describes their rows.
+pub(crate) const VERSIONS: Table = Table {
+    name: "versions",
+    key: &["folder_id", "path", "version"],
+    columns: &[
+        "folder_id",
+        "path",
+        "version",
+        "kind",
+        "file_id",
+        "vv",
+        "size",
+        "chunk_size",
+        "chunk_count",
+        "epoch",
+        "wrapped_file_key",
+        "meta",
+        "modified_ms",
+        "device_id",
+        "deleted",
+        "chunks",
+    ],
+};
+
 fn table(name: &str) -> Option<&'static Table> {
     TABLES.iter().find(|t| t.name == name)
+}
+
+/// A version row from a peer, checked: every column of the right type, a
+/// valid path, a file id of 16 bytes, a vector, a chunk list of 32 bytes per
+/// chunk. `None` when anything is off.
+fn version_from_cells(cells: &[Cell]) -> Option<(FileEntry, Vec<u8>)> {
+    let [
+        Cell::Text(folder_id),
+        Cell::Text(path),
+        Cell::Int(version),
+        Cell::Text(kind),
+        Cell::Blob(file_id),
+        Cell::Text(vv),
+        Cell::Int(size),
+        Cell::Int(chunk_size),
+        Cell::Int(chunk_count),
+        Cell::Int(epoch),
+        Cell::Blob(wrapped_file_key),
+        Cell::Blob(meta),
+        Cell::Int(modified_ms),
+        device_id,
+        Cell::Int(deleted),
+        Cell::Blob(chunks),
+    ] = cells
+    else {
+        return None;
+    };
+    let device_id = match device_id {
+        Cell::Null => None,
+        Cell::Text(d) => Some(d.clone()),
+        _ => return None,
+    };
+    let kind = match kind.as_str() {
+        "file" => EntryKind::File,
+        "dir" => EntryKind::Dir,
+        _ => return None,
+    };
+    coffer_proto::path::validate(path).ok()?;
+    let nonnegative = |n: &i64| u64::try_from(*n).ok();
+    let chunk_count = u32::try_from(*chunk_count).ok()?;
+    if chunks.0.len() != chunk_count as usize * 32 && !chunks.0.is_empty() {
+        return None;
+    }
+    Some((
+        FileEntry {
+            folder_id: folder_id.clone(),
+            path: path.clone(),
+            kind,
+            file_id: FileId(file_id.0.clone().try_into().ok()?),
+            version: nonnegative(version).filter(|v| *v > 0)?,
+            vv: serde_json::from_str(vv).ok()?,
+            size: nonnegative(size)?,
+            chunk_size: u32::try_from(*chunk_size).ok()?,
+            chunk_count,
+            epoch: nonnegative(epoch)?,
+            wrapped_file_key: wrapped_file_key.clone(),
+            meta: meta.clone(),
+            modified_ms: nonnegative(modified_ms)?,
+            device_id,
+            deleted: *deleted != 0,
+        },
+        chunks.0.clone(),
+    ))
 }
 
 /// One value of a row.
@@ -234,6 +323,12 @@ pub(crate) fn install_capture(conn: &Connection) -> rusqlite::Result<()> {
             ));
         }
     }
+    // A new version of a file entry (pruning old ones is each node's own).
+    sql.push_str(
+        "CREATE TEMP TRIGGER IF NOT EXISTS touched_versions_insert AFTER INSERT ON main.versions \
+         BEGIN INSERT OR IGNORE INTO touched (tbl, key, col) \
+         VALUES ('versions', json_array(NEW.folder_id, NEW.path, NEW.version), '*'); END;\n",
+    );
     conn.execute_batch(&sql)
 }
 
@@ -349,8 +444,20 @@ pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result
     let mut rows = touched.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1));
     for group in &mut rows {
         let (name, key_json) = (&group[0].0, &group[0].1);
-        let t = table(name).expect("triggers exist only on replicated tables");
         let key = parse_key(key_json).map_err(key_error)?;
+        if name == VERSIONS.name {
+            // A version inserted and gone within one change (pruned at once)
+            // is nothing to replicate.
+            if let Some(row) = read_row(conn, &VERSIONS, &key)? {
+                written.push(RowWrite {
+                    table: VERSIONS.name.to_owned(),
+                    key,
+                    op: RowOp::Inserted(row),
+                });
+            }
+            continue;
+        }
+        let t = table(name).expect("triggers exist only on replicated tables");
         let inserted = group.iter().any(|(_, _, col)| col == "*");
         let op = match read_row(conn, t, &key)? {
             None => {
@@ -424,6 +531,9 @@ pub(crate) fn merge_row(
     write: &RowWrite,
     stamp: &Stamp,
 ) -> Result<Merged, RowError> {
+    if write.table == VERSIONS.name {
+        return Err(RowError::Shape(VERSIONS.name));
+    }
     let t = table(&write.table).ok_or_else(|| RowError::UnknownTable(write.table.clone()))?;
     if write.key.len() != t.key.len() {
         return Err(RowError::Shape(t.name));
@@ -719,6 +829,7 @@ pub(crate) enum Stopped {
 /// stops at the first that cannot be applied yet.
 pub(crate) fn apply_records(
     conn: &mut Connection,
+    ctx: &super::WriterContext,
     now_ms: u64,
     records: &[Record],
 ) -> rusqlite::Result<Replicated> {
@@ -763,8 +874,38 @@ pub(crate) fn apply_records(
             origin: record.origin.clone(),
         };
         let sp = tx.savepoint()?;
+        clear_touched(&sp)?;
         let mut failed = None;
+        let mut copies = Vec::new();
         for row in &payload.rows {
+            if row.table == VERSIONS.name {
+                let version = match &row.op {
+                    RowOp::Inserted(cells) => version_from_cells(cells),
+                    _ => None,
+                };
+                let Some((entry, chunks)) = version else {
+                    failed = Some(refused("a version row of the wrong shape".into()));
+                    break;
+                };
+                match super::change::merge_version(&sp, ctx, entry, chunks) {
+                    Ok(copy) => copies.extend(copy),
+                    Err(crate::error::Error::Db(rusqlite::Error::SqliteFailure(e, _)))
+                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+                    {
+                        failed = Some(Stopped::Waiting {
+                            origin: record.origin.clone(),
+                            seq: record.seq,
+                        });
+                        break;
+                    }
+                    Err(crate::error::Error::Db(e)) => return Err(e),
+                    Err(e) => {
+                        failed = Some(refused(e.to_string()));
+                        break;
+                    }
+                }
+                continue;
+            }
             match merge_row(&sp, row, &stamp) {
                 Ok(Merged::Waiting) => {
                     failed = Some(Stopped::Waiting {
@@ -831,12 +972,82 @@ pub(crate) fn apply_records(
                 event: e.event,
             });
         }
+        if !copies.is_empty() {
+            keep_copies(&sp, ctx, &mut clock, now_ms, copies, &mut out)?;
+        }
         sp.commit()?;
         out.applied += 1;
     }
     clear_touched(&tx)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Keeps the losers of concurrent versions as conflict copies, in a record of
+/// this node's own: a node that never held both versions at once learns of
+/// the copy from it.
+fn keep_copies(
+    conn: &Connection,
+    ctx: &super::WriterContext,
+    clock: &mut crate::cluster::Clock,
+    now_ms: u64,
+    copies: Vec<(FileEntry, Vec<u8>)>,
+    out: &mut Replicated,
+) -> rusqlite::Result<()> {
+    clear_touched(conn)?;
+    let mut events = Vec::new();
+    for (loser, chunks) in copies {
+        match super::change::keep_copy(conn, ctx, loser, chunks) {
+            Ok(told) => events.extend(told),
+            Err(crate::error::Error::Db(e)) => return Err(e),
+            // Making a copy refuses nothing; anything else is the database's.
+            Err(e) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+                    std::io::Error::other(e.to_string()),
+                )));
+            }
+        }
+    }
+    let stamp = Stamp {
+        hlc: clock.tick(now_ms),
+        origin: ctx.origin.clone(),
+    };
+    let rows = take_written(conn, &stamp)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    exec(
+        conn,
+        "INSERT INTO changes (origin, origin_seq, hlc_wall, hlc_logical, kind, payload, rows) \
+         VALUES (?1, ?2, ?3, ?4, 'conflict_copy', 'null', ?5)",
+        params![
+            ctx.origin,
+            (last_seq(conn, &ctx.origin)? + 1) as i64,
+            stamp.hlc.wall_ms as i64,
+            stamp.hlc.logical as i64,
+            serde_json::to_string(&rows).expect("rows serialize")
+        ],
+    )?;
+    let seq = conn.last_insert_rowid();
+    for (folder_id, username, event) in events {
+        exec(
+            conn,
+            "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                seq,
+                folder_id,
+                username,
+                serde_json::to_string(&event).expect("events serialize")
+            ],
+        )?;
+        out.events.push(super::StoredEvent {
+            id: conn.last_insert_rowid(),
+            folder_id,
+            username,
+            event,
+        });
+    }
+    Ok(())
 }
 
 /// SHA-256 over every replicated row and the stamp of its existence, in key
@@ -863,6 +1074,31 @@ pub(crate) fn digest(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
             hash.update(serde_json::to_vec(&cells).expect("cells serialize"));
         }
     }
+    // File entries and every version kept, whole.
+    for (name, columns, key) in [
+        (
+            "entries",
+            format!("{}, parent", super::query::ENTRY_COLUMNS),
+            "folder_id, path",
+        ),
+        (
+            "versions",
+            VERSIONS.columns.join(", "),
+            "folder_id, path, version",
+        ),
+    ] {
+        let sql = format!("SELECT {columns} FROM {name} ORDER BY {key}");
+        let mut statement = conn.prepare_cached(&sql)?;
+        let width = statement.column_count();
+        let mut rows = statement.query([])?;
+        hash.update(name.as_bytes());
+        while let Some(r) = rows.next()? {
+            let cells = (0..width)
+                .map(|i| cell(r.get_ref(i)?))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            hash.update(serde_json::to_vec(&cells).expect("cells serialize"));
+        }
+    }
     let mut statement = conn.prepare_cached(
         "SELECT tbl, key, hlc_wall, hlc_logical, origin FROM row_stamps WHERE col = '' ORDER BY tbl, key",
     )?;
@@ -881,7 +1117,7 @@ mod tests {
     use std::sync::Arc;
 
     use coffer_net::SystemClock;
-    use coffer_proto::types::{Kdf, Role};
+    use coffer_proto::types::{Kdf, Role, VersionVector};
 
     use super::super::{Change, Store, WriterContext};
     use super::*;
@@ -1437,6 +1673,134 @@ mod tests {
         let _ = std::fs::remove_file(dir.path().join("coffer.db-shm"));
         // Wiped: a new origin, so no record number of the old one is reused.
         assert_eq!(open("n.3333").origin(), "n.3333");
+    }
+
+    /// alice writes `path` in f1 as a one-chunk file whose metadata is
+    /// `content` repeated, on top of `base`.
+    fn put(path: &str, content: u8, base: Option<&VersionVector>) -> Change {
+        use coffer_proto::types::Sha256;
+        Change::UploadInline {
+            upload: super::super::change::UploadRecord {
+                upload_id: format!("u-{path}-{content}"),
+                upload_key: Sha256([content; 32]),
+                username: "alice".into(),
+                device_id: Some(format!("dev{content}")),
+                folder_id: "f1".into(),
+                path: path.into(),
+                file_id: FileId([content; 16]),
+                size: 10,
+                chunk_size: 65_536,
+                chunk_count: 1,
+                epoch: 1,
+                wrapped_file_key: Blob(vec![1; 8]),
+                meta: Blob(vec![content; 4]),
+                base: base.cloned(),
+                chunks: Blob(vec![content; 32]),
+                expires_ms: 4_000_000_000_000,
+            },
+            sizes: vec![100],
+        }
+    }
+
+    async fn vv_of(store: &Store, path: &'static str) -> VersionVector {
+        store
+            .read(move |conn| Ok(super::super::query::entry(conn, "f1", path)?.unwrap().vv))
+            .await
+            .unwrap()
+    }
+
+    /// Live entries of f1 as `path=meta in hex`.
+    async fn files(store: &Store) -> Vec<String> {
+        column(
+            store,
+            "SELECT path || '=' || hex(meta) FROM entries WHERE deleted = 0 ORDER BY path",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn file_versions_follow_their_vectors_and_concurrent_ones_leave_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = three(dir.path());
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        write(&a, put("docs/a.txt", 1, None)).await;
+        ship(&a, &b).await;
+        ship(&a, &c).await;
+        // One after another: b's edit follows a's version everywhere.
+        let v1 = vv_of(&b, "docs/a.txt").await;
+        write(&b, put("docs/a.txt", 2, Some(&v1))).await;
+        ship(&b, &a).await;
+        ship(&b, &c).await;
+        same(&[&a, &b, &c]).await;
+        assert_eq!(files(&a).await, ["docs=", "docs/a.txt=02020202"]);
+        // At once: a and c both edit version 2; c's is the later.
+        let v2 = vv_of(&a, "docs/a.txt").await;
+        write(&a, put("docs/a.txt", 3, Some(&v2))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&c, put("docs/a.txt", 4, Some(&v2))).await;
+        // b hears of a's first, a and c of the other's; every node ends the
+        // same: c's edit under the path, a's beside it as one copy.
+        ship(&a, &b).await;
+        ship(&c, &b).await;
+        ship(&c, &a).await;
+        ship(&a, &c).await;
+        ship(&b, &a).await;
+        ship(&b, &c).await;
+        ship(&a, &b).await;
+        ship(&c, &b).await;
+        same(&[&a, &b, &c]).await;
+        let listed = files(&b).await;
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        // The directory, the copy, the file.
+        assert_eq!(listed[2], "docs/a.txt=04040404");
+        assert!(
+            listed[1].starts_with("docs/a.conflict-dev3-") && listed[1].ends_with(".txt=03030303"),
+            "{listed:?}"
+        );
+        // A delete racing an edit: the edit stays, and the tombstone needs no copy.
+        let v3 = vv_of(&a, "docs/a.txt").await;
+        write(
+            &a,
+            Change::Delete {
+                username: "alice".into(),
+                device_id: None,
+                folder_id: "f1".into(),
+                path: "docs/a.txt".into(),
+                base: Some(v3.clone()),
+            },
+        )
+        .await;
+        write(&b, put("docs/a.txt", 5, Some(&v3))).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        ship(&a, &c).await;
+        ship(&b, &c).await;
+        same(&[&a, &b, &c]).await;
+        let listed = files(&c).await;
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        assert_eq!(listed[2], "docs/a.txt=05050505");
+    }
+
+    #[tokio::test]
+    async fn a_directory_made_on_two_nodes_at_once_is_one_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        let mkdir = || Change::Mkdir {
+            username: "alice".into(),
+            device_id: None,
+            folder_id: "f1".into(),
+            path: "photos".into(),
+        };
+        write(&a, mkdir()).await;
+        write(&b, mkdir()).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        assert_eq!(files(&a).await, ["photos="]);
     }
 
     #[tokio::test]
