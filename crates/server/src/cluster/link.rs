@@ -23,11 +23,12 @@ use bytes::Bytes;
 use coffer_net::conn::{ConnError, Connection, Timeouts};
 use coffer_net::{Net, Stream, tls};
 use coffer_proto::peer::{
-    Ack, PeerHello, PeerMessage, PeerPong, PeerWelcome, Record, Records, decode_records,
-    encode_records,
+    Ack, ChunkFetch, PeerHello, PeerMessage, PeerPong, PeerWelcome, Record, Records,
+    decode_records, encode_records,
 };
 use coffer_proto::request::Register;
 use coffer_proto::response::{ErrorBody, Registered};
+use coffer_proto::types::Sha256;
 use coffer_proto::{DecodeError, ErrorCode, Frame, Limits, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -140,32 +141,60 @@ impl Followers {
     }
 }
 
-/// A request forwarded to a peer over the link that follows it, and where
-/// its answer goes.
-struct Forward {
-    register: Register,
-    reply: oneshot::Sender<Result<Registered, ErrorBody>>,
+/// A request sent to a peer over the link that follows it, and where its
+/// answer goes.
+enum Ask {
+    /// Register an account whose name the peer owns.
+    Register(Register, oneshot::Sender<Result<Registered, ErrorBody>>),
+    /// Send a chunk this node lacks.
+    Chunk(Sha256, oneshot::Sender<Result<Bytes, ErrorBody>>),
+}
+
+/// Where the answer to a request sent on a link goes.
+enum Waiter {
+    Register(oneshot::Sender<Result<Registered, ErrorBody>>),
+    Chunk(oneshot::Sender<Result<Bytes, ErrorBody>>),
+}
+
+impl Waiter {
+    fn gone(&self) -> bool {
+        match self {
+            Waiter::Register(reply) => reply.is_closed(),
+            Waiter::Chunk(reply) => reply.is_closed(),
+        }
+    }
+
+    fn fail(self, e: ErrorBody) {
+        match self {
+            Waiter::Register(reply) => drop(reply.send(Err(e))),
+            Waiter::Chunk(reply) => drop(reply.send(Err(e))),
+        }
+    }
 }
 
 /// The links this node has up to its peers, for forwarding requests.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    links: std::sync::Mutex<BTreeMap<String, mpsc::Sender<Forward>>>,
+    links: std::sync::Mutex<BTreeMap<String, mpsc::Sender<Ask>>>,
     /// Peers whose whole log this node has received since it started.
     caught_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
-impl std::fmt::Debug for Forward {
+impl std::fmt::Debug for Ask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the login secret.
-        f.debug_struct("Forward")
-            .field("username", &self.register.username)
-            .finish_non_exhaustive()
+        match self {
+            // Never the login secret.
+            Ask::Register(register, _) => f
+                .debug_struct("Register")
+                .field("username", &register.username)
+                .finish_non_exhaustive(),
+            Ask::Chunk(hash, _) => f.debug_tuple("Chunk").field(hash).finish(),
+        }
     }
 }
 
 impl Outbox {
-    fn link(&self, peer: &str) -> Option<mpsc::Sender<Forward>> {
+    fn link(&self, peer: &str) -> Option<mpsc::Sender<Ask>> {
         self.links.lock().expect("outbox lock").get(peer).cloned()
     }
 
@@ -229,7 +258,7 @@ pub(crate) async fn forward_register(
     };
     let link = server.outbox.link(owner).ok_or_else(down)?;
     let (reply, answer) = oneshot::channel();
-    link.send(Forward { register, reply })
+    link.send(Ask::Register(register, reply))
         .await
         .map_err(|_| down())?;
     match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
@@ -237,6 +266,49 @@ pub(crate) async fn forward_register(
         Ok(Ok(Err(body))) => Err(crate::error::Error::refused(body.code, body.message)),
         Ok(Err(_)) | Err(_) => Err(down()),
     }
+}
+
+/// A chunk this node lacks (a version written on a peer refers to it), from
+/// the first linked peer that has it: checked against its content address,
+/// stored durably, and recorded so that collection knows it. `None` when no
+/// peer could send it.
+pub(crate) async fn fetch_chunk(server: &Server, hash: Sha256) -> Option<Vec<u8>> {
+    for peer in server.outbox.linked() {
+        let Some(link) = server.outbox.link(&peer) else {
+            continue;
+        };
+        let (reply, answer) = oneshot::channel();
+        if link.send(Ask::Chunk(hash, reply)).await.is_err() {
+            continue;
+        }
+        let bytes = match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
+            Ok(Ok(Ok(bytes))) => bytes.to_vec(),
+            _ => continue,
+        };
+        if <sha2::Sha256 as sha2::Digest>::digest(&bytes)[..] != hash.0 {
+            warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
+            continue;
+        }
+        let chunks = server.chunks.clone();
+        let stored = {
+            let bytes = bytes.clone();
+            coffer_net::blocking(move || chunks.put(&hash.0, &bytes)).await
+        };
+        if let Err(e) = stored {
+            warn!(%hash, error = %e, "a chunk from a peer could not be stored");
+            return None;
+        }
+        let size = bytes.len() as u64;
+        if let Err(e) = server
+            .store
+            .write(crate::store::Change::ChunkFetched { hash, size })
+            .await
+        {
+            warn!(%hash, error = %e, "a chunk from a peer could not be recorded");
+        }
+        return Some(bytes);
+    }
+    None
 }
 
 /// Follows `peer`'s log until `shutdown`: connects, applies what it sends,
@@ -324,7 +396,7 @@ async fn follow_once<N: Net>(
     }
     info!(%peer, "following the peer's log");
     // Requests for the peer go out on this link while it is up.
-    let (outbox, mut forwards) = mpsc::channel::<Forward>(64);
+    let (outbox, mut forwards) = mpsc::channel::<Ask>(64);
     server
         .outbox
         .links
@@ -332,31 +404,43 @@ async fn follow_once<N: Net>(
         .expect("outbox lock")
         .insert(peer.to_owned(), outbox);
     let _registered = LinkUp(server.clone(), peer.to_owned());
-    let mut waiting: BTreeMap<u64, oneshot::Sender<Result<Registered, ErrorBody>>> =
-        BTreeMap::new();
+    let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let mut next_id = 2u64;
     loop {
         let frame = tokio::select! {
             frame = next(&mut conn) => frame?,
-            Some(forward) = forwards.recv() => {
+            Some(ask) = forwards.recv() => {
                 // Requests whose callers gave up are forgotten.
-                waiting.retain(|_, reply| !reply.is_closed());
+                waiting.retain(|_, waiter| !waiter.gone());
                 let id = next_id;
                 next_id += 1;
-                conn.send(&Frame::new(id, PeerMessage::Forward(forward.register))).await?;
-                waiting.insert(id, forward.reply);
+                let (msg, waiter) = match ask {
+                    Ask::Register(register, reply) => {
+                        (PeerMessage::Forward(register), Waiter::Register(reply))
+                    }
+                    Ask::Chunk(hash, reply) => {
+                        (PeerMessage::ChunkFetch(ChunkFetch { hash }), Waiter::Chunk(reply))
+                    }
+                };
+                conn.send(&Frame::new(id, msg)).await?;
+                waiting.insert(id, waiter);
                 continue;
             }
         };
         match frame.msg {
             PeerMessage::Forwarded(registered) => {
-                if let Some(reply) = waiting.remove(&frame.id) {
+                if let Some(Waiter::Register(reply)) = waiting.remove(&frame.id) {
                     let _ = reply.send(Ok(registered));
                 }
             }
+            PeerMessage::ChunkData(_) => {
+                if let Some(Waiter::Chunk(reply)) = waiting.remove(&frame.id) {
+                    let _ = reply.send(Ok(frame.body));
+                }
+            }
             PeerMessage::PeerError(e) if frame.id != 0 => {
-                if let Some(reply) = waiting.remove(&frame.id) {
-                    let _ = reply.send(Err(e));
+                if let Some(waiter) = waiting.remove(&frame.id) {
+                    waiter.fail(e);
                 }
             }
             PeerMessage::Records(Records { count, more }) => {
@@ -481,8 +565,9 @@ async fn serve_inner<S: Stream>(
     let mut sent = hello.cursors;
     let mut position = server.store.log_start(sent.clone()).await?;
     let mut committed = server.store.committed();
-    // Registrations the peer forwarded, being made here.
-    let mut forwarded: JoinSet<(u64, Result<Registered, ErrorBody>)> = JoinSet::new();
+    // Requests of the peer being answered here (registrations it forwarded,
+    // chunks it lacks): each ends as the frame to send back.
+    let mut forwarded: JoinSet<(u64, PeerMessage, Bytes)> = JoinSet::new();
     // The first round sends the follower's backlog, marked `more`, and ends
     // with an empty batch that is not: from then on it is caught up.
     let mut backlog = true;
@@ -528,20 +613,42 @@ async fn serve_inner<S: Stream>(
                 let frame = frame?.ok_or(LinkError::Closed)?;
                 heard = tokio::time::Instant::now();
                 match frame.msg {
-                    PeerMessage::Forward(_) if forwarded.len() >= MAX_FORWARDED => {
+                    PeerMessage::Forward(_) | PeerMessage::ChunkFetch(_)
+                        if forwarded.len() >= MAX_FORWARDED =>
+                    {
                         let body = ErrorBody::new(
                             ErrorCode::Unavailable,
-                            "too many registrations forwarded at once; try again",
+                            "too many requests from this peer at once; try again",
                         );
                         conn.send(&Frame::new(frame.id, PeerMessage::PeerError(body))).await?;
                     }
                     PeerMessage::Forward(register) => {
                         let server = server.clone();
                         forwarded.spawn(async move {
-                            let outcome = crate::handlers::register_owned(&server, register)
-                                .await
-                                .map_err(|e| e.to_body());
-                            (frame.id, outcome)
+                            let msg = match crate::handlers::register_owned(&server, register).await {
+                                Ok(registered) => PeerMessage::Forwarded(registered),
+                                Err(e) => PeerMessage::PeerError(e.to_body()),
+                            };
+                            (frame.id, msg, Bytes::new())
+                        });
+                    }
+                    PeerMessage::ChunkFetch(ChunkFetch { hash }) => {
+                        let chunks = server.chunks.clone();
+                        forwarded.spawn(async move {
+                            match coffer_net::blocking(move || chunks.get(&hash.0)).await {
+                                Ok(bytes) => (
+                                    frame.id,
+                                    PeerMessage::ChunkData(ChunkFetch { hash }),
+                                    Bytes::from(bytes),
+                                ),
+                                Err(e) => {
+                                    let body = ErrorBody::new(
+                                        ErrorCode::NotFound,
+                                        format!("no chunk {hash} here ({e:?})"),
+                                    );
+                                    (frame.id, PeerMessage::PeerError(body), Bytes::new())
+                                }
+                            }
                         });
                     }
                     PeerMessage::Ack(ack) => {
@@ -564,12 +671,8 @@ async fn serve_inner<S: Stream>(
                 }
             }
             Some(done) = forwarded.join_next(), if !forwarded.is_empty() => {
-                let (id, outcome) = done.map_err(|e| LinkError::Apply(e.to_string()))?;
-                let msg = match outcome {
-                    Ok(registered) => PeerMessage::Forwarded(registered),
-                    Err(body) => PeerMessage::PeerError(body),
-                };
-                conn.send(&Frame::new(id, msg)).await?;
+                let (id, msg, body) = done.map_err(|e| LinkError::Apply(e.to_string()))?;
+                conn.send(&Frame::with_body(id, msg, body)).await?;
             }
             _ = ping.tick() => {
                 if heard.elapsed() > PING_EVERY * 3 {

@@ -636,9 +636,14 @@ pub(super) async fn read_chunk(server: &Server, hash: Sha256) -> Answer {
     match blocking(move || chunks.get(&hash.0)).await {
         Ok(bytes) => Ok((Response::Chunk(ChunkInfo { hash }), Bytes::from(bytes))),
         Err(ReadError::Corrupt) => Err(checksum(format!("stored chunk {hash} is corrupt"))),
-        Err(ReadError::Missing) => Err(Error::Io(std::io::Error::other(format!(
-            "referenced chunk {hash} is missing"
-        )))),
+        // Written through a peer, which has it: fetched on first read.
+        Err(ReadError::Missing) => match crate::cluster::link::fetch_chunk(server, hash).await {
+            Some(bytes) => Ok((Response::Chunk(ChunkInfo { hash }), Bytes::from(bytes))),
+            None => Err(Error::refused(
+                ErrorCode::Unavailable,
+                format!("chunk {hash} is not here yet and no peer could send it"),
+            )),
+        },
         Err(ReadError::Io(e)) => Err(Error::Io(e)),
     }
 }

@@ -213,9 +213,20 @@ pub(crate) enum Change {
     /// Local housekeeping: expire uploads, find unreferenced chunks. Not logged:
     /// every node collects its own garbage.
     Collect,
+    /// A chunk fetched from a peer is stored here. Not logged: what a node
+    /// holds on disk is its own business.
+    ChunkFetched {
+        hash: Sha256,
+        size: u64,
+    },
 }
 
 impl Change {
+    /// Whether the change concerns this node alone, and is not logged.
+    fn is_local(&self) -> bool {
+        matches!(self, Change::Collect | Change::ChunkFetched { .. })
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Change::Register { .. } => "register",
@@ -246,6 +257,7 @@ impl Change {
             Change::FileShare { .. } => "file_share",
             Change::FileShareRevoke { .. } => "file_share_revoke",
             Change::Collect => "collect",
+            Change::ChunkFetched { .. } => "chunk_fetched",
         }
     }
 }
@@ -317,7 +329,7 @@ pub(crate) fn apply_batch(
         let mut effects = Effects::default();
         match apply(&sp, ctx, now, change, &mut effects) {
             Ok(applied) => {
-                if !matches!(change, Change::Collect) {
+                if !change.is_local() {
                     let stamp = Stamp {
                         hlc: clock.tick(now),
                         origin: ctx.origin.clone(),
@@ -1096,6 +1108,14 @@ fn apply(
             }
         }
         Change::Collect => collect(tx, ctx, now),
+        Change::ChunkFetched { hash, size } => {
+            exec(
+                tx,
+                "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
+                params![&hash.0[..], *size as i64, now as i64],
+            )?;
+            Ok(Applied::Done)
+        }
     }
 }
 

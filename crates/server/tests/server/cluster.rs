@@ -471,3 +471,36 @@ async fn a_node_is_ready_once_caught_up_and_ping_tells_how_each_peer_stands() {
     }
     panic!("node-1 never became ready");
 }
+
+#[tokio::test]
+async fn a_file_uploaded_through_one_node_downloads_through_another() {
+    use super::support::{Client, TestFile, content};
+
+    let cluster = Cluster::start(3).await;
+    let alice = Identity::new("alice");
+    register(&cluster, 0, &alice).await;
+    cluster.converged().await;
+    let mut on_first = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new("alice")).await;
+    let (folder, key) = on_first.folder("team").await;
+    // Three chunks of the smallest size, and a bit.
+    let bytes = content(3 * 65_536 + 100, 7);
+    on_first
+        .put(&TestFile::new(&folder.folder_id, "big.bin", &bytes, &key))
+        .await
+        .unwrap();
+    cluster.converged().await;
+    for node in [1, 2] {
+        let mut other = Client {
+            conn: cluster.client(node).await,
+            user: None,
+        };
+        other.login(Identity::new("alice")).await;
+        // The version is here; its chunks come from the node that has them.
+        let back = other.get(&folder.folder_id, "big.bin", &key).await.unwrap();
+        assert_eq!(back, bytes, "node {node}");
+    }
+}
