@@ -31,6 +31,7 @@
 //! login_window = "1m"
 //! # write_quorum = 2                      # nodes holding a write before it is acknowledged;
 //!                                         # absent: 2 with peers, else 1
+//! quorum_timeout = "5s"                   # then the write is answered `unavailable`
 //! # [peers]                               # the other nodes of a cluster, by node id; they need
 //! # node-2 = "10.0.0.2:8000"              # tls_cert/tls_key (a peer certificate naming node_id),
 //! # node-3 = "10.0.0.3:8000"              # ca and cluster_secret_file
@@ -126,6 +127,10 @@ pub struct Config {
     /// Nodes that must hold a write durably before it is acknowledged.
     /// Absent: 2 when there are peers, else 1.
     pub write_quorum: Option<usize>,
+    /// How long a write waits for its quorum before it is answered
+    /// `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub quorum_timeout: Duration,
 }
 
 impl Default for Config {
@@ -157,6 +162,7 @@ impl Default for Config {
             login_window: Duration::from_secs(60),
             peers: BTreeMap::new(),
             write_quorum: None,
+            quorum_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -269,6 +275,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("frame_timeout", self.frame_timeout),
             ("write_timeout", self.write_timeout),
+            ("quorum_timeout", self.quorum_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid(format!(

@@ -99,7 +99,7 @@ pub struct Server {
     /// `None` without peers.
     peer_tls: Option<tokio_rustls::TlsConnector>,
     /// What the peers following this node's log have acknowledged.
-    followers: cluster::link::Followers,
+    followers: Arc<cluster::link::Followers>,
     /// The links up to peers, for requests forwarded to them.
     outbox: cluster::link::Outbox,
     /// The change log was empty at start: a new node, or a wiped one.
@@ -179,6 +179,15 @@ impl Server {
             },
         )?;
         let started_empty = *store.committed().borrow() == 0;
+        let followers = Arc::new(cluster::link::Followers::default());
+        let mut store = store;
+        if membership.write_quorum() > 1 {
+            store.require_quorum(cluster::link::Quorum {
+                followers: followers.clone(),
+                needed: membership.write_quorum() - 1,
+                timeout: config.quorum_timeout,
+            });
+        }
         let dummy_hash = auth::unmatchable_hash(
             config.bcrypt_cost,
             rand::RngExt::random(&mut rng),
@@ -202,7 +211,7 @@ impl Server {
             dummy_hash,
             membership,
             peer_tls,
-            followers: cluster::link::Followers::default(),
+            followers,
             outbox: cluster::link::Outbox::default(),
             started_empty,
         })

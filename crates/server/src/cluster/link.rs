@@ -87,6 +87,51 @@ fn timeouts(server: &Server) -> Timeouts {
 pub(crate) struct Followers {
     /// Per peer: its cursors as it last acknowledged them, and when.
     acked: std::sync::Mutex<BTreeMap<String, Acked>>,
+    /// Bumped at every acknowledgement, for writes waiting on a quorum.
+    news: tokio::sync::watch::Sender<u64>,
+}
+
+/// What a write waits for before it is acknowledged in a cluster: `needed`
+/// peers holding its record durably, within `timeout`.
+#[derive(Debug, Clone)]
+pub(crate) struct Quorum {
+    pub(crate) followers: Arc<Followers>,
+    pub(crate) needed: usize,
+    pub(crate) timeout: Duration,
+}
+
+impl Quorum {
+    /// Waits until `needed` peers have acknowledged record `seq` of
+    /// `origin`; `unavailable` when they have not within the timeout (the
+    /// write stays here and still reaches them when they come back).
+    pub(crate) async fn wait(&self, origin: &str, seq: u64) -> crate::error::Result<()> {
+        let mut news = self.followers.news.subscribe();
+        let enough = || {
+            let acked = self.followers.acked.lock().expect("followers lock");
+            acked
+                .values()
+                .filter(|(applied, _)| applied.get(origin).is_some_and(|&s| s >= seq))
+                .count()
+                >= self.needed
+        };
+        let waited = tokio::time::timeout(self.timeout, async {
+            while !enough() {
+                if news.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if waited.is_ok() && enough() {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "written on this node, but fewer than {} other nodes hold it yet; \
+                 it reaches them once they are back (check before writing again)",
+                self.needed
+            )))
+        }
+    }
 }
 
 /// A follower's cursors (origin → newest record applied) and the time, in
@@ -99,6 +144,7 @@ impl Followers {
             .lock()
             .expect("followers lock")
             .insert(peer.to_owned(), (applied, now_ms));
+        self.news.send_modify(|n| *n += 1);
     }
 
     /// The newest record of `origin` that `peer` has acknowledged.

@@ -316,7 +316,7 @@ pub(crate) fn apply_batch(
     conn: &mut Connection,
     ctx: &WriterContext,
     changes: &[Change],
-) -> rusqlite::Result<(Vec<Result<Applied>>, Vec<StoredEvent>)> {
+) -> rusqlite::Result<(Vec<Result<(Applied, Option<u64>)>>, Vec<StoredEvent>)> {
     let mut tx = conn.transaction()?;
     let now = ctx.clock.now_ms();
     let mut clock = Clock::new(replica::last_hlc(&tx)?);
@@ -329,6 +329,7 @@ pub(crate) fn apply_batch(
         let mut effects = Effects::default();
         match apply(&sp, ctx, now, change, &mut effects) {
             Ok(applied) => {
+                let mut logged = None;
                 if !change.is_local() {
                     let stamp = Stamp {
                         hlc: clock.tick(now),
@@ -372,12 +373,13 @@ pub(crate) fn apply_batch(
                     }
                     sp.commit()?;
                     recorded.extend(events);
+                    logged = Some(own_seq);
                 } else {
                     // Housekeeping of this node alone: nothing to replicate.
                     replica::clear_touched(&sp)?;
                     sp.commit()?;
                 }
-                results.push(Ok(applied));
+                results.push(Ok((applied, logged)));
             }
             Err(Error::Db(e)) => return Err(e),
             Err(refused) => results.push(Err(refused)),

@@ -102,7 +102,7 @@ const EVENT_BUFFER: usize = 4096;
 enum Job {
     Local {
         change: Box<Change>,
-        reply: oneshot::Sender<Result<Applied>>,
+        reply: oneshot::Sender<Result<(Applied, Option<u64>)>>,
     },
     Remote {
         records: Vec<Record>,
@@ -115,6 +115,8 @@ pub(crate) struct Store {
     db_path: PathBuf,
     /// The origin of this node's records.
     origin: String,
+    /// Peers that must acknowledge a write before it is; `None` alone.
+    quorum: Option<crate::cluster::link::Quorum>,
     /// The position of the newest record in the log, as each commit leaves it.
     committed: watch::Receiver<u64>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -209,6 +211,7 @@ impl Store {
         Ok(Store {
             db_path,
             origin,
+            quorum: None,
             committed,
             readers: Arc::new(Mutex::new(Vec::new())),
             writer,
@@ -216,7 +219,9 @@ impl Store {
         })
     }
 
-    /// Applies one change and returns what it produced. Durable when this returns `Ok`.
+    /// Applies one change and returns what it produced. Durable when this
+    /// returns `Ok`: committed here, and in a cluster acknowledged by enough
+    /// peers to make the write quorum ([`Store::require_quorum`]).
     pub(crate) async fn write(&self, change: Change) -> Result<Applied> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -226,7 +231,17 @@ impl Store {
             })
             .await
             .map_err(|_| writer_stopped())?;
-        answer.await.map_err(|_| writer_stopped())?
+        let (applied, logged) = answer.await.map_err(|_| writer_stopped())??;
+        if let (Some(quorum), Some(seq)) = (&self.quorum, logged) {
+            quorum.wait(&self.origin, seq).await?;
+        }
+        Ok(applied)
+    }
+
+    /// From now on, a write is acknowledged only once `quorum.needed` peers
+    /// have acknowledged its record too.
+    pub(crate) fn require_quorum(&mut self, quorum: crate::cluster::link::Quorum) {
+        self.quorum = Some(quorum);
     }
 
     /// Applies records from a peer, in order, each at most once; durable when

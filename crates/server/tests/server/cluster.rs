@@ -75,6 +75,7 @@ impl Cluster {
                 ca: Some(ca_file(dir.path())),
                 cluster_secret_file: Some(dir.path().join("secret")),
                 admin: Some("root".into()),
+                quorum_timeout: Duration::from_secs(1),
                 peers: (0..n)
                     .filter(|&j| j != i)
                     .map(|j| (format!("node-{}", j + 1), addrs[j]))
@@ -503,4 +504,41 @@ async fn a_file_uploaded_through_one_node_downloads_through_another() {
         let back = other.get(&folder.folder_id, "big.bin", &key).await.unwrap();
         assert_eq!(back, bytes, "node {node}");
     }
+}
+
+#[tokio::test]
+async fn a_write_is_acknowledged_only_once_on_two_nodes() {
+    let mut cluster = Cluster::start(3).await;
+    let first = name_owned_by(&cluster, "node-1", "first");
+    register(&cluster, 0, &Identity::new(&first)).await;
+    cluster.converged().await;
+    // Alone, the first node still takes the write, but cannot say it is safe.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    let alone = Identity::new(&name_owned_by(&cluster, "node-1", "alone"));
+    let mut conn = cluster.client(0).await;
+    match conn.call(alone.register()).await {
+        Response::Error(e) => {
+            assert_eq!(e.code, coffer_proto::ErrorCode::Unavailable, "{e:?}");
+            assert!(e.message.contains("fewer than 1 other"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Once a peer is back, the write reaches it, and new ones are acknowledged.
+    cluster.nodes.push(Node::restart(second).await);
+    cluster.linked().await;
+    cluster.converged().await;
+    let mut conn = cluster.client(1).await;
+    assert!(matches!(
+        login(&mut conn, &alone).await,
+        Response::Session(_)
+    ));
+    register(
+        &cluster,
+        0,
+        &Identity::new(&name_owned_by(&cluster, "node-1", "back")),
+    )
+    .await;
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.converged().await;
 }
