@@ -310,13 +310,17 @@ impl Effects {
     }
 }
 
+/// What applying a change produced, and the number of its record in this
+/// node's log (`None` for a change that is not logged).
+pub(crate) type Logged = (Applied, Option<u64>);
+
 /// Applies a batch in one transaction. Each change's result is returned in
 /// order, with the events the batch recorded.
 pub(crate) fn apply_batch(
     conn: &mut Connection,
     ctx: &WriterContext,
     changes: &[Change],
-) -> rusqlite::Result<(Vec<Result<(Applied, Option<u64>)>>, Vec<StoredEvent>)> {
+) -> rusqlite::Result<(Vec<Result<Logged>>, Vec<StoredEvent>)> {
     let mut tx = conn.transaction()?;
     let now = ctx.clock.now_ms();
     let mut clock = Clock::new(replica::last_hlc(&tx)?);

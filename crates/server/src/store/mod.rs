@@ -102,7 +102,7 @@ const EVENT_BUFFER: usize = 4096;
 enum Job {
     Local {
         change: Box<Change>,
-        reply: oneshot::Sender<Result<(Applied, Option<u64>)>>,
+        reply: oneshot::Sender<Result<change::Logged>>,
     },
     Remote {
         records: Vec<Record>,
