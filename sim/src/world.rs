@@ -68,7 +68,7 @@ pub enum Sabotage {
 /// The shape of a run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Servers behind the balancer.
+    /// Servers behind the balancer; more than one make a replicated cluster.
     pub servers: usize,
     /// Simulated client devices.
     pub clients: usize,
@@ -84,9 +84,10 @@ pub struct Options {
     /// Whether faults are injected at all.
     pub faults: bool,
     /// The files workload (accounts, a shared folder, uploads, downloads,
-    /// moves, deletes, a stranger's probes) instead of pings. It needs one
-    /// shared state, so until servers replicate it runs against one server
-    /// behind the balancer ([`Options::service`]).
+    /// moves, deletes, a stranger's probes) instead of pings. It runs against
+    /// one server behind the balancer ([`Options::service`]): its ledger
+    /// expects one version per path and number, where a cluster keeps
+    /// concurrent edits as conflict copies.
     pub files: bool,
     /// A deliberately broken system.
     pub sabotage: Option<Sabotage>,
@@ -213,7 +214,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new() -> std::io::Result<Pki> {
+    fn new(servers: usize) -> std::io::Result<Pki> {
         let dir = scratch_dir()?;
         let now =
             time::OffsetDateTime::from_unix_timestamp(EPOCH_SECS as i64).expect("valid epoch");
@@ -223,6 +224,14 @@ impl Pki {
         ca.issue(Kind::Server, "localhost", &["localhost".into()], validity)
             .and_then(|issued| issued.write(dir.path(), "server", false))
             .map_err(std::io::Error::other)?;
+        // Each server of a cluster has its peer certificate, which names its
+        // node and serves clients (and health checks) as localhost too.
+        for n in (1..=servers).filter(|_| servers > 1) {
+            let node = format!("server-{n}");
+            ca.issue(Kind::Peer, &node, &["localhost".into()], validity)
+                .and_then(|issued| issued.write(dir.path(), &node, false))
+                .map_err(std::io::Error::other)?;
+        }
         // The servers share a cluster secret, as a deployment's do: tokens
         // and TLS session tickets from one are good on every other.
         std::fs::write(dir.path().join("secret"), [0x5e; 32])?;
@@ -234,17 +243,34 @@ impl Pki {
     }
 }
 
-fn server_config(pki: &Pki, n: usize) -> Config {
+/// Server `n` of `servers`: alone, with the server certificate; in a
+/// cluster, with its peer certificate and the others as peers.
+fn server_config(pki: &Pki, n: usize, servers: usize) -> Config {
+    let node = format!("server-{n}");
+    let (cert, key) = if servers > 1 {
+        (format!("{node}.pem"), format!("{node}.key"))
+    } else {
+        ("server.pem".to_owned(), "server.key".to_owned())
+    };
     Config {
         listen: SocketAddr::from(([0, 0, 0, 0], PORT)),
-        data: pki.path(&format!("server-{n}")),
-        node_id: format!("server-{n}"),
-        tls_cert: Some(pki.path("server.pem")),
-        tls_key: Some(pki.path("server.key")),
+        data: pki.path(&node),
+        tls_cert: Some(pki.path(&cert)),
+        tls_key: Some(pki.path(&key)),
         ca: Some(pki.path("ca.pem")),
         cluster_secret_file: Some(pki.path("secret")),
         bcrypt_cost: 4,
         keep_versions: KEEP_VERSIONS,
+        admin: (servers > 1).then(|| "admin".to_owned()),
+        peers: (1..=servers)
+            .filter(|&m| m != n)
+            .map(|m| {
+                let peer = format!("server-{m}");
+                let addr = SocketAddr::new(turmoil::lookup(peer.as_str()), PORT);
+                (peer, addr)
+            })
+            .collect(),
+        node_id: node,
         ..Config::default()
     }
 }
@@ -363,7 +389,7 @@ fn recovery_bound(config: &BalancerConfig, tick: Duration) -> Duration {
 
 /// Runs one simulation.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::Error>> {
-    let pki = Rc::new(Pki::new()?);
+    let pki = Rc::new(Pki::new(options.servers)?);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
@@ -386,12 +412,15 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         // Every start of a host draws from its own stream of the seed, so a
         // restarted server never reuses the ids it handed out before.
         let starts = Rc::new(std::cell::Cell::new(0u64));
+        let count = options.servers;
         sim.host(name.as_str(), move || {
-            let config = server_config(&pki, i + 1);
+            let pki = pki.clone();
             let clock = clock.clone();
             starts.set(starts.get() + 1);
             let server_seed = seed ^ ((i as u64 + 1) << 48) ^ (starts.get() << 32);
             async move {
+                // Built once running, when every host has a name to look up.
+                let config = server_config(&pki, i + 1, count);
                 let server = Arc::new(Server::with_seed(config.clone(), clock, server_seed)?);
                 let listener = TurmoilNet.bind(config.listen).await?;
                 server
@@ -539,8 +568,11 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             )
         });
         sim.client(name.as_str(), async move {
-            // Let servers and balancer bind first.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Let the servers start (and a cluster's nodes catch up with each
+            // other) and the balancer see them ready.
+            while !phases.started.get() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let ping = async || {
                 let client = Client::connect(&TurmoilNet, &endpoint).await?;
                 Ok(client.ping().await?.node_id)
@@ -609,6 +641,16 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         let t = sim.elapsed();
         let (balancer, balancer_started) =
             current.borrow().clone().expect("the balancer host started");
+        if !phases.started.get()
+            && (t >= WARMUP
+                || balancer.stats().iter().all(|b| {
+                    b.state == coffer_balancer::State::Up
+                        && b.check_micros > 0
+                        && b.last_error.is_none()
+                }))
+        {
+            phases.started.set(true);
+        }
         if phases.warming() && (phases.ready.get() == options.clients || t >= WARMUP) {
             let stats = balancer.stats();
             spread = Some(WarmupSpread {
@@ -708,6 +750,9 @@ const WARMUP: Duration = Duration::from_secs(3);
 /// bound: a run spends no simulated time waiting on nothing.
 #[derive(Debug, Default)]
 struct Phases {
+    /// Every server has answered the balancer's health check ready: a
+    /// cluster's nodes have linked up and caught up with each other.
+    started: std::cell::Cell<bool>,
     /// Clients that have set up.
     ready: std::cell::Cell<usize>,
     /// The warm-up has ended and the faults have begun.
