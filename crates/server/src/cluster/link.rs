@@ -319,7 +319,19 @@ pub(crate) async fn forward_register(
 /// stored durably, and recorded so that collection knows it. `None` when no
 /// peer could send it.
 pub(crate) async fn fetch_chunk(server: &Server, hash: Sha256) -> Option<Vec<u8>> {
+    fetch_chunk_except(server, hash, None).await
+}
+
+/// [`fetch_chunk`] from any linked peer but `except`.
+async fn fetch_chunk_except(
+    server: &Server,
+    hash: Sha256,
+    except: Option<&str>,
+) -> Option<Vec<u8>> {
     for peer in server.outbox.linked() {
+        if except == Some(peer.as_str()) {
+            continue;
+        }
         let Some(link) = server.outbox.link(&peer) else {
             continue;
         };
@@ -331,30 +343,35 @@ pub(crate) async fn fetch_chunk(server: &Server, hash: Sha256) -> Option<Vec<u8>
             Ok(Ok(Ok(bytes))) => bytes.to_vec(),
             _ => continue,
         };
-        if <sha2::Sha256 as sha2::Digest>::digest(&bytes)[..] != hash.0 {
-            warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
-            continue;
+        if keep_chunk(server, &peer, hash, &bytes).await {
+            return Some(bytes);
         }
-        let chunks = server.chunks.clone();
-        let stored = {
-            let bytes = bytes.clone();
-            coffer_net::blocking(move || chunks.put(&hash.0, &bytes)).await
-        };
-        if let Err(e) = stored {
-            warn!(%hash, error = %e, "a chunk from a peer could not be stored");
-            return None;
-        }
-        let size = bytes.len() as u64;
-        if let Err(e) = server
-            .store
-            .write(crate::store::Change::ChunkFetched { hash, size })
-            .await
-        {
-            warn!(%hash, error = %e, "a chunk from a peer could not be recorded");
-        }
-        return Some(bytes);
     }
     None
+}
+
+/// Stores a chunk `peer` sent, once checked against its content address,
+/// durably, and records it for collection. Whether it is now held.
+async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8]) -> bool {
+    if <sha2::Sha256 as sha2::Digest>::digest(bytes)[..] != hash.0 {
+        warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
+        return false;
+    }
+    let chunks = server.chunks.clone();
+    let owned = bytes.to_vec();
+    if let Err(e) = coffer_net::blocking(move || chunks.put(&hash.0, &owned)).await {
+        warn!(%hash, error = %e, "a chunk from a peer could not be stored");
+        return false;
+    }
+    let size = bytes.len() as u64;
+    if let Err(e) = server
+        .store
+        .write(crate::store::Change::ChunkFetched { hash, size })
+        .await
+    {
+        warn!(%hash, error = %e, "a chunk from a peer could not be recorded");
+    }
+    true
 }
 
 /// Follows `peer`'s log until `shutdown`: connects, applies what it sends,
@@ -452,8 +469,13 @@ async fn follow_once<N: Net>(
     let _registered = LinkUp(server.clone(), peer.to_owned());
     let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let mut next_id = 2u64;
+    // Frames that came while this loop waited for chunks, in order.
+    let mut parked: std::collections::VecDeque<Frame<PeerMessage>> = Default::default();
     loop {
-        let frame = tokio::select! {
+        let frame = if let Some(frame) = parked.pop_front() {
+            frame
+        } else {
+            tokio::select! {
             frame = next(&mut conn) => frame?,
             Some(ask) = forwards.recv() => {
                 // Requests whose callers gave up are forgotten.
@@ -471,6 +493,7 @@ async fn follow_once<N: Net>(
                 conn.send(&Frame::new(id, msg)).await?;
                 waiting.insert(id, waiter);
                 continue;
+            }
             }
         };
         match frame.msg {
@@ -500,6 +523,45 @@ async fn follow_once<N: Net>(
                 }
                 // Progress: the next failure starts its backoff afresh.
                 *wait = RETRY_FIRST;
+                // The chunks of what was taken, before saying it is held: an
+                // acknowledgement counts toward the writer's quorum.
+                for hash in done.chunks_needed {
+                    let hash = Sha256(hash);
+                    let id = next_id;
+                    next_id += 1;
+                    conn.send(&Frame::new(
+                        id,
+                        PeerMessage::ChunkFetch(ChunkFetch { hash }),
+                    ))
+                    .await?;
+                    let got = loop {
+                        let frame = next(&mut conn).await?;
+                        match frame.msg {
+                            PeerMessage::ChunkData(_) if frame.id == id => break Some(frame.body),
+                            PeerMessage::PeerError(_) if frame.id == id => break None,
+                            PeerMessage::PeerPing => {
+                                conn.send(&Frame::new(
+                                    frame.id,
+                                    PeerMessage::PeerPong(PeerPong {
+                                        node_id: me.clone(),
+                                        ready: true,
+                                    }),
+                                ))
+                                .await?;
+                            }
+                            _ => parked.push_back(frame),
+                        }
+                    };
+                    let kept = match got {
+                        Some(bytes) => keep_chunk(server, peer, hash, &bytes).await,
+                        None => false,
+                    };
+                    // The peer had it from elsewhere and lacks it itself: from
+                    // another peer, or on first read.
+                    if !kept && fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
+                        warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
+                    }
+                }
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
                 if !more && server.outbox.mark_caught_up(peer) {
                     info!(%peer, "caught up with the peer's log");

@@ -14,7 +14,7 @@
 //! replicated table has a unique constraint besides its key: two devices of
 //! one user named alike, made on two nodes at once, are both kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use coffer_proto::peer::Record;
 use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Hlc};
@@ -805,6 +805,9 @@ pub(crate) struct Replicated {
     pub(crate) events: Vec<super::StoredEvent>,
     /// Why the rest of the batch was not applied, if it was not.
     pub(crate) stopped: Option<Stopped>,
+    /// Chunks the versions taken now refer to that this node does not hold:
+    /// to fetch before acknowledging the batch.
+    pub(crate) chunks_needed: BTreeSet<[u8; 32]>,
 }
 
 /// Why applying peer records stopped before the end of a batch.
@@ -877,6 +880,7 @@ pub(crate) fn apply_records(
         clear_touched(&sp)?;
         let mut failed = None;
         let mut copies = Vec::new();
+        let mut referenced: Vec<[u8; 32]> = Vec::new();
         for row in &payload.rows {
             if row.table == VERSIONS.name {
                 let version = match &row.op {
@@ -887,6 +891,11 @@ pub(crate) fn apply_records(
                     failed = Some(refused("a version row of the wrong shape".into()));
                     break;
                 };
+                referenced.extend(
+                    chunks
+                        .chunks_exact(32)
+                        .map(|c| <[u8; 32]>::try_from(c).expect("32 bytes")),
+                );
                 match super::change::merge_version(&sp, ctx, entry, chunks) {
                     Ok(copy) => copies.extend(copy),
                     Err(crate::error::Error::Db(rusqlite::Error::SqliteFailure(e, _)))
@@ -974,6 +983,19 @@ pub(crate) fn apply_records(
         }
         if !copies.is_empty() {
             keep_copies(&sp, ctx, &mut clock, now_ms, copies, &mut out)?;
+        }
+        // What a version kept here refers to but this node lacks.
+        for hash in referenced {
+            let lacking: bool = one(
+                &sp,
+                "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM chunks WHERE hash = ?1)",
+                [&hash[..]],
+                |r| r.get(0),
+            )?;
+            if lacking {
+                out.chunks_needed.insert(hash);
+            }
         }
         sp.commit()?;
         out.applied += 1;

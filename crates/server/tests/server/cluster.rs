@@ -542,3 +542,39 @@ async fn a_write_is_acknowledged_only_once_on_two_nodes() {
     cluster.nodes.push(Node::restart(third).await);
     cluster.converged().await;
 }
+
+#[tokio::test]
+async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
+    use super::support::{Client, TestFile, content};
+
+    let mut cluster = Cluster::start(3).await;
+    // An account the first node does not own, so that it is not lost with it.
+    let name = name_owned_by(&cluster, "node-2", "user");
+    register(&cluster, 0, &Identity::new(&name)).await;
+    cluster.converged().await;
+    let mut on_first = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new(&name)).await;
+    let (folder, key) = on_first.folder("team").await;
+    let bytes = content(2 * 65_536 + 7, 9);
+    on_first
+        .put(&TestFile::new(&folder.folder_id, "kept.bin", &bytes, &key))
+        .await
+        .unwrap();
+    drop(on_first);
+    // Acknowledged: at least one other node holds the version and its chunks.
+    // The first node is then lost for good, data and all.
+    let first = cluster.nodes.remove(0).stop().await;
+    std::fs::remove_dir_all(&first.data).unwrap();
+    for node in 0..2 {
+        let mut other = Client {
+            conn: cluster.client(node).await,
+            user: None,
+        };
+        other.login(Identity::new(&name)).await;
+        let back = other.get(&folder.folder_id, "kept.bin", &key).await.unwrap();
+        assert_eq!(back, bytes, "node {}", node + 2);
+    }
+}
