@@ -13,33 +13,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-
-use support::{env_number, host, median};
-
-const MIB: usize = 1 << 20;
-
-/// Writes `len` bytes that do not compress or repeat (xorshift), a MiB at a time.
-fn write_file(path: &Path, len: usize) {
-    let mut out = std::io::BufWriter::with_capacity(MIB, std::fs::File::create(path).unwrap());
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut block = vec![0u8; MIB];
-    let mut left = len;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(MIB);
-        out.write_all(&block[..n]).unwrap();
-        left -= n;
-    }
-    out.flush().unwrap();
-    out.get_ref().sync_all().unwrap();
-}
+use support::{MIB, env_number, host, median, write_file};
 
 fn main() {
     let size_mib = env_number("BENCH_MIB", 1024);

@@ -306,7 +306,7 @@ async fn ping(cx: &Context) -> Result<()> {
     let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
     print(
         cx.json,
-        json!({"node_id": pong.node_id, "ready": pong.ready, "rtt_ms": rtt_ms}),
+        json!({"node_id": pong.node_id, "ready": pong.ready, "rtt_ms": rtt_ms, "peers": pong.peers}),
         || {
             let state = if pong.ready { "ready" } else { "not ready" };
             format!("{} {state} ({rtt_ms:.1} ms)", pong.node_id)

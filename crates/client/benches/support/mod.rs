@@ -88,6 +88,29 @@ pub(crate) fn host() -> String {
     )
 }
 
+pub(crate) const MIB: usize = 1 << 20;
+
+/// Writes `len` bytes that do not compress or repeat (xorshift), a MiB at a time.
+pub(crate) fn write_file(path: &Path, len: usize) {
+    let mut out = std::io::BufWriter::with_capacity(MIB, std::fs::File::create(path).unwrap());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; MIB];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(MIB);
+        out.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    out.flush().unwrap();
+    out.get_ref().sync_all().unwrap();
+}
+
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -146,5 +169,95 @@ impl Drop for Local {
     fn drop(&mut self) {
         self.shutdown.cancel();
         drop(self.runtime.take());
+    }
+}
+
+/// Servers in this process that make one replicated cluster (peer
+/// certificates from one CA, the default write quorum of two), stopped when
+/// dropped.
+pub(crate) struct LocalCluster {
+    pub(crate) addrs: Vec<String>,
+    pub(crate) ca: PathBuf,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl LocalCluster {
+    /// Starts `nodes` servers with their data under `dir`, and waits until
+    /// every one has caught up with the others.
+    pub(crate) fn start(dir: &Path, nodes: usize) -> LocalCluster {
+        use coffer_certs::{Ca, Kind, Validity};
+        use coffer_net::{Listener as _, Net as _, TokioNet};
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let shutdown = CancellationToken::new();
+        std::fs::create_dir_all(dir).unwrap();
+        let validity = Validity::days_from(time::OffsetDateTime::now_utc(), 2);
+        let ca = Ca::generate("bench CA", validity).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(dir.join("secret"), [7u8; 32]).unwrap();
+        let addrs = runtime.block_on(async {
+            let mut listeners = Vec::new();
+            for _ in 0..nodes {
+                let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                listeners.push(TokioNet.bind(any).await.unwrap());
+            }
+            let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+            let mut servers = Vec::new();
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let id = format!("node-{}", i + 1);
+                let sans = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+                let issued = ca.issue(Kind::Peer, &id, &sans, validity).unwrap();
+                let (cert, key) = issued.write(dir, &id, false).unwrap();
+                let config = Config {
+                    listen: addrs[i],
+                    data: dir.join(&id),
+                    peers: (0..nodes)
+                        .filter(|&j| j != i)
+                        .map(|j| (format!("node-{}", j + 1), addrs[j]))
+                        .collect(),
+                    node_id: id,
+                    tls_cert: Some(cert),
+                    tls_key: Some(key),
+                    ca: Some(ca_file.clone()),
+                    cluster_secret_file: Some(dir.join("secret")),
+                    admin: Some("admin".into()),
+                    bcrypt_cost: 4,
+                    ..Config::default()
+                };
+                let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
+                tokio::spawn(server.clone().run(TokioNet, listener, shutdown.clone()));
+                servers.push(server);
+            }
+            while !servers.iter().all(|s| s.ready()) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            addrs
+        });
+        LocalCluster {
+            addrs: addrs.iter().map(ToString::to_string).collect(),
+            ca: ca_file,
+            shutdown,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The binary with the device `home`, talking to node `node` (0-based).
+    pub(crate) fn coffer<'a>(&'a self, node: usize, home: &'a Path) -> Coffer<'a> {
+        Coffer {
+            addr: self.addrs[node].clone(),
+            ca: &self.ca,
+            home,
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
     }
 }

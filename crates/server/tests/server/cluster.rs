@@ -574,7 +574,10 @@ async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
             user: None,
         };
         other.login(Identity::new(&name)).await;
-        let back = other.get(&folder.folder_id, "kept.bin", &key).await.unwrap();
+        let back = other
+            .get(&folder.folder_id, "kept.bin", &key)
+            .await
+            .unwrap();
         assert_eq!(back, bytes, "node {}", node + 2);
     }
 }

@@ -1,0 +1,109 @@
+//! `coffer put` of a large file into a replicated cluster of three nodes
+//! (write quorum two) against the same into a single node, and how long the
+//! cluster takes, after each acknowledged put, until every node holds it.
+//!
+//! `cargo bench -p coffer-client --bench cluster`. `BENCH_MIB` sets the file
+//! size (default 256), `BENCH_RUNS` the runs of each (default 3). The client
+//! talks to the first node directly; a balancer in front would add the same
+//! cost to both. Figures are MB/s (10^6 bytes per second).
+
+#![allow(clippy::print_stdout)] // a bench reports on stdout
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{Coffer, LocalCluster, MIB, env_number, host, median, write_file};
+
+/// Registers, makes a folder, then puts `file` `runs` times: MB/s of each.
+fn puts(
+    coffer: &Coffer<'_>,
+    file: &Path,
+    bytes: f64,
+    runs: usize,
+    mut after: impl FnMut(),
+) -> Vec<f64> {
+    coffer.run(
+        &[
+            "register",
+            "bench",
+            "--device",
+            "bench",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--password-stdin",
+        ],
+        Some("bench password\n"),
+    );
+    coffer.run(&["folder", "create", "bench"], None);
+    (0..runs)
+        .map(|run| {
+            let target = format!("bench:large-{run}.bin");
+            let (_, seconds) = coffer.run(&["put", file.to_str().unwrap(), &target], None);
+            after();
+            bytes / seconds / 1e6
+        })
+        .collect()
+}
+
+/// Whether every peer of the node `coffer` talks to has acknowledged all it
+/// holds (what `ping --json` reports under `peers`).
+fn caught_up(coffer: &Coffer<'_>) -> bool {
+    let (pong, _) = coffer.run(&["ping"], None);
+    pong["peers"]
+        .as_object()
+        .is_some_and(|peers| peers.values().all(|p| p["behind_records"] == 0))
+}
+
+fn main() {
+    let size_mib = env_number("BENCH_MIB", 256);
+    let runs = env_number("BENCH_RUNS", 3).max(1);
+    let dir = support::scratch();
+    let file = dir.path().join("large.bin");
+    write_file(&file, size_mib * MIB);
+    let bytes = (size_mib * MIB) as f64;
+    println!(
+        "{size_mib} MiB file, {runs} runs, one coffer process per put, on {}",
+        host()
+    );
+
+    let single = support::Local::start(&dir.path().join("single"));
+    let home = dir.path().join("home-single");
+    let alone = puts(&single.coffer(&home), &file, bytes, runs, || {});
+    drop(single);
+
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), 3);
+    let home = dir.path().join("home-cluster");
+    let coffer = cluster.coffer(0, &home);
+    let mut lags = Vec::new();
+    let replicated = puts(&coffer, &file, bytes, runs, || {
+        let acked = Instant::now();
+        while !caught_up(&coffer) {
+            assert!(
+                acked.elapsed() < Duration::from_secs(120),
+                "the cluster never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+    });
+    drop(cluster);
+
+    for run in 0..runs {
+        println!(
+            "run {run}: single node {:.0} MB/s, 3 nodes (quorum 2) {:.0} MB/s, all 3 hold it {:.0} ms after the put",
+            alone[run], replicated[run], lags[run]
+        );
+    }
+    let (alone, replicated) = (median(alone), median(replicated));
+    println!("single node: {alone:.0} MB/s (median of {runs})");
+    println!(
+        "3 nodes, write quorum 2: {replicated:.0} MB/s (median of {runs}), {:.2}x the single node",
+        replicated / alone
+    );
+    println!(
+        "replication lag after an acknowledged put: {:.0} ms (median; time until every node has acknowledged every record and chunk)",
+        median(lags)
+    );
+}
