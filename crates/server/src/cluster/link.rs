@@ -45,6 +45,8 @@ const BATCH_BYTES: usize = 1 << 20;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Most registrations a follower may have this node make at once.
 const MAX_FORWARDED: usize = 16;
+/// Chunks a follower asks of a peer at once.
+const FETCH_WINDOW: usize = 8;
 /// Longest wait for a peer to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between attempts to reach a peer, doubling up to the maximum.
@@ -525,40 +527,59 @@ async fn follow_once<N: Net>(
                 *wait = RETRY_FIRST;
                 // The chunks of what was taken, before saying it is held: an
                 // acknowledgement counts toward the writer's quorum.
-                for hash in done.chunks_needed {
-                    let hash = Sha256(hash);
-                    let id = next_id;
-                    next_id += 1;
-                    conn.send(&Frame::new(
-                        id,
-                        PeerMessage::ChunkFetch(ChunkFetch { hash }),
-                    ))
-                    .await?;
-                    let got = loop {
-                        let frame = next(&mut conn).await?;
-                        match frame.msg {
-                            PeerMessage::ChunkData(_) if frame.id == id => break Some(frame.body),
-                            PeerMessage::PeerError(_) if frame.id == id => break None,
-                            PeerMessage::PeerPing => {
-                                conn.send(&Frame::new(
-                                    frame.id,
-                                    PeerMessage::PeerPong(PeerPong {
-                                        node_id: me.clone(),
-                                        ready: true,
-                                    }),
-                                ))
-                                .await?;
-                            }
-                            _ => parked.push_back(frame),
+                // Several asked at once, each stored as it comes.
+                let mut queue: std::collections::VecDeque<Sha256> =
+                    done.chunks_needed.into_iter().map(Sha256).collect();
+                let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
+                let mut storing: JoinSet<(Sha256, bool)> = JoinSet::new();
+                let mut lacking = Vec::new();
+                loop {
+                    while asked.len() < FETCH_WINDOW
+                        && let Some(hash) = queue.pop_front()
+                    {
+                        let id = next_id;
+                        next_id += 1;
+                        let ask = PeerMessage::ChunkFetch(ChunkFetch { hash });
+                        conn.send(&Frame::new(id, ask)).await?;
+                        asked.insert(id, hash);
+                    }
+                    if asked.is_empty() {
+                        break;
+                    }
+                    let frame = next(&mut conn).await?;
+                    match frame.msg {
+                        PeerMessage::ChunkData(_) if asked.contains_key(&frame.id) => {
+                            let hash = asked.remove(&frame.id).expect("asked");
+                            let (server, peer) = (server.clone(), peer.to_owned());
+                            let bytes = frame.body;
+                            storing.spawn(async move {
+                                (hash, keep_chunk(&server, &peer, hash, &bytes).await)
+                            });
                         }
-                    };
-                    let kept = match got {
-                        Some(bytes) => keep_chunk(server, peer, hash, &bytes).await,
-                        None => false,
-                    };
-                    // The peer had it from elsewhere and lacks it itself: from
-                    // another peer, or on first read.
-                    if !kept && fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
+                        PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
+                            lacking.push(asked.remove(&frame.id).expect("asked"));
+                        }
+                        PeerMessage::PeerPing => {
+                            let pong = PeerMessage::PeerPong(PeerPong {
+                                node_id: me.clone(),
+                                ready: true,
+                            });
+                            conn.send(&Frame::new(frame.id, pong)).await?;
+                        }
+                        msg => parked.push_back(Frame { msg, ..frame }),
+                    }
+                }
+                while let Some(stored) = storing.join_next().await {
+                    match stored {
+                        Ok((_, true)) => {}
+                        Ok((hash, false)) => lacking.push(hash),
+                        Err(e) => return Err(LinkError::Apply(e.to_string())),
+                    }
+                }
+                // The peer had it from elsewhere and lacks it itself: from
+                // another peer, or on first read.
+                for hash in lacking {
+                    if fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
                         warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
                     }
                 }
