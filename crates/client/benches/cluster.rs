@@ -24,19 +24,7 @@ fn puts(
     runs: usize,
     mut after: impl FnMut(),
 ) -> Vec<f64> {
-    coffer.run(
-        &[
-            "register",
-            "bench",
-            "--device",
-            "bench",
-            "--mac",
-            "02:00:00:00:00:01",
-            "--password-stdin",
-        ],
-        Some("bench password\n"),
-    );
-    coffer.run(&["folder", "create", "bench"], None);
+    coffer.sign_up_with_folder();
     (0..runs)
         .map(|run| {
             let target = format!("bench:large-{run}.bin");

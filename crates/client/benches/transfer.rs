@@ -22,19 +22,7 @@ fn main() {
     let server = support::Local::start(dir.path());
     let home = dir.path().join("home");
     let coffer = server.coffer(&home);
-    coffer.run(
-        &[
-            "register",
-            "bench",
-            "--device",
-            "bench",
-            "--mac",
-            "02:00:00:00:00:01",
-            "--password-stdin",
-        ],
-        Some("bench password\n"),
-    );
-    coffer.run(&["folder", "create", "bench"], None);
+    coffer.sign_up_with_folder();
 
     let local = dir.path().join("large.bin");
     write_file(&local, size_mib * MIB);

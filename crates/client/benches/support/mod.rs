@@ -47,6 +47,24 @@ impl Coffer<'_> {
         command
     }
 
+    /// Registers the account "bench" on this device and makes its folder
+    /// "bench".
+    pub(crate) fn sign_up_with_folder(&self) {
+        self.run(
+            &[
+                "register",
+                "bench",
+                "--device",
+                "bench",
+                "--mac",
+                "02:00:00:00:00:01",
+                "--password-stdin",
+            ],
+            Some("bench password\n"),
+        );
+        self.run(&["folder", "create", "bench"], None);
+    }
+
     /// Runs `coffer --json ARGS`; its answer and how long it took.
     pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> (Value, f64) {
         let started = Instant::now();

@@ -356,25 +356,7 @@ pub(crate) fn apply_batch(
                         ],
                     )?;
                     let seq = sp.last_insert_rowid();
-                    let mut events = Vec::with_capacity(effects.events.len());
-                    for (folder_id, username, event) in effects.events {
-                        exec(
-                            &sp,
-                            "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
-                            params![
-                                seq,
-                                folder_id,
-                                username,
-                                serde_json::to_string(&event).expect("events serialize")
-                            ],
-                        )?;
-                        events.push(StoredEvent {
-                            id: sp.last_insert_rowid(),
-                            folder_id,
-                            username,
-                            event,
-                        });
-                    }
+                    let events = replica::record_events(&sp, seq, effects.events)?;
                     sp.commit()?;
                     recorded.extend(events);
                     logged = Some(own_seq);

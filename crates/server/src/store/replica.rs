@@ -963,24 +963,11 @@ pub(crate) fn apply_records(
             ],
         )?;
         let seq = sp.last_insert_rowid();
-        for e in payload.events {
-            exec(
-                &sp,
-                "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    seq,
-                    e.folder_id,
-                    e.username,
-                    serde_json::to_string(&e.event).expect("events serialize")
-                ],
-            )?;
-            out.events.push(super::StoredEvent {
-                id: sp.last_insert_rowid(),
-                folder_id: e.folder_id,
-                username: e.username,
-                event: e.event,
-            });
-        }
+        let told = payload
+            .events
+            .into_iter()
+            .map(|e| (e.folder_id, e.username, e.event));
+        out.events.extend(record_events(&sp, seq, told)?);
         if !copies.is_empty() {
             keep_copies(&sp, ctx, &mut clock, now_ms, copies, &mut out)?;
         }
@@ -1003,6 +990,35 @@ pub(crate) fn apply_records(
     clear_touched(&tx)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Records `events` as told by log position `seq`, for subscribers to read
+/// back; what was recorded, with the ids that are their cursors.
+pub(crate) fn record_events(
+    conn: &Connection,
+    seq: i64,
+    events: impl IntoIterator<Item = super::change::Told>,
+) -> rusqlite::Result<Vec<super::StoredEvent>> {
+    let mut recorded = Vec::new();
+    for (folder_id, username, event) in events {
+        exec(
+            conn,
+            "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                seq,
+                folder_id,
+                username,
+                serde_json::to_string(&event).expect("events serialize")
+            ],
+        )?;
+        recorded.push(super::StoredEvent {
+            id: conn.last_insert_rowid(),
+            folder_id,
+            username,
+            event,
+        });
+    }
+    Ok(recorded)
 }
 
 /// Keeps the losers of concurrent versions as conflict copies, in a record of
@@ -1051,24 +1067,7 @@ fn keep_copies(
         ],
     )?;
     let seq = conn.last_insert_rowid();
-    for (folder_id, username, event) in events {
-        exec(
-            conn,
-            "INSERT INTO events (seq, folder_id, username, body) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                seq,
-                folder_id,
-                username,
-                serde_json::to_string(&event).expect("events serialize")
-            ],
-        )?;
-        out.events.push(super::StoredEvent {
-            id: conn.last_insert_rowid(),
-            folder_id,
-            username,
-            event,
-        });
-    }
+    out.events.extend(record_events(conn, seq, events)?);
     Ok(())
 }
 
@@ -1528,6 +1527,15 @@ mod tests {
         }
     }
 
+    /// A folder's members as `user:status`.
+    async fn members(node: &Store) -> Vec<String> {
+        column(
+            node,
+            "SELECT username || ':' || status FROM members ORDER BY 1",
+        )
+        .await
+    }
+
     /// Asserts that every node holds the same replicated state.
     async fn same(nodes: &[&Store]) {
         let first = nodes[0].digest().await.unwrap();
@@ -1577,14 +1585,7 @@ mod tests {
         ship(&a, &c).await;
         ship(&b, &a).await;
         for node in [&a, &b, &c] {
-            assert_eq!(
-                column(
-                    node,
-                    "SELECT username || ':' || status FROM members ORDER BY 1"
-                )
-                .await,
-                ["alice:active", "bob:invited"]
-            );
+            assert_eq!(members(node).await, ["alice:active", "bob:invited"]);
         }
         same(&[&a, &b, &c]).await;
     }
@@ -1651,14 +1652,7 @@ mod tests {
         ship(&a, &c).await;
         for node in [&a, &b, &c] {
             // The acceptance was of an invitation that no longer exists.
-            assert_eq!(
-                column(
-                    node,
-                    "SELECT username || ':' || status FROM members ORDER BY 1"
-                )
-                .await,
-                ["alice:active", "bob:invited"]
-            );
+            assert_eq!(members(node).await, ["alice:active", "bob:invited"]);
         }
         same(&[&a, &b, &c]).await;
     }
