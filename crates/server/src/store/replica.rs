@@ -1527,6 +1527,13 @@ mod tests {
         }
     }
 
+    /// alice and bob registered, and alice's folder f1.
+    async fn alice_bob_and_f1(node: &Store) {
+        write(node, register("alice")).await;
+        write(node, register("bob")).await;
+        write(node, folder("f1")).await;
+    }
+
     /// A folder's members as `user:status`.
     async fn members(node: &Store) -> Vec<String> {
         column(
@@ -1568,9 +1575,7 @@ mod tests {
     async fn an_old_delete_arriving_late_does_not_undo_a_newer_write() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = three(dir.path());
-        write(&a, register("alice")).await;
-        write(&a, register("bob")).await;
-        write(&a, folder("f1")).await;
+        alice_bob_and_f1(&a).await;
         write(&a, share("f1", "bob", 1)).await;
         let shared = ship(&a, &c).await;
         assert_eq!(shared.applied, 4);
@@ -1594,9 +1599,7 @@ mod tests {
     async fn an_old_write_arriving_after_a_newer_delete_stays_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = three(dir.path());
-        write(&a, register("alice")).await;
-        write(&a, register("bob")).await;
-        write(&a, folder("f1")).await;
+        alice_bob_and_f1(&a).await;
         ship(&a, &b).await;
         // b invites bob; a hears of it and removes him.
         write(&b, share("f1", "bob", 1)).await;
@@ -1621,9 +1624,7 @@ mod tests {
     async fn an_update_dies_with_the_incarnation_of_the_row_it_updated() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = three(dir.path());
-        write(&a, register("alice")).await;
-        write(&a, register("bob")).await;
-        write(&a, folder("f1")).await;
+        alice_bob_and_f1(&a).await;
         write(&a, share("f1", "bob", 1)).await;
         ship(&a, &b).await;
         ship(&a, &c).await;
