@@ -110,6 +110,9 @@ pub(crate) async fn register_owned(
         ));
     }
     check_keys(&r.public_key, &r.wrapped_private_key, &r.kdf)?;
+    if let Some(registered) = registered_before(server, &username, &r).await? {
+        return Ok(registered);
+    }
     let mut salt = [0u8; 16];
     server.random(&mut salt);
     let cost = server.config.bcrypt_cost;
@@ -127,6 +130,40 @@ pub(crate) async fn register_owned(
         Applied::Registered(registered) => Ok(registered),
         other => Err(unexpected(other)),
     }
+}
+
+/// The account, if this very registration was already made: the same keys,
+/// the same KDF and a login secret its stored hash accepts. A client that
+/// retries after `unavailable` (the write stayed, but too few nodes held it
+/// in time) is answered as the first time rather than told the name is
+/// taken. Only its own registrant can repeat it: the wrapped private key
+/// never leaves its owner's sessions.
+async fn registered_before(
+    server: &Server,
+    username: &str,
+    r: &Register,
+) -> Result<Option<coffer_proto::response::Registered>> {
+    let name = username.to_owned();
+    let Some(user) = server
+        .store
+        .read(move |conn| query::user(conn, &name))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let same_keys = user.public_key == r.public_key.0
+        && user.wrapped_private_key == r.wrapped_private_key.0
+        && serde_json::to_string(&r.kdf).is_ok_and(|kdf| kdf == user.kdf);
+    if !same_keys {
+        return Ok(None);
+    }
+    let secret = r.login_secret;
+    let hash = user.login_hash;
+    let matches = blocking(move || auth::check_login(&secret, &hash)).await;
+    Ok(matches.then_some(coffer_proto::response::Registered {
+        username: user.username,
+        role: user.role,
+    }))
 }
 
 /// Opens a session for `username` and binds it to the connection.

@@ -37,6 +37,14 @@ async fn register_login_whoami_and_the_first_user_is_admin() {
     };
     assert_eq!(me.role, UserRole::User);
 
+    // The same registration again (a client retrying) is answered as the
+    // first was; another with the name is refused.
+    let mut again = s.client().await;
+    let answer = again.conn.call(Identity::new("Alice").register()).await;
+    assert!(
+        matches!(&answer, Response::Registered(r) if r.username == "alice" && r.role == UserRole::Admin),
+        "{answer:?}"
+    );
     // Usernames are case-insensitive: "ALICE" is taken.
     let mut c = s.client().await;
     let e = error(c.conn.call(Identity::new("ALICE").register()).await);
