@@ -158,6 +158,12 @@ pub struct Version<C> {
 }
 
 impl<C: Ord> Version<C> {
+    /// Whether this version, concurrent with `other`, is the one every node
+    /// shows under the path (see [`Version::rank`]).
+    pub fn outranks(&self, other: &Version<C>) -> bool {
+        self.rank(other) == Ordering::Greater
+    }
+
     /// Which of two concurrent versions is shown under the path: a live
     /// version before a tombstone (a delete racing a modification keeps the
     /// modification), then the later write. `Greater` means `self` wins.

@@ -1391,11 +1391,23 @@ fn put_version(
     Ok(())
 }
 
-/// Where two versions written at once stand: a live one before a tombstone
-/// (a delete racing a modification keeps the modification), then the later
-/// commit, then the vector — a total order every node computes alike.
-fn rank(v: &FileEntry) -> (bool, u64, std::collections::BTreeMap<String, u64>) {
-    (!v.deleted, v.modified_ms, v.vv.clone().into())
+/// A stored version as the merge rules see it ([`crate::cluster::Version`]):
+/// its vector, its commit time as its stamp (a version row keeps no other),
+/// whether it is a tombstone. The rules then rank two versions written at
+/// once alike on every node.
+fn as_version(v: &FileEntry) -> crate::cluster::Version<()> {
+    crate::cluster::Version {
+        vv: v.vv.clone(),
+        stamp: crate::cluster::Stamp {
+            hlc: coffer_proto::types::Hlc {
+                wall_ms: v.modified_ms,
+                logical: 0,
+            },
+            origin: String::new(),
+        },
+        deleted: v.deleted,
+        content: (),
+    }
 }
 
 /// The chunk list of the version `entry` names, as stored.
@@ -1456,7 +1468,7 @@ pub(super) fn merge_version(
             put_version(tx, ctx, &remote, &chunks)?;
             return Ok(None);
         }
-        Causality::Concurrent if rank(&remote) > rank(&current) => {
+        Causality::Concurrent if as_version(&remote).outranks(&as_version(&current)) => {
             let held = version_chunks(tx, &current)?;
             remove_version(tx, &current.folder_id, &current.path, current.version)?;
             remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;

@@ -1775,8 +1775,11 @@ mod tests {
             listed[1].starts_with("docs/a.conflict-dev3-") && listed[1].ends_with(".txt=03030303"),
             "{listed:?}"
         );
-        // A delete racing an edit: the edit stays, and the tombstone needs no copy.
+        // A delete racing an edit, and the later of the two: the edit stays,
+        // and the tombstone needs no copy.
         let v3 = vv_of(&a, "docs/a.txt").await;
+        write(&b, put("docs/a.txt", 5, Some(&v3))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         write(
             &a,
             Change::Delete {
@@ -1788,7 +1791,6 @@ mod tests {
             },
         )
         .await;
-        write(&b, put("docs/a.txt", 5, Some(&v3))).await;
         ship(&a, &b).await;
         ship(&b, &a).await;
         ship(&a, &c).await;
