@@ -438,12 +438,11 @@ async fn follow_once<N: Net>(
         )));
     }
     let mut conn = Connection::new(tls, Limits::default(), timeouts(server));
-    let me = server.config.node_id.clone();
     conn.send(&Frame::new(
         1,
         PeerMessage::PeerHello(PeerHello {
             protocol: PROTOCOL_VERSION,
-            node_id: me.clone(),
+            node_id: server.config.node_id.clone(),
             cursors: server.store.cursors().await?,
         }),
     ))
@@ -527,62 +526,15 @@ async fn follow_once<N: Net>(
                 *wait = RETRY_FIRST;
                 // The chunks of what was taken, before saying it is held: an
                 // acknowledgement counts toward the writer's quorum.
-                // Several asked at once, each stored as it comes.
-                let mut queue: std::collections::VecDeque<Sha256> =
-                    done.chunks_needed.into_iter().map(Sha256).collect();
-                let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
-                let mut storing: JoinSet<(Sha256, bool)> = JoinSet::new();
-                let mut lacking = Vec::new();
-                loop {
-                    while asked.len() < FETCH_WINDOW
-                        && let Some(hash) = queue.pop_front()
-                    {
-                        let id = next_id;
-                        next_id += 1;
-                        let ask = PeerMessage::ChunkFetch(ChunkFetch { hash });
-                        conn.send(&Frame::new(id, ask)).await?;
-                        asked.insert(id, hash);
-                    }
-                    if asked.is_empty() {
-                        break;
-                    }
-                    let frame = next(&mut conn).await?;
-                    match frame.msg {
-                        PeerMessage::ChunkData(_) if asked.contains_key(&frame.id) => {
-                            let hash = asked.remove(&frame.id).expect("asked");
-                            let (server, peer) = (server.clone(), peer.to_owned());
-                            let bytes = frame.body;
-                            storing.spawn(async move {
-                                (hash, keep_chunk(&server, &peer, hash, &bytes).await)
-                            });
-                        }
-                        PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
-                            lacking.push(asked.remove(&frame.id).expect("asked"));
-                        }
-                        PeerMessage::PeerPing => {
-                            let pong = PeerMessage::PeerPong(PeerPong {
-                                node_id: me.clone(),
-                                ready: true,
-                            });
-                            conn.send(&Frame::new(frame.id, pong)).await?;
-                        }
-                        msg => parked.push_back(Frame { msg, ..frame }),
-                    }
-                }
-                while let Some(stored) = storing.join_next().await {
-                    match stored {
-                        Ok((_, true)) => {}
-                        Ok((hash, false)) => lacking.push(hash),
-                        Err(e) => return Err(LinkError::Apply(e.to_string())),
-                    }
-                }
-                // The peer had it from elsewhere and lacks it itself: from
-                // another peer, or on first read.
-                for hash in lacking {
-                    if fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
-                        warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
-                    }
-                }
+                fetch_needed(
+                    server,
+                    &mut conn,
+                    peer,
+                    done.chunks_needed,
+                    &mut next_id,
+                    &mut parked,
+                )
+                .await?;
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
                 if !more && server.outbox.mark_caught_up(peer) {
                     info!(%peer, "caught up with the peer's log");
@@ -595,20 +547,80 @@ async fn follow_once<N: Net>(
                 ))
                 .await?;
             }
-            PeerMessage::PeerPing => {
-                conn.send(&Frame::new(
-                    frame.id,
-                    PeerMessage::PeerPong(PeerPong {
-                        node_id: me.clone(),
-                        ready: true,
-                    }),
-                ))
-                .await?;
-            }
+            PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
             PeerMessage::PeerError(e) => return Err(LinkError::Refused(e.message)),
             other => return Err(LinkError::Unexpected(kind(&other))),
         }
     }
+}
+
+/// The answer to a peer's ping: this node, and whether it is ready.
+fn pong(server: &Server) -> PeerMessage {
+    PeerMessage::PeerPong(PeerPong {
+        node_id: server.config.node_id.clone(),
+        ready: server.ready(),
+    })
+}
+
+/// Fetches `needed` chunks from `peer`, the node this link follows, several
+/// at once, each stored as it comes; frames that arrive meanwhile are parked
+/// for the link's loop. A chunk the peer lacks (it relayed the version before
+/// fetching it) is asked of the other peers; failing that, it is fetched on
+/// first read.
+async fn fetch_needed<S: Stream>(
+    server: &Arc<Server>,
+    conn: &mut Connection<S>,
+    peer: &str,
+    needed: std::collections::BTreeSet<[u8; 32]>,
+    next_id: &mut u64,
+    parked: &mut std::collections::VecDeque<Frame<PeerMessage>>,
+) -> Result<(), LinkError> {
+    let mut queue: std::collections::VecDeque<Sha256> = needed.into_iter().map(Sha256).collect();
+    let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
+    let mut storing: JoinSet<(Sha256, bool)> = JoinSet::new();
+    let mut lacking = Vec::new();
+    loop {
+        while asked.len() < FETCH_WINDOW
+            && let Some(hash) = queue.pop_front()
+        {
+            let id = *next_id;
+            *next_id += 1;
+            let ask = PeerMessage::ChunkFetch(ChunkFetch { hash });
+            conn.send(&Frame::new(id, ask)).await?;
+            asked.insert(id, hash);
+        }
+        if asked.is_empty() {
+            break;
+        }
+        let frame = next(conn).await?;
+        match frame.msg {
+            PeerMessage::ChunkData(_) if asked.contains_key(&frame.id) => {
+                let hash = asked.remove(&frame.id).expect("asked");
+                let (server, peer) = (server.clone(), peer.to_owned());
+                let bytes = frame.body;
+                storing
+                    .spawn(async move { (hash, keep_chunk(&server, &peer, hash, &bytes).await) });
+            }
+            PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
+                lacking.push(asked.remove(&frame.id).expect("asked"));
+            }
+            PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
+            msg => parked.push_back(Frame { msg, ..frame }),
+        }
+    }
+    while let Some(stored) = storing.join_next().await {
+        match stored {
+            Ok((_, true)) => {}
+            Ok((hash, false)) => lacking.push(hash),
+            Err(e) => return Err(LinkError::Apply(e.to_string())),
+        }
+    }
+    for hash in lacking {
+        if fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
+            warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
+        }
+    }
+    Ok(())
 }
 
 async fn next<S: Stream>(conn: &mut Connection<S>) -> Result<Frame<PeerMessage>, LinkError> {
