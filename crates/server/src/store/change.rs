@@ -1368,25 +1368,18 @@ fn put_version(
         )?;
     }
     // Keep the newest `keep_versions` versions; release the chunks of the rest.
-    let pruned: Vec<(i64, Vec<u8>)> = tx
+    let pruned: Vec<i64> = tx
         .prepare_cached(
-            "SELECT version, chunks FROM versions WHERE folder_id = ?1 AND path = ?2 \
+            "SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2 \
              ORDER BY version DESC LIMIT -1 OFFSET ?3",
         )?
         .query_map(
             params![entry.folder_id, entry.path, ctx.keep_versions as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?
         .collect::<rusqlite::Result<_>>()?;
-    for (version, chunks) in pruned {
-        exec(
-            tx,
-            "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-            params![entry.folder_id, entry.path, version],
-        )?;
-        for hash in distinct(&chunks) {
-            release_chunk(tx, &entry.folder_id, &hash)?;
-        }
+    for version in pruned {
+        remove_version(tx, &entry.folder_id, &entry.path, version as u64)?;
     }
     Ok(())
 }
@@ -1410,20 +1403,13 @@ fn as_version(v: &FileEntry) -> crate::cluster::Version<()> {
     }
 }
 
-/// The chunk list of the version `entry` names, as stored.
-fn version_chunks(tx: &Connection, entry: &FileEntry) -> Result<Vec<u8>> {
-    Ok(one(
-        tx,
-        "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-        params![entry.folder_id, entry.path, entry.version as i64],
-        |r| r.get(0),
-    )
-    .optional()?
-    .unwrap_or_default())
-}
-
-/// Removes a version row, releasing its chunks.
-fn remove_version(tx: &Connection, folder_id: &str, path: &str, version: u64) -> Result<()> {
+/// Removes a version row, releasing its chunks; its chunk list, if it was there.
+fn remove_version(
+    tx: &Connection,
+    folder_id: &str,
+    path: &str,
+    version: u64,
+) -> Result<Option<Vec<u8>>> {
     let chunks: Option<Vec<u8>> = one(
         tx,
         "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
@@ -1431,17 +1417,17 @@ fn remove_version(tx: &Connection, folder_id: &str, path: &str, version: u64) ->
         |r| r.get(0),
     )
     .optional()?;
-    if let Some(chunks) = chunks {
+    if let Some(chunks) = &chunks {
         exec(
             tx,
             "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
             params![folder_id, path, version as i64],
         )?;
-        for hash in distinct(&chunks) {
+        for hash in distinct(chunks) {
             release_chunk(tx, folder_id, &hash)?;
         }
     }
-    Ok(())
+    Ok(chunks)
 }
 
 /// A version of a file entry written on a peer, merged by version vector:
@@ -1469,8 +1455,8 @@ pub(super) fn merge_version(
             return Ok(None);
         }
         Causality::Concurrent if as_version(&remote).outranks(&as_version(&current)) => {
-            let held = version_chunks(tx, &current)?;
-            remove_version(tx, &current.folder_id, &current.path, current.version)?;
+            let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
+                .unwrap_or_default();
             remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
             put_version(tx, ctx, &remote, &chunks)?;
             (current, held)

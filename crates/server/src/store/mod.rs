@@ -201,10 +201,7 @@ impl Store {
             r.get(0)
         })?;
         let origin = ctx.origin.clone();
-        let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
-            r.get(0)
-        })?;
-        let (committed_tx, committed) = watch::channel(last as u64);
+        let (committed_tx, committed) = watch::channel(replica::log_end(&conn)?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (writer, jobs) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(conn, jobs, ctx, events.clone(), committed_tx));
@@ -305,9 +302,7 @@ impl Store {
             }
             let start = match first {
                 Some(seq) => seq - 1,
-                None => conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
-                    r.get(0)
-                })?,
+                None => replica::log_end(conn)? as i64,
             };
             Ok(start as u64)
         })
@@ -370,14 +365,8 @@ async fn write_loop(
 ) {
     // Tells followers of the log how far it goes after each commit.
     let tell = |conn: &Connection| {
-        if let Ok(last) = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            committed.send_if_modified(|held| {
-                let changed = *held != last as u64;
-                *held = last as u64;
-                changed
-            });
+        if let Ok(last) = replica::log_end(conn) {
+            committed.send_if_modified(|held| std::mem::replace(held, last) != last);
         }
     };
     let mut next = None;

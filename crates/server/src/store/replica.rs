@@ -655,6 +655,14 @@ pub(crate) fn last_hlc(conn: &Connection) -> rusqlite::Result<Hlc> {
     .map(Option::unwrap_or_default)
 }
 
+/// The position of the newest record in this node's log (0: empty).
+pub(crate) fn log_end(conn: &Connection) -> rusqlite::Result<u64> {
+    one(conn, "SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+}
+
 /// The newest record held from each origin.
 pub(crate) fn cursors(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> {
     // One index step per origin rather than a scan of the log.
