@@ -226,11 +226,13 @@ impl Pki {
             .map_err(std::io::Error::other)?;
         // Each server of a cluster has its peer certificate, which names its
         // node and serves clients (and health checks) as localhost too.
-        for n in (1..=servers).filter(|_| servers > 1) {
-            let node = format!("server-{n}");
-            ca.issue(Kind::Peer, &node, &["localhost".into()], validity)
-                .and_then(|issued| issued.write(dir.path(), &node, false))
-                .map_err(std::io::Error::other)?;
+        if servers > 1 {
+            for n in 1..=servers {
+                let node = format!("server-{n}");
+                ca.issue(Kind::Peer, &node, &["localhost".into()], validity)
+                    .and_then(|issued| issued.write(dir.path(), &node, false))
+                    .map_err(std::io::Error::other)?;
+            }
         }
         // The servers share a cluster secret, as a deployment's do: tokens
         // and TLS session tickets from one are good on every other.

@@ -273,7 +273,7 @@ fn check(conn: &rusqlite::Connection, username: &str, role: UserRole, need: Chec
 /// Why a node in a cluster refuses requests until it has caught up with its
 /// peers: what it holds may be stale, and what it wrote could clash with
 /// records it has not yet received back.
-fn catching_up(server: &Server) -> crate::error::Error {
+pub(crate) fn catching_up(server: &Server) -> crate::error::Error {
     crate::error::Error::refused(
         coffer_proto::ErrorCode::Unavailable,
         format!(

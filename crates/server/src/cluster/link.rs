@@ -149,17 +149,6 @@ impl Followers {
         self.news.send_modify(|n| *n += 1);
     }
 
-    /// The newest record of `origin` that `peer` has acknowledged.
-    pub(crate) fn acked(&self, peer: &str, origin: &str) -> u64 {
-        self.acked
-            .lock()
-            .expect("followers lock")
-            .get(peer)
-            .and_then(|(applied, _)| applied.get(origin))
-            .copied()
-            .unwrap_or(0)
-    }
-
     /// How far `peer` is behind a node holding `held`: records not
     /// acknowledged, and milliseconds since its last acknowledgement (0 when
     /// it holds everything).
@@ -799,13 +788,10 @@ async fn serve_inner<S: Stream>(
                             let held = sent.entry(origin.clone()).or_insert(0);
                             *held = (*held).max(seq);
                         }
-                        server
-                            .followers
-                            .record(&peer, ack.applied, server.clock.now_ms());
-                        let origin = server.store.origin();
-                        let own = sent.get(origin).copied().unwrap_or(0);
-                        let behind = own.saturating_sub(server.followers.acked(&peer, origin));
-                        debug!(%peer, behind, "the peer acknowledged records");
+                        let now = server.clock.now_ms();
+                        server.followers.record(&peer, ack.applied, now);
+                        let (records, ms) = server.followers.behind(&peer, &sent, now);
+                        debug!(%peer, behind_records = records, behind_ms = ms, "the peer acknowledged records");
                     }
                     PeerMessage::PeerPong(_) => {}
                     other => return Err(LinkError::Unexpected(kind(&other))),

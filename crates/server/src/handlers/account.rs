@@ -93,12 +93,10 @@ pub(crate) async fn register_owned(
     r: Register,
 ) -> Result<coffer_proto::response::Registered> {
     let username = username(&r.username)?;
-    // A node catching up may not yet hold the account it would create again.
+    // A forwarded registration bypasses the connection's check: a node
+    // catching up may not yet hold the account it would create again.
     if !server.ready() {
-        return Err(Error::refused(
-            ErrorCode::Unavailable,
-            format!("{} is catching up with its peers", server.config.node_id),
-        ));
+        return Err(crate::dispatch::catching_up(server));
     }
     if server.membership.owner(&username) != server.config.node_id {
         return Err(Error::refused(

@@ -310,6 +310,7 @@ impl Store {
     }
 
     /// The origin of this node's records.
+    #[cfg(test)]
     pub(crate) fn origin(&self) -> &str {
         &self.origin
     }
