@@ -1086,36 +1086,18 @@ fn keep_copies(
 pub(crate) fn digest(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    for t in TABLES {
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
-            t.columns.join(", "),
-            t.name,
-            t.key.join(", ")
-        );
-        let mut statement = conn.prepare_cached(&sql)?;
-        let mut rows = statement.query([])?;
-        hash.update(t.name.as_bytes());
-        while let Some(r) = rows.next()? {
-            let cells = (0..t.columns.len())
-                .map(|i| cell(r.get_ref(i)?))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            hash.update(serde_json::to_vec(&cells).expect("cells serialize"));
-        }
-    }
-    // File entries and every version kept, whole.
-    for (name, columns, key) in [
-        (
+    // Every replicated register table, then file entries and every version
+    // kept, whole, each row in key order.
+    let whole = TABLES
+        .iter()
+        .chain([&VERSIONS])
+        .map(|t| (t.name, t.columns.join(", "), t.key.join(", ")))
+        .chain([(
             "entries",
             format!("{}, parent", super::query::ENTRY_COLUMNS),
-            "folder_id, path",
-        ),
-        (
-            "versions",
-            VERSIONS.columns.join(", "),
-            "folder_id, path, version",
-        ),
-    ] {
+            "folder_id, path".to_owned(),
+        )]);
+    for (name, columns, key) in whole {
         let sql = format!("SELECT {columns} FROM {name} ORDER BY {key}");
         let mut statement = conn.prepare_cached(&sql)?;
         let width = statement.column_count();
@@ -1755,6 +1737,8 @@ mod tests {
         // One after another: b's edit follows a's version everywhere.
         let v1 = vv_of(&b, "docs/a.txt").await;
         write(&b, put("docs/a.txt", 2, Some(&v1))).await;
+        // A new version alone tells the digests apart.
+        assert_ne!(a.digest().await.unwrap(), b.digest().await.unwrap());
         ship(&b, &a).await;
         ship(&b, &c).await;
         same(&[&a, &b, &c]).await;
