@@ -1,18 +1,29 @@
 //! The containers implementation of [`Cluster`]: the images of
 //! `deploy/build-images.sh` (`FROM scratch`, statically linked binaries) run
 //! through testcontainers, one container per server and one for the
-//! balancer, on a private Docker network of the suite's own.
+//! balancer, on private Docker networks of the suite's own.
+//!
+//! Networks: the *front* network holds the balancer and every server (the
+//! host reaches both on it, as the clients); in a replicated cluster each
+//! pair of servers also shares a network of its own, and each node reaches
+//! that peer only there (`--peer node-j=<j's address on their network>`).
 //!
 //! Faults are the engine's: SIGKILL, stop, pause/unpause, and network
-//! disconnect/connect for partitions. On one shared network, partitioning a
-//! member from another disconnects the member that is not the balancer (or,
-//! between the clients and the balancer, the balancer): it is cut off from
-//! everyone, which includes the link asked for. Every address is fixed for
-//! the cluster's life; a reconnected member gets its address back.
+//! disconnect/connect for partitions. Between two servers a partition
+//! disconnects the lower-numbered one from their pair's network: exactly that
+//! peer link is cut, both ways. Between the clients or the balancer and a
+//! server it disconnects the server from the front network (its peer links
+//! stay); between the clients and the balancer, the balancer. Every address
+//! is fixed for the cluster's life; a reconnected member gets its address
+//! back.
+//!
+//! Servers run as the host's user and group, so that their data directories
+//! (bind-mounted) stay the suite's to read and wipe.
 //!
 //! Where no engine is reachable, [`engine`] says why and the suite skips this
 //! implementation.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +40,8 @@ use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
 
 use crate::cluster::{
-    Cluster, ClusterError, Member, Spec, balancer_args, pki, server_args, server_toml,
+    Cluster, ClusterError, Member, SETTLE, Spec, balancer_args, node_id, pki, server_args,
+    server_toml, settle,
 };
 use crate::scenario::poll;
 
@@ -133,6 +145,15 @@ impl Network {
         let [a, b, c] = self.prefix;
         IpAddr::V4(Ipv4Addr::new(a, b, c, host))
     }
+
+    /// Host `host` of this network, to be connected.
+    fn attach(&self, host: u8) -> Attachment {
+        Attachment {
+            network: self.name.clone(),
+            ip: self.ip(host),
+            connected: false,
+        }
+    }
 }
 
 impl Drop for Network {
@@ -141,13 +162,22 @@ impl Drop for Network {
     }
 }
 
-/// One container and how many times it has said `listening on`.
+/// A network a container is on, its fixed address there, and whether it is
+/// connected now.
+#[derive(Debug, Clone)]
+struct Attachment {
+    network: String,
+    ip: IpAddr,
+    connected: bool,
+}
+
+/// One container, the networks it is on (the front network first) and how
+/// many times it has said `listening on`.
 struct Node {
     member: Member,
     container: ContainerAsync<GenericImage>,
-    ip: IpAddr,
+    attached: Vec<Attachment>,
     starts: usize,
-    connected: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -155,7 +185,7 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("member", &self.member)
             .field("id", &self.container.id())
-            .field("ip", &self.ip)
+            .field("attached", &self.attached)
             .finish()
     }
 }
@@ -163,9 +193,11 @@ impl std::fmt::Debug for Node {
 /// The containers implementation.
 #[derive(Debug)]
 pub struct Containers {
-    // Containers go before the network they are on.
+    // Containers go before the networks they are on.
     servers: Vec<Node>,
     balancer: Node,
+    /// The network of each pair of servers `(i, j)`, `i < j`.
+    links: BTreeMap<(usize, usize), Network>,
     network: Network,
     secret: Vec<u8>,
     ca: PathBuf,
@@ -174,8 +206,9 @@ pub struct Containers {
 
 impl Containers {
     /// Starts the servers of `spec` and a balancer in front of them, each in a
-    /// container on a fresh network, with certificates and a cluster secret
-    /// made for this cluster.
+    /// container on fresh networks, with certificates and a cluster secret
+    /// made for this cluster; then waits until the cluster has settled (see
+    /// [`settle`]).
     pub async fn start(spec: &Spec) -> Result<Containers, ClusterError> {
         match engine() {
             Engine::Ready => {}
@@ -186,39 +219,72 @@ impl Containers {
         let setup = |e: std::io::Error| ClusterError::Setup(e.to_string());
         let dir = tempfile::tempdir().map_err(setup)?;
         let network = Network::create()?;
-        let ips: Vec<IpAddr> = (0..spec.servers)
-            .map(|i| network.ip(FIRST_SERVER_HOST + i as u8))
+        let host = |i: usize| FIRST_SERVER_HOST + i as u8;
+        let mut links = BTreeMap::new();
+        if spec.replicated() {
+            for i in 0..spec.servers {
+                for j in i + 1..spec.servers {
+                    links.insert((i, j), Network::create()?);
+                }
+            }
+        }
+        let link = |i: usize, j: usize| &links[&(i.min(j), i.max(j))];
+        let front_ips: Vec<IpAddr> = (0..spec.servers)
+            .map(|i| network.ip(host(i)))
             .chain([network.ip(BALANCER_HOST)])
             .collect();
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(setup)?;
-        let secret = pki(&pki_dir, &ips, spec.secret.as_deref())?;
+        let nodes: Vec<String> = (0..spec.servers).map(node_id).collect();
+        let secret = pki(&pki_dir, &nodes, &front_ips, spec.secret.as_deref())?;
         std::fs::write(pki_dir.join("server.toml"), server_toml(spec)).map_err(setup)?;
         let pki_mount = || {
             Mount::bind_mount(pki_dir.display().to_string(), "/pki")
                 .with_access_mode(AccessMode::ReadOnly)
         };
+        // Who the suite runs as: the owner of the directory it just made.
+        let user = {
+            use std::os::unix::fs::MetadataExt as _;
+            let me = std::fs::metadata(dir.path()).map_err(setup)?;
+            format!("{}:{}", me.uid(), me.gid())
+        };
 
         let mut servers = Vec::new();
-        for (i, ip) in ips.iter().take(spec.servers).enumerate() {
-            let data = dir.path().join(format!("node-{}", i + 1));
+        for (i, node) in nodes.iter().enumerate() {
+            let data = dir.path().join(node);
             std::fs::create_dir_all(&data).map_err(setup)?;
-            let node = format!("node-{}", i + 1);
-            let args = server_args(&node, &format!("0.0.0.0:{SERVER_PORT}"), "/data", "/pki");
+            let others = (0..spec.servers).filter(|&j| j != i && spec.replicated());
+            let peers: Vec<(String, SocketAddr)> = others
+                .clone()
+                .map(|j| {
+                    let at = SocketAddr::new(link(i, j).ip(host(j)), SERVER_PORT);
+                    (node_id(j), at)
+                })
+                .collect();
+            let args = server_args(
+                node,
+                &format!("0.0.0.0:{SERVER_PORT}"),
+                "/data",
+                "/pki",
+                &peers,
+                spec,
+            );
             let image = GenericImage::new("coffer-server", "local")
                 .with_wait_for(WaitFor::message_on_stdout("listening on"))
                 .with_cmd(args)
                 .with_network(network.name.clone())
+                .with_user(user.clone())
                 .with_mount(pki_mount())
                 .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
                 .with_startup_timeout(Duration::from_secs(30));
-            let member = Member::Server(i);
-            servers.push(Node::start(member, image, &network, *ip).await?);
+            let attached = std::iter::once(network.attach(host(i)))
+                .chain(others.map(|j| link(i, j).attach(host(i))))
+                .collect();
+            servers.push(Node::start(Member::Server(i), image, attached).await?);
         }
 
-        let backends: Vec<SocketAddr> = servers
-            .iter()
-            .map(|s| SocketAddr::new(s.ip, SERVER_PORT))
+        let backends: Vec<SocketAddr> = (0..spec.servers)
+            .map(|i| SocketAddr::new(network.ip(host(i)), SERVER_PORT))
             .collect();
         let args = balancer_args(
             spec,
@@ -231,18 +297,24 @@ impl Containers {
             .with_wait_for(WaitFor::message_on_stdout("listening on"))
             .with_cmd(args)
             .with_network(network.name.clone())
+            .with_user(user)
             .with_mount(pki_mount())
             .with_startup_timeout(Duration::from_secs(30));
-        let balancer =
-            Node::start(Member::Balancer, image, &network, network.ip(BALANCER_HOST)).await?;
-        Ok(Containers {
+        let attached = vec![network.attach(BALANCER_HOST)];
+        let balancer = Node::start(Member::Balancer, image, attached).await?;
+        let cluster = Containers {
             servers,
             balancer,
+            links,
             network,
             secret,
             ca: pki_dir.join("ca.pem"),
             dir,
-        })
+        };
+        settle(&cluster, SETTLE)
+            .await
+            .map_err(ClusterError::Engine)?;
+        Ok(cluster)
     }
 
     fn node(&mut self, member: Member) -> Result<&mut Node, ClusterError> {
@@ -255,11 +327,18 @@ impl Containers {
         }
     }
 
-    /// The member a partition between `a` and `b` disconnects.
-    fn cut(a: Member, b: Member) -> Result<Member, ClusterError> {
+    /// The member a partition between `a` and `b` disconnects, and from
+    /// which network.
+    fn cut(&self, a: Member, b: Member) -> Result<(Member, String), ClusterError> {
+        let front = self.network.name.clone();
         match (a.min(b), a.max(b)) {
-            (Member::Clients, Member::Balancer) => Ok(Member::Balancer),
-            (Member::Clients | Member::Balancer, Member::Server(i)) => Ok(Member::Server(i)),
+            (Member::Clients, Member::Balancer) => Ok((Member::Balancer, front)),
+            (Member::Clients | Member::Balancer, Member::Server(i)) => {
+                Ok((Member::Server(i), front))
+            }
+            (Member::Server(i), Member::Server(j)) if self.links.contains_key(&(i, j)) => {
+                Ok((Member::Server(i), self.links[&(i, j)].name.clone()))
+            }
             (a, b) => Err(ClusterError::Unsupported(format!(
                 "no link between {a} and {b}"
             ))),
@@ -268,29 +347,50 @@ impl Containers {
 }
 
 impl Node {
-    /// Starts `image` on `network` and moves it to its fixed address `ip`.
+    /// Starts `image` (on the first of `attached`) and gives it its fixed
+    /// address on each network it is to be on.
     async fn start(
         member: Member,
         image: testcontainers::ContainerRequest<GenericImage>,
-        network: &Network,
-        ip: IpAddr,
+        attached: Vec<Attachment>,
     ) -> Result<Node, ClusterError> {
         let container = image.start().await.map_err(engine_err)?;
+        let first = attached[0].network.clone();
         let mut node = Node {
             member,
             container,
-            ip,
+            attached,
             starts: 1,
-            connected: true,
         };
-        // The engine gave it the next free address; give it its own (the
-        // process listens on 0.0.0.0, so it serves there at once).
-        node.disconnect(&network.name).await?;
-        node.connect(&network.name).await?;
+        node.attached[0].connected = true;
+        // The engine gave it the next free address on the first network; give
+        // it its own (the process listens on 0.0.0.0, so it serves there at
+        // once), and join the others.
+        node.disconnect(&first).await?;
+        let networks: Vec<String> = node.attached.iter().map(|a| a.network.clone()).collect();
+        for network in networks {
+            node.connect(&network).await?;
+        }
         Ok(node)
     }
 
+    fn attachment(&mut self, network: &str) -> Result<&mut Attachment, ClusterError> {
+        let member = self.member;
+        self.attached
+            .iter_mut()
+            .find(|a| a.network == network)
+            .ok_or_else(|| ClusterError::Unsupported(format!("{member} is not on {network}")))
+    }
+
+    /// Its fixed address on the front network.
+    fn ip(&self) -> IpAddr {
+        self.attached[0].ip
+    }
+
     async fn disconnect(&mut self, network: &str) -> Result<(), ClusterError> {
+        if !self.attachment(network)?.connected {
+            return Ok(());
+        }
         let docker = docker_client_instance().await.map_err(engine_err)?;
         docker
             .disconnect_network(
@@ -302,15 +402,16 @@ impl Node {
             )
             .await
             .map_err(engine_err)?;
-        self.connected = false;
+        self.attachment(network)?.connected = false;
         Ok(())
     }
 
     async fn connect(&mut self, network: &str) -> Result<(), ClusterError> {
+        let ip = self.attachment(network)?.ip;
         let docker = docker_client_instance().await.map_err(engine_err)?;
         let endpoint = EndpointSettings {
             ipam_config: Some(EndpointIpamConfig {
-                ipv4_address: Some(self.ip.to_string()),
+                ipv4_address: Some(ip.to_string()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -325,7 +426,7 @@ impl Node {
             )
             .await
             .map_err(engine_err)?;
-        self.connected = true;
+        self.attachment(network)?.connected = true;
         Ok(())
     }
 
@@ -360,19 +461,23 @@ impl Cluster for Containers {
     }
 
     fn front(&self) -> SocketAddr {
-        SocketAddr::new(self.balancer.ip, FRONT_PORT)
+        SocketAddr::new(self.balancer.ip(), FRONT_PORT)
     }
 
     fn server(&self, i: usize) -> SocketAddr {
-        SocketAddr::new(self.servers[i].ip, SERVER_PORT)
+        SocketAddr::new(self.servers[i].ip(), SERVER_PORT)
     }
 
     fn servers(&self) -> usize {
         self.servers.len()
     }
 
+    fn replicated(&self) -> bool {
+        !self.links.is_empty()
+    }
+
     fn admin(&self) -> SocketAddr {
-        SocketAddr::new(self.balancer.ip, ADMIN_PORT)
+        SocketAddr::new(self.balancer.ip(), ADMIN_PORT)
     }
 
     fn backend(&self, i: usize) -> SocketAddr {
@@ -446,22 +551,16 @@ impl Cluster for Containers {
     }
 
     async fn partition(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
-        let cut = Self::cut(a, b)?;
-        let network = self.network.name.clone();
-        let node = self.node(cut)?;
-        if node.connected {
-            node.disconnect(&network).await?;
-        }
-        Ok(())
+        let (member, network) = self.cut(a, b)?;
+        self.node(member)?.disconnect(&network).await
     }
 
     async fn heal(&mut self, a: Member, b: Member) -> Result<(), ClusterError> {
-        let cut = Self::cut(a, b)?;
-        let network = self.network.name.clone();
-        let node = self.node(cut)?;
-        if !node.connected {
-            node.connect(&network).await?;
+        let (member, network) = self.cut(a, b)?;
+        let node = self.node(member)?;
+        if node.attachment(&network)?.connected {
+            return Ok(());
         }
-        Ok(())
+        node.connect(&network).await
     }
 }

@@ -50,6 +50,20 @@ impl Device {
         }
     }
 
+    /// The same device (the same home, so the same session and keys)
+    /// talking to `server` instead: one node of the cluster directly, say.
+    pub fn at(&self, server: SocketAddr) -> Device {
+        Device {
+            server,
+            ..self.clone()
+        }
+    }
+
+    /// The address it talks to.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// The same device typing another password.
     pub fn with_password(mut self, password: &str) -> Device {
         self.password = password.into();

@@ -6,12 +6,16 @@
 //!   `listening on` line, signal it by PID (SIGSTOP/SIGCONT/SIGTERM/SIGKILL),
 //!   restart it on the same data directory;
 //! - [`proxy`]: the fault proxy on every link of the processes implementation
-//!   (refuse, black-hole, reset, delay, bandwidth limit);
-//! - [`cluster`]: the [`Cluster`] trait and its processes implementation on
-//!   127.0.0.x addresses, and [`Probe`], a client's view;
+//!   (refuse, black-hole, reset, delay, bandwidth limit), peer links included;
+//! - [`cluster`]: the [`Cluster`] trait, [`Spec`] (by default several servers
+//!   make a replicated cluster: peer certificates, `--peer`, write quorum),
+//!   its processes implementation on 127.0.0.x addresses, [`Probe`], a
+//!   client's view, and the waits every scenario builds on: [`settle`] (every
+//!   node ready and linked, every backend up) and [`converged`] (every node
+//!   holds every write);
 //! - [`containers`]: the containers implementation (testcontainers, images
-//!   `FROM scratch`, a private Docker network), skipped with a printed reason
-//!   where no engine is reachable;
+//!   `FROM scratch`, private Docker networks: a front one, one per pair of
+//!   servers), skipped with a printed reason where no engine is reachable;
 //! - [`device`]: a user's device — the `coffer` binary with a home of its own;
 //! - [`scenario`] and [`scenarios`]: the checks, generic over [`Cluster`].
 //!
@@ -26,7 +30,10 @@ pub mod proxy;
 pub mod scenario;
 pub mod scenarios;
 
-pub use cluster::{Cluster, ClusterError, Member, Probe, Processes, Servers, Spec, free_port};
+pub use cluster::{
+    ADMIN, Cluster, ClusterError, Member, Probe, Processes, Servers, Spec, converged, free_port,
+    node_id, settle,
+};
 pub use containers::Containers;
 pub use device::{CommandError, Device};
 pub use process::{Process, ProcessError};

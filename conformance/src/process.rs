@@ -180,6 +180,11 @@ impl Process {
         self.addr
     }
 
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -270,14 +275,19 @@ impl Process {
     /// Kills it and starts it again with the same arguments, environment and
     /// log (same data directory, same address when one was fixed).
     pub fn restart(&mut self) -> Result<(), ProcessError> {
+        self.restart_with(self.args.clone())
+    }
+
+    /// Kills it and starts it again with `args` (kept for later restarts),
+    /// the same environment and log.
+    pub fn restart_with(&mut self, args: Vec<String>) -> Result<(), ProcessError> {
         self.kill();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let again =
-            Process::start_with(&self.program, self.args.clone(), &env, self.log.as_deref())?;
+        let again = Process::start_with(&self.program, args, &env, self.log.as_deref())?;
         *self = again;
         Ok(())
     }

@@ -16,6 +16,7 @@
 
 pub mod net;
 pub mod oracle;
+mod replicas;
 pub mod workload;
 pub mod world;
 

@@ -97,8 +97,8 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    // Each seed runs both worlds: the balancer's three servers with pings,
-    // and the files workload against one server.
+    // Each seed runs both worlds on three replicated servers: pings through
+    // the balancer, and the files workload.
     let worlds: Vec<Options> = match std::env::var("SIM_WORLD").as_deref() {
         Ok("balancer") => vec![Options::default()],
         Ok("files") => vec![Options::service()],

@@ -1,5 +1,6 @@
 //! The oracle: what the simulated clients saw, and the invariants it must satisfy.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How one client operation (a ping through the balancer, or a step of the
@@ -76,6 +77,53 @@ pub fn check(ops: &[Op], op_bound: Duration, warmup: Option<&WarmupSpread>) -> V
     violations
 }
 
+/// What one server holds at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holdings {
+    /// The server.
+    pub node: String,
+    /// The digest of its replicated state, or why there is none.
+    pub digest: Result<[u8; 32], String>,
+    /// The chunks the versions it keeps reference.
+    pub referenced: BTreeSet<[u8; 32]>,
+    /// The chunks its store holds.
+    pub held: BTreeSet<[u8; 32]>,
+}
+
+/// After the heal, every node holds the same: the same replicated state
+/// (equal digests, hence the same versions and the same referenced chunks)
+/// and every chunk those versions reference. Chunks nothing references (an
+/// upload abandoned on one node, not yet collected) are the node's own
+/// business. One line per difference.
+pub fn replicas(nodes: &[Holdings]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for node in nodes {
+        if let Err(why) = &node.digest {
+            violations.push(format!("{} did not converge: {why}", node.node));
+        }
+        let missing = node.referenced.difference(&node.held).count();
+        if missing > 0 {
+            violations.push(format!(
+                "{} did not converge: it lacks {missing} of the {} chunks its versions reference",
+                node.node,
+                node.referenced.len()
+            ));
+        }
+    }
+    let digests: Vec<(&str, &[u8; 32])> = nodes
+        .iter()
+        .filter_map(|n| n.digest.as_ref().ok().map(|d| (n.node.as_str(), d)))
+        .collect();
+    if let Some((first, d)) = digests.first()
+        && let Some((other, _)) = digests.iter().find(|(_, e)| e != d)
+    {
+        violations.push(format!(
+            "{first} and {other} did not converge: their replicated state differs (digests)"
+        ));
+    }
+    violations
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +174,29 @@ mod tests {
             failures: vec![0; 3],
         };
         assert_eq!(check(&[], bound, Some(&uneven)).len(), 1);
+    }
+
+    #[test]
+    fn replicas_must_agree_and_hold_their_chunks() {
+        let node = |name: &str, digest: u8, held: &[u8]| Holdings {
+            node: name.into(),
+            digest: Ok([digest; 32]),
+            referenced: [[1u8; 32], [2u8; 32]].into(),
+            held: held.iter().map(|&b| [b; 32]).collect(),
+        };
+        let same = [node("a", 7, &[1, 2]), node("b", 7, &[1, 2, 3])];
+        assert!(replicas(&same).is_empty());
+        let differ = [node("a", 7, &[1, 2]), node("b", 8, &[1, 2])];
+        assert_eq!(replicas(&differ).len(), 1);
+        let lacking = [node("a", 7, &[1, 2]), node("b", 7, &[1])];
+        assert_eq!(replicas(&lacking).len(), 1);
+        let down = [
+            node("a", 7, &[1, 2]),
+            Holdings {
+                digest: Err("it is not running".into()),
+                ..node("b", 7, &[1, 2])
+            },
+        ];
+        assert_eq!(replicas(&down).len(), 1);
     }
 }

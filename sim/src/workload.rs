@@ -21,10 +21,12 @@ use coffer_client::{Client, ClientError, Endpoint, Pool, Session, folders};
 use coffer_crypto::{KdfParams, UserKeys};
 use coffer_proto::request::{Delete, List, Move, Stat};
 use coffer_proto::response::FolderInfo;
-use coffer_proto::types::{FileId, Role};
-use coffer_proto::{ErrorCode, Request};
+use coffer_proto::types::{Causality, EntryKind, FileEntry, FileId, Role, Token, VersionVector};
+use coffer_proto::{ErrorCode, Request, Response};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
+use sha2::Digest as _;
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::net::TurmoilNet;
@@ -41,6 +43,8 @@ const PATHS: [&str; 6] = ["a.txt", "docs/d.md", "docs/deep/f", "b.bin", "c", "do
 const CHURNED: usize = 3;
 /// Versions of each path the servers keep.
 pub(crate) const KEEP_VERSIONS: u32 = 10;
+/// Where the race's two edits go: nothing else writes there.
+pub(crate) const RACE_DIR: &str = "race";
 
 /// The user of client `index` (0-based).
 fn user_of(index: usize) -> usize {
@@ -68,6 +72,70 @@ pub(crate) enum Leak {
     /// alice also invites carol, and carol accepts — without the ledger
     /// being told: carol then reads what the model says she may not.
     Carol,
+    /// alice tells the ledger she removed bob without asking the servers.
+    Bob,
+}
+
+/// An upload the system acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) struct Acked {
+    path: String,
+    file_id: FileId,
+    version: u64,
+    /// Names the write: no two writes of a path share one.
+    vv: VersionVector,
+    sha256: [u8; 32],
+}
+
+/// Two devices of alice's edit one new file at once, each through its own
+/// server, while the first server is cut off from the others: the edits
+/// cannot see each other, so once the servers meet again every node must
+/// keep one under the path and the other as a conflict copy.
+#[derive(Debug)]
+pub struct Race {
+    path: String,
+    /// The server (index) each racer — `client-1`, `client-2` — writes
+    /// through; the first is the one cut off.
+    nodes: [usize; 2],
+    /// Whether edits may still be made: the first server is still cut off.
+    pub(crate) open: bool,
+    edits: [Option<Edit>; 2],
+}
+
+/// One racer's edit and what became of it.
+#[derive(Debug, Clone)]
+struct Edit {
+    sha256: [u8; 32],
+    written: Written,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// Acknowledged: held by a quorum.
+    Acked(FileId),
+    /// Answered `unavailable` by a node that says it wrote the edit but
+    /// could not reach a quorum (it keeps it and passes it on later).
+    Kept,
+    /// Failed otherwise: written or not.
+    Unknown,
+    /// Never tried: the race was over first.
+    Skipped,
+}
+
+impl Race {
+    pub(crate) fn new(seed: u64, nodes: [usize; 2]) -> Race {
+        Race {
+            path: format!("{RACE_DIR}/r{:x}.txt", seed % 4096),
+            nodes,
+            open: true,
+            edits: [None, None],
+        }
+    }
+
+    /// Both racers are done.
+    pub(crate) fn done(&self) -> bool {
+        self.edits.iter().all(Option::is_some)
+    }
 }
 
 /// What the system acknowledged, and what the oracle found wrong.
@@ -77,8 +145,18 @@ pub struct Ledger {
     folder: Option<FolderInfo>,
     registered: [bool; 3],
     joined: bool,
-    /// Acknowledged uploads: (path, file id, version) → plaintext SHA-256.
-    acked: BTreeMap<(String, FileId, u64), [u8; 32]>,
+    /// Acknowledged uploads, in the order they were acknowledged.
+    acked: Vec<Acked>,
+    /// The race, once it has begun.
+    pub(crate) race: Option<Race>,
+    /// alice is to remove bob from the folder now.
+    pub(crate) unshare_due: bool,
+    /// alice's removal of bob was acknowledged.
+    unshared: bool,
+    /// Each user's newest session token, good on every node.
+    tokens: [Option<Token>; 3],
+    /// Races found as one winner and one conflict copy on every node.
+    pub conflicts: u32,
     /// Paths a move or delete was attempted on: what was acknowledged there
     /// may have gone with them, so the final sweep leaves them out.
     touched: BTreeSet<String>,
@@ -91,19 +169,30 @@ pub struct Ledger {
     pub checked_reads: u32,
     /// Reads a stranger or a connection without a session attempted.
     pub probes: u32,
-    /// Violations of invariants 1 (acknowledged data reads back intact) and 2
-    /// (no access without a right).
+    /// Violations of the invariants the ledger checks: acknowledged data
+    /// reads back intact and is never lost, no access without a right,
+    /// concurrent edits kept as one winner and one copy, replicas that
+    /// converge.
     pub violations: Vec<String>,
 }
 
 impl Ledger {
-    fn read(&mut self, who: &str, path: &str, entry: (FileId, u64), sha256: [u8; 32]) {
-        if let Some(acked) = self.acked.get(&(path.to_owned(), entry.0, entry.1)) {
+    /// A read of `path` found `entry` with content `sha256`. A read may find
+    /// any version a node holds — an older one through a node that lags, or
+    /// one that was never acknowledged (written where no quorum answered) —
+    /// but a version that is an acknowledged write (the same version vector
+    /// and file) must have that write's content.
+    fn read(&mut self, who: &str, path: &str, entry: &FileEntry, sha256: [u8; 32]) {
+        let acked = self
+            .acked
+            .iter()
+            .find(|a| a.path == path && a.vv == entry.vv && a.file_id == entry.file_id);
+        if let Some(acked) = acked {
             self.checked_reads += 1;
-            if *acked != sha256 {
+            if acked.sha256 != sha256 {
                 self.violations.push(format!(
                     "{who} read {path} v{} with a SHA-256 other than the one acknowledged",
-                    entry.1
+                    entry.version
                 ));
             }
         }
@@ -116,15 +205,35 @@ impl Ledger {
         }
     }
 
-    /// Acknowledged uploads at paths no move or delete touched, by path: each
-    /// must still read back, at its version, with its SHA-256.
-    fn untouched(&self) -> Vec<(String, FileId, u64, [u8; 32])> {
-        self.acked
+    /// Acknowledged uploads at paths no move or delete touched, by path.
+    fn untouched(&self) -> BTreeMap<String, Vec<Acked>> {
+        let mut by_path: BTreeMap<String, Vec<Acked>> = BTreeMap::new();
+        for a in self
+            .acked
             .iter()
-            .filter(|((path, ..), _)| !self.touched.contains(path))
-            .map(|((path, id, version), sha)| (path.clone(), *id, *version, *sha))
-            .collect()
+            .filter(|a| !self.touched.contains(&a.path))
+        {
+            by_path.entry(a.path.clone()).or_default().push(a.clone());
+        }
+        by_path
     }
+}
+
+/// Whether `copy` is a conflict copy of `path` (see
+/// [`coffer_proto::path::conflict_name`]): beside it, its name's stem then
+/// `.conflict-`, its extension kept.
+fn is_copy_of(copy: &str, path: &str) -> bool {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let (copy_dir, copy_name) = copy.rsplit_once('/').unwrap_or(("", copy));
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    dir == copy_dir
+        && copy_name
+            .strip_prefix(stem)
+            .and_then(|rest| rest.strip_prefix(".conflict-"))
+            .is_some_and(|rest| rest.ends_with(ext) && !rest.is_empty())
 }
 
 /// One simulated device.
@@ -132,6 +241,8 @@ pub(crate) struct Device {
     pub(crate) name: String,
     index: usize,
     endpoint: Endpoint,
+    /// Each server, reached directly.
+    direct: Vec<Endpoint>,
     rng: ChaCha8Rng,
     session: Option<Session<TurmoilNet>>,
     scratch: PathBuf,
@@ -154,7 +265,7 @@ impl Device {
     pub(crate) fn new(
         name: String,
         index: usize,
-        endpoint: Endpoint,
+        (endpoint, direct): (Endpoint, Vec<Endpoint>),
         seed: u64,
         scratch: &Path,
         leak: Leak,
@@ -165,6 +276,7 @@ impl Device {
             name,
             index,
             endpoint,
+            direct,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD0_0000 ^ index as u64),
             session: None,
             scratch,
@@ -195,12 +307,155 @@ impl Device {
         }
         let user = self.user();
         let folder = ledger.borrow().folder.clone();
+        let (unshare_due, unshared) = {
+            let l = ledger.borrow();
+            (l.unshare_due, l.unshared)
+        };
+        let racer = self.index < 2
+            && ledger
+                .borrow()
+                .race
+                .as_ref()
+                .is_some_and(|r| r.edits[self.index].is_none());
         match (USERS[user], folder) {
             ("alice", None) if self.first_device() => self.create_and_share(ledger).await,
             ("bob", Some(_)) if !ledger.borrow().joined => self.join(ledger).await,
             ("carol", folder) => self.probe(ledger, folder).await,
             (_, None) => Ok("waiting for the folder".into()),
+            ("alice", Some(folder)) if racer => self.race(ledger, &folder).await,
+            ("alice", Some(folder)) if unshare_due && !unshared && self.first_device() => {
+                self.unshare(ledger, &folder).await
+            }
+            ("bob", Some(folder)) if unshared => self.removed(&folder).await,
             (_, Some(folder)) => self.file_op(ledger, &folder).await,
+        }
+    }
+
+    /// A session on server `node` alone, signed in with `user`'s newest
+    /// token (tokens are good on every node).
+    fn direct_session(
+        &self,
+        ledger: &RefCell<Ledger>,
+        node: usize,
+        user: usize,
+    ) -> Option<Session<TurmoilNet>> {
+        let token = ledger.borrow().tokens[user].clone()?;
+        let seed = self.seed ^ ((self.index as u64) << 40) ^ ((node as u64 + 1) << 56);
+        let pool = Pool::new(TurmoilNet, self.direct[node].clone(), 1).with_seed(seed);
+        pool.set_token(Some(token));
+        Some(Session::new(pool, USERS[user].to_owned(), user_keys(user)).with_seed(seed ^ 3))
+    }
+
+    /// The racer's edit: a new file at the race's path, through its own
+    /// server, while the race is on.
+    async fn race(&mut self, ledger: &RefCell<Ledger>, folder: &FolderInfo) -> Done {
+        let (path, node, open) = {
+            let l = ledger.borrow();
+            let race = l.race.as_ref().expect("racing");
+            (race.path.clone(), race.nodes[self.index], race.open)
+        };
+        let record = |edit: Edit| {
+            if let Some(race) = ledger.borrow_mut().race.as_mut() {
+                race.edits[self.index] = Some(edit);
+            }
+        };
+        if !open {
+            record(Edit {
+                sha256: [0; 32],
+                written: Written::Skipped,
+            });
+            return Ok("race over before this edit".into());
+        }
+        let Some(session) = self.direct_session(ledger, node, self.user()) else {
+            return Ok("no token to race with".into());
+        };
+        let mut bytes = vec![0u8; self.rng.random_range(1..4096)];
+        self.rng.fill_bytes(&mut bytes);
+        let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let local = self.scratch.join("race");
+        std::fs::write(&local, &bytes).map_err(|source| ClientError::Local {
+            path: local.clone(),
+            source,
+        })?;
+        let put = transfer::put(
+            &session,
+            &NoJournal,
+            &local,
+            folder,
+            &path,
+            &Quiet,
+            // A new file, as a device that has not seen the other's: the
+            // later edit is refused `conflict` if the earlier one reached
+            // its server first, so that both are acknowledged only when
+            // they truly raced.
+            &PutOptions {
+                base: transfer::Base::Known(None),
+                ..PutOptions::default()
+            },
+        )
+        .await;
+        let written = match &put {
+            Ok(report) => Written::Acked(report.entry.file_id),
+            Err(ClientError::Server(e))
+                if e.code == ErrorCode::Unavailable
+                    && e.message.contains("written on this node") =>
+            {
+                Written::Kept
+            }
+            Err(_) => Written::Unknown,
+        };
+        record(Edit {
+            sha256,
+            written: written.clone(),
+        });
+        match put {
+            Ok(report) => Ok(format!(
+                "race {path} through server-{} v{}",
+                node + 1,
+                report.entry.version
+            )),
+            Err(e) => Ok(format!(
+                "race {path} through server-{}: {written:?}: {e}",
+                node + 1
+            )),
+        }
+    }
+
+    /// alice removes bob from the folder; repeated until it is known done
+    /// (an answer lost on the way is found out from the members).
+    async fn unshare(&mut self, ledger: &RefCell<Ledger>, folder: &FolderInfo) -> Done {
+        if self.leak == Leak::Bob {
+            ledger.borrow_mut().unshared = true;
+            return Ok("pretended to remove bob".into());
+        }
+        let s = self.session();
+        let done = match folders::unshare(s, folder, "bob").await {
+            Ok(_) => true,
+            Err(e) => {
+                let detail = folders::detail(s, &folder.folder_id).await?;
+                if detail.members.iter().any(|m| m.username == "bob") {
+                    return Err(e);
+                }
+                true
+            }
+        };
+        let detail = folders::detail(s, &folder.folder_id).await?;
+        let mut l = ledger.borrow_mut();
+        l.unshared = done;
+        l.folder = Some(detail.folder);
+        Ok("removed bob".into())
+    }
+
+    /// bob, removed from the folder, tries to list it: a node that has not
+    /// heard of the removal yet may still answer; after the heal none may
+    /// (checked by [`Device::check_unshare`]).
+    async fn removed(&mut self, folder: &FolderInfo) -> Done {
+        match self.session().call(list(folder)).await {
+            Ok(_) => Ok("removed, but still answered".into()),
+            Err(ClientError::Server(e)) if refusal(e.code) => {
+                Ok(format!("removed, refused: {}", e.code))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -227,7 +482,8 @@ impl Device {
             }
             ledger.borrow_mut().registered[user] = true;
         }
-        let (session, _) = account::login(pool, &credentials, None, None).await?;
+        let (session, info) = account::login(pool, &credentials, None, None).await?;
+        ledger.borrow_mut().tokens[user] = Some(info.token);
         self.session = Some(session.with_seed(pool_seed ^ 2));
         Ok("signed in".into())
     }
@@ -281,14 +537,7 @@ impl Device {
                 folders::accept(s, &folder.folder_id).await?;
             }
         }
-        let list = Request::List(List {
-            folder_id: folder.folder_id.clone(),
-            dir: None,
-            recursive: true,
-            deleted: false,
-            cursor: None,
-            limit: None,
-        });
+        let list = list(&folder);
         let stat = Request::Stat(Stat {
             folder_id: folder.folder_id.clone(),
             path: PATHS[self.rng.random_range(0..PATHS.len())].into(),
@@ -322,12 +571,7 @@ impl Device {
                 ));
                 Ok(format!("{kind} answered"))
             }
-            Err(ClientError::Server(e))
-                if matches!(
-                    e.code,
-                    ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::Unauthorized
-                ) =>
-            {
+            Err(ClientError::Server(e)) if refusal(e.code) => {
                 ledger.borrow_mut().probes += 1;
                 Ok(format!("{kind} refused: {}", e.code))
             }
@@ -421,10 +665,13 @@ impl Device {
         ledger.borrow_mut().uploading.remove(&self.name);
         let report = put?;
         let e = &report.entry;
-        ledger
-            .borrow_mut()
-            .acked
-            .insert((e.path.clone(), e.file_id, e.version), report.sha256);
+        ledger.borrow_mut().acked.push(Acked {
+            path: e.path.clone(),
+            file_id: e.file_id,
+            version: e.version,
+            vv: e.vv.clone(),
+            sha256: report.sha256,
+        });
         Ok(format!("put {path} v{} ({size} bytes)", e.version))
     }
 
@@ -443,10 +690,9 @@ impl Device {
         };
         match transfer::get(self.session(), source, &dest, &Quiet, false).await {
             Ok(report) => {
-                let e = &report.entry;
                 ledger
                     .borrow_mut()
-                    .read(&self.name, path, (e.file_id, e.version), report.sha256);
+                    .read(&self.name, path, &report.entry, report.sha256);
                 Ok(report)
             }
             Err(e) => {
@@ -456,57 +702,310 @@ impl Device {
         }
     }
 
-    /// After the heal: every acknowledged upload no move or delete touched
-    /// reads back at its version with its SHA-256 (invariant 1, in full).
+    /// After the heal, through every node: no acknowledged upload (at a path
+    /// no move or delete touched) is lost. Each is found — under its path at
+    /// its version, or as a conflict copy beside it, by its version vector
+    /// and file id — and reads back with its SHA-256; or a version the node
+    /// holds there (the path's newest, the one at its number, a copy) has
+    /// seen it, which is how a superseded version may leave the history.
     pub(crate) async fn sweep(&mut self, ledger: &RefCell<Ledger>) -> Done {
         let Some(folder) = ledger.borrow().folder.clone() else {
             return Ok("no folder".into());
         };
-        let mut newest: Option<(String, u64)> = None;
-        let mut swept = 0;
         let acked = ledger.borrow().untouched();
-        for (path, file_id, version, sha256) in acked {
-            // The server keeps the newest versions of each path: every
-            // acknowledged one among them must be there.
-            let latest = match &newest {
-                Some((p, v)) if *p == path => *v,
-                _ => {
-                    let v = self.latest_version(&folder, &path).await?;
-                    newest = Some((path.clone(), v));
-                    v
+        let (mut found, mut superseded) = (0, 0);
+        for node in 0..self.direct.len() {
+            let Some(s) = self.direct_session(ledger, node, self.user()) else {
+                return Ok("no token".into());
+            };
+            let listed = listing(&s, &folder, None, true).await?;
+            for (path, writes) in &acked {
+                let mut held: Vec<FileEntry> = Vec::new();
+                held.extend(stat(&s, &folder, path, None).await?);
+                for copy in listed.iter().filter(|c| is_copy_of(c, path)) {
+                    held.extend(stat(&s, &folder, copy, None).await?);
                 }
-            };
-            if version + u64::from(KEEP_VERSIONS) <= latest {
-                continue;
+                for w in writes {
+                    let mut here = held.clone();
+                    here.extend(stat(&s, &folder, path, Some(w.version)).await?);
+                    let holder = here
+                        .iter()
+                        .find(|e| e.vv == w.vv && e.file_id == w.file_id && !e.deleted);
+                    let why = match holder {
+                        Some(e) => {
+                            found += 1;
+                            let version = Some(e.version);
+                            match read_back(&s, &folder, &e.path, version, &self.scratch).await {
+                                Ok((_, sha)) if sha == w.sha256 => continue,
+                                Ok(_) => format!("{} reads back with other content", e.path),
+                                Err(e) => e.to_string(),
+                            }
+                        }
+                        None if here
+                            .iter()
+                            .any(|e| w.vv.compare(&e.vv) == Causality::Before) =>
+                        {
+                            superseded += 1;
+                            continue;
+                        }
+                        None => "neither under its path nor as a conflict copy, and nothing \
+                                 there has seen it"
+                            .to_owned(),
+                    };
+                    ledger.borrow_mut().violations.push(format!(
+                        "acknowledged {path} v{} {:?} is lost on server-{}: {why}",
+                        w.version,
+                        w.vv,
+                        node + 1
+                    ));
+                }
             }
-            swept += 1;
-            let why = match self.get(ledger, &folder, &path, Some(version)).await {
-                Ok(r) if r.entry.file_id == file_id && r.sha256 == sha256 => continue,
-                Ok(_) => "it reads back as another file or other content".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            ledger.borrow_mut().violations.push(format!(
-                "acknowledged {path} v{version} does not read back: {why}"
-            ));
         }
         Ok(format!(
-            "swept {swept} acknowledged uploads still in history"
+            "swept {} nodes: {found} acknowledged uploads found, {superseded} superseded",
+            self.direct.len()
         ))
     }
 
-    async fn latest_version(&self, folder: &FolderInfo, path: &str) -> Result<u64, ClientError> {
-        let stat = Request::Stat(Stat {
+    /// After the heal, through every node: the race's edits that were
+    /// written are each kept exactly once — the winner under the path, the
+    /// other as its conflict copy — with nothing else there, the same on
+    /// every node.
+    pub(crate) async fn check_race(&mut self, ledger: &RefCell<Ledger>) -> Done {
+        let (Some(folder), Some((path, edits))) = ({
+            let l = ledger.borrow();
+            (
+                l.folder.clone(),
+                l.race.as_ref().map(|r| (r.path.clone(), r.edits.clone())),
+            )
+        }) else {
+            return Ok("no race".into());
+        };
+        let edits: Vec<Edit> = edits.into_iter().flatten().collect();
+        let written: Vec<&Edit> = edits
+            .iter()
+            .filter(|e| matches!(e.written, Written::Acked(_) | Written::Kept))
+            .collect();
+        let mut first: Option<BTreeMap<String, [u8; 32]>> = None;
+        let mut violations = Vec::new();
+        for node in 0..self.direct.len() {
+            let Some(s) = self.direct_session(ledger, node, self.user()) else {
+                return Ok("no token".into());
+            };
+            let mut held: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+            for p in listing(&s, &folder, Some(RACE_DIR), false).await? {
+                let (entry, sha) = read_back(&s, &folder, &p, None, &self.scratch).await?;
+                if let Some(e) = edits.iter().find(|e| e.sha256 == sha)
+                    && let Written::Acked(id) = e.written
+                    && id != entry.file_id
+                {
+                    violations.push(format!(
+                        "server-{}: {p} holds a race edit under another file id",
+                        node + 1
+                    ));
+                }
+                held.insert(p, sha);
+            }
+            let on = format!("server-{}", node + 1);
+            for (p, sha) in &held {
+                if !edits
+                    .iter()
+                    .any(|e| e.sha256 == *sha && e.written != Written::Skipped)
+                {
+                    violations.push(format!("{on}: {p} holds content no race edit wrote"));
+                }
+                if *p != path && !is_copy_of(p, &path) {
+                    violations.push(format!("{on}: {p} is neither {path} nor a copy of it"));
+                }
+            }
+            for e in &edits {
+                let n = held.values().filter(|sha| **sha == e.sha256).count();
+                if n > 1 || (n == 0 && written.iter().any(|w| w.sha256 == e.sha256)) {
+                    violations.push(format!(
+                        "{on}: the race's {:?} edit is kept {n} times, not once",
+                        e.written
+                    ));
+                }
+            }
+            if !held.is_empty() && !held.contains_key(&path) {
+                violations.push(format!("{on}: copies of {path} but no winner under it"));
+            }
+            match &first {
+                None => first = Some(held),
+                Some(f) if *f != held => violations.push(format!(
+                    "{on} keeps other race files than server-1: {:?} against {:?}",
+                    held.keys().collect::<Vec<_>>(),
+                    f.keys().collect::<Vec<_>>()
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut l = ledger.borrow_mut();
+        let outcome = format!(
+            "race: {} of 2 edits written, {} problems",
+            written.len(),
+            violations.len()
+        );
+        if written.len() == 2 && violations.is_empty() {
+            l.conflicts += 1;
+        }
+        l.violations
+            .extend(violations.into_iter().map(|v| format!("race: {v}")));
+        Ok(outcome)
+    }
+
+    /// After the heal, through every node: once alice has removed bob, every
+    /// node refuses him the folder — at once, or within a bound (a node may
+    /// still be taking the removal in).
+    pub(crate) async fn check_unshare(&mut self, ledger: &RefCell<Ledger>) -> Done {
+        let (folder, unshared) = {
+            let l = ledger.borrow();
+            (l.folder.clone(), l.unshared)
+        };
+        let Some(folder) = folder else {
+            return Ok("no folder".into());
+        };
+        if !unshared {
+            ledger
+                .borrow_mut()
+                .violations
+                .push("alice's removal of bob was never acknowledged".into());
+            return Ok("bob never removed".into());
+        }
+        let bob = 1;
+        for node in 0..self.direct.len() {
+            let Some(s) = self.direct_session(ledger, node, bob) else {
+                return Ok("no token of bob's".into());
+            };
+            let mut answered = true;
+            for _ in 0..UNSHARE_POLLS {
+                match s.call(list(&folder)).await {
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(ClientError::Server(e)) if refusal(e.code) => {
+                        answered = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if answered {
+                ledger.borrow_mut().violations.push(format!(
+                    "bob, removed from the folder, is still answered a list by server-{} \
+                     after {UNSHARE_POLLS} tries",
+                    node + 1
+                ));
+            }
+        }
+        Ok(format!("bob refused by {} nodes", self.direct.len()))
+    }
+}
+
+/// Tries a removed member gets from each node before a violation.
+const UNSHARE_POLLS: u32 = 20;
+
+/// Whether `code` refuses access (rather than failing).
+fn refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::Unauthorized
+    )
+}
+
+/// A listing of the whole folder.
+fn list(folder: &FolderInfo) -> Request {
+    Request::List(List {
+        folder_id: folder.folder_id.clone(),
+        dir: None,
+        recursive: true,
+        deleted: false,
+        cursor: None,
+        limit: None,
+    })
+}
+
+/// The paths of the live files under `dir`, every page.
+async fn listing(
+    s: &Session<TurmoilNet>,
+    folder: &FolderInfo,
+    dir: Option<&str>,
+    recursive: bool,
+) -> Result<Vec<String>, ClientError> {
+    let mut paths = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100 {
+        let request = Request::List(List {
             folder_id: folder.folder_id.clone(),
-            path: path.to_owned(),
-            version: None,
-            inline: false,
+            dir: dir.map(str::to_owned),
+            recursive,
+            deleted: false,
+            cursor: cursor.take(),
+            limit: None,
         });
-        match self.session().call(stat).await? {
-            coffer_proto::Response::Entry(e) => Ok(e.version),
-            other => Err(ClientError::Protocol(format!(
-                "`{}` in answer to stat",
-                coffer_proto::Message::kind(&other)
-            ))),
+        let page = match s.call(request).await {
+            Ok(Response::Listing(page)) => page,
+            Ok(other) => return Err(unexpected("list", &other)),
+            // A directory nothing was written to.
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(paths),
+            Err(e) => return Err(e),
+        };
+        paths.extend(
+            page.entries
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::File && !e.deleted)
+                .map(|e| e.path),
+        );
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(paths),
         }
     }
+    Err(ClientError::Protocol(
+        "a listing of more than 100 pages".into(),
+    ))
+}
+
+/// `path` (at `version`, else the newest) as the node holds it; none when
+/// it holds no such version.
+async fn stat(
+    s: &Session<TurmoilNet>,
+    folder: &FolderInfo,
+    path: &str,
+    version: Option<u64>,
+) -> Result<Option<FileEntry>, ClientError> {
+    let request = Request::Stat(Stat {
+        folder_id: folder.folder_id.clone(),
+        path: path.to_owned(),
+        version,
+        inline: false,
+    });
+    match s.call(request).await {
+        Ok(Response::Entry(e)) => Ok(Some(e)),
+        Ok(other) => Err(unexpected("stat", &other)),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Downloads `path` (at `version`) and verifies it: its entry and SHA-256.
+async fn read_back(
+    s: &Session<TurmoilNet>,
+    folder: &FolderInfo,
+    path: &str,
+    version: Option<u64>,
+    scratch: &Path,
+) -> Result<(FileEntry, [u8; 32]), ClientError> {
+    let source = Source::Folder {
+        folder_id: &folder.folder_id,
+        path,
+        version,
+    };
+    let report = transfer::get(s, source, &scratch.join("check"), &Quiet, false).await?;
+    Ok((report.entry, report.sha256))
+}
+
+fn unexpected(asked: &str, answer: &Response) -> ClientError {
+    ClientError::Protocol(format!(
+        "`{}` in answer to {asked}",
+        coffer_proto::Message::kind(answer)
+    ))
 }

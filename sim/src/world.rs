@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::{SimClock, TurmoilNet};
 use crate::oracle::{self, Op, Outcome, WarmupSpread};
-use crate::workload::{Device, Done, KEEP_VERSIONS, Leak, Ledger};
+use crate::replicas::Replicas;
+use crate::workload::{Device, Done, KEEP_VERSIONS, Leak, Ledger, Race};
 
 /// The fixed calendar time every simulation starts at: 2030-01-01T00:00:00Z.
 pub const EPOCH_SECS: u64 = 1_893_456_000;
@@ -63,6 +64,14 @@ pub enum Sabotage {
     /// Clients (and the balancer, which would otherwise close a client that
     /// says nothing) wait forever, and one is black-holed: its operation hangs.
     NoClientTimeouts,
+    /// The last server's peer links stay cut after the heal: what the others
+    /// hold never reaches it, nor its writes them.
+    StallReplication,
+    /// At the heal, every chunk file of server-2 is deleted behind its back.
+    LoseChunks,
+    /// alice believes she removed bob from the folder but never asked the
+    /// servers to: bob keeps his access, which the model says he lost.
+    SkipUnshare,
 }
 
 /// The shape of a run.
@@ -84,10 +93,9 @@ pub struct Options {
     /// Whether faults are injected at all.
     pub faults: bool,
     /// The files workload (accounts, a shared folder, uploads, downloads,
-    /// moves, deletes, a stranger's probes) instead of pings. It runs against
-    /// one server behind the balancer ([`Options::service`]): its ledger
-    /// expects one version per path and number, where a cluster keeps
-    /// concurrent edits as conflict copies.
+    /// moves, deletes, a race of two edits on the two sides of a partition,
+    /// an unshare, a stranger's probes) instead of pings
+    /// ([`Options::service`]).
     pub files: bool,
     /// A deliberately broken system.
     pub sabotage: Option<Sabotage>,
@@ -110,11 +118,10 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The files workload: four devices of three users against one server
-    /// behind the balancer.
+    /// The files workload: four devices of three users against the three
+    /// replicated servers behind the balancer.
     pub fn service() -> Options {
         Options {
-            servers: 1,
             files: true,
             final_ops: 6,
             ..Options::default()
@@ -139,6 +146,11 @@ pub struct FaultCounts {
     pub balancer_restarts: u32,
     /// Clients cut off while a multi-chunk upload was in flight.
     pub upload_drops: u32,
+    /// Servers cut off from every other server (the balancer still reaches
+    /// them), including the race's.
+    pub isolations: u32,
+    /// Servers crashed, their data directory deleted, and restarted empty.
+    pub wipes: u32,
 }
 
 impl FaultCounts {
@@ -151,6 +163,8 @@ impl FaultCounts {
             + self.latency_spikes
             + self.balancer_restarts
             + self.upload_drops
+            + self.isolations
+            + self.wipes
     }
 
     /// Adds another run's counts.
@@ -162,6 +176,8 @@ impl FaultCounts {
         self.latency_spikes += other.latency_spikes;
         self.balancer_restarts += other.balancer_restarts;
         self.upload_drops += other.upload_drops;
+        self.isolations += other.isolations;
+        self.wipes += other.wipes;
     }
 }
 
@@ -181,6 +197,9 @@ pub struct Report {
     pub checked_reads: u32,
     /// Reads a stranger or a connection without a session attempted.
     pub probes: u32,
+    /// Races whose two edits were both written and were then found as one
+    /// winner and one conflict copy on every node.
+    pub conflicts: u32,
     /// Invariant violations; empty when the run passed.
     pub violations: Vec<String>,
 }
@@ -245,8 +264,14 @@ impl Pki {
     }
 }
 
+/// How long a write waits for its quorum before it is answered
+/// `unavailable`: shorter than the clients' request deadline, so that a
+/// device learns that its write was kept on the node (and the race knows its
+/// edit was written) instead of timing out.
+const QUORUM_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Server `n` of `servers`: alone, with the server certificate; in a
-/// cluster, with its peer certificate and the others as peers.
+/// cluster, with its peer certificate and the others as peers. A
 fn server_config(pki: &Pki, n: usize, servers: usize) -> Config {
     let node = format!("server-{n}");
     let (cert, key) = if servers > 1 {
@@ -264,6 +289,7 @@ fn server_config(pki: &Pki, n: usize, servers: usize) -> Config {
         bcrypt_cost: 4,
         keep_versions: KEEP_VERSIONS,
         admin: (servers > 1).then(|| "admin".to_owned()),
+        quorum_timeout: QUORUM_TIMEOUT,
         peers: (1..=servers)
             .filter(|&m| m != n)
             .map(|m| {
@@ -278,6 +304,9 @@ fn server_config(pki: &Pki, n: usize, servers: usize) -> Config {
 }
 
 type Shared<T> = Rc<RefCell<T>>;
+
+/// The server each host runs now (none while it is down).
+pub(crate) type Nodes = Shared<Vec<Weak<Server>>>;
 
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
@@ -327,6 +356,22 @@ impl Recorder {
     }
 }
 
+/// Waits until every device is done with its last steps; false (and a
+/// violation) when they are not within a bound.
+async fn all_finished(ledger: &RefCell<Ledger>, clients: usize) -> bool {
+    for _ in 0..1200 {
+        if ledger.borrow().finished >= clients {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ledger
+        .borrow_mut()
+        .violations
+        .push("the devices did not finish their last steps within 120 s".into());
+    false
+}
+
 /// Flips one byte of every chunk the server stores and recomputes the store's
 /// checksum, so that the server serves the wrong bytes as sound.
 fn corrupt_chunks(data: &std::path::Path) -> std::io::Result<u32> {
@@ -354,6 +399,22 @@ fn corrupt_chunks(data: &std::path::Path) -> std::io::Result<u32> {
         }
     }
     Ok(corrupted)
+}
+
+/// Deletes every chunk file the server stores, its database none the wiser.
+fn lose_chunks(data: &std::path::Path) -> std::io::Result<u32> {
+    let mut lost = 0;
+    for dir in std::fs::read_dir(data.join("chunks"))? {
+        let dir = dir?.path();
+        if dir.ends_with("tmp") || !dir.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir)? {
+            std::fs::remove_file(file?.path())?;
+            lost += 1;
+        }
+    }
+    Ok(lost)
 }
 
 /// The longest a backend that went down may still be handed new
@@ -408,9 +469,16 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     let servers: Vec<String> = (1..=options.servers)
         .map(|n| format!("server-{n}"))
         .collect();
+    let sabotage = options.sabotage;
+    // The running server of each host, for the convergence check and the
+    // wipe's readiness rule. Weak: a crashed host's server must go with it.
+    let nodes: Nodes = Rc::new(RefCell::new(
+        (0..servers.len()).map(|_| Weak::new()).collect(),
+    ));
     for (i, name) in servers.iter().enumerate() {
         let pki = pki.clone();
         let clock = clock.clone();
+        let nodes = nodes.clone();
         // Every start of a host draws from its own stream of the seed, so a
         // restarted server never reuses the ids it handed out before.
         let starts = Rc::new(std::cell::Cell::new(0u64));
@@ -418,12 +486,14 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         sim.host(name.as_str(), move || {
             let pki = pki.clone();
             let clock = clock.clone();
+            let nodes = nodes.clone();
             starts.set(starts.get() + 1);
             let server_seed = seed ^ ((i as u64 + 1) << 48) ^ (starts.get() << 32);
             async move {
                 // Built once running, when every host has a name to look up.
                 let config = server_config(&pki, i + 1, count);
                 let server = Arc::new(Server::with_seed(config.clone(), clock, server_seed)?);
+                nodes.borrow_mut()[i] = Arc::downgrade(&server);
                 let listener = TurmoilNet.bind(config.listen).await?;
                 server
                     .run(TurmoilNet, listener, CancellationToken::new())
@@ -439,7 +509,6 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             name: Some("localhost".into()),
         })
         .collect();
-    let sabotage = options.sabotage;
     let mut balancer_config = BalancerConfig {
         backends,
         connect_timeout: Duration::from_secs(1),
@@ -463,9 +532,16 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
     };
     // What the balancer promises, whatever the sabotage makes it do.
     let detect = detection_bound(&balancer_config, TICK);
-    let settle = options
-        .settle
-        .unwrap_or_else(|| recovery_bound(&balancer_config, TICK));
+    let settle = options.settle.unwrap_or_else(|| {
+        let balancer = recovery_bound(&balancer_config, TICK);
+        // Writes need a peer too: the files world waits for the cluster's
+        // links as well.
+        if options.files && options.servers > 1 {
+            balancer.max(CLUSTER_RECOVERY)
+        } else {
+            balancer
+        }
+    });
     if sabotage == Some(Sabotage::IgnoreHealth) {
         balancer_config.health = HealthConfig {
             interval: Duration::from_secs(3600),
@@ -554,21 +630,34 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         let options = options.clone();
         let ledger = ledger.clone();
         let phases = phases.clone();
-        let leak = if sabotage == Some(Sabotage::LeakAccess) {
-            Leak::Carol
-        } else {
-            Leak::None
+        let leak = match sabotage {
+            Some(Sabotage::LeakAccess) => Leak::Carol,
+            Some(Sabotage::SkipUnshare) => Leak::Bob,
+            _ => Leak::None,
         };
+        // Each server reached directly, past the balancer: the race's edits
+        // and the final checks of every node.
+        let direct: Vec<Endpoint> = servers
+            .iter()
+            .map(|s| Endpoint {
+                addr: SocketAddr::new(sim.lookup(s.as_str()), PORT),
+                ..endpoint.clone()
+            })
+            .collect();
         let mut device = options.files.then(|| {
             Device::new(
                 name.clone(),
                 index,
-                endpoint.clone(),
+                (endpoint.clone(), direct),
                 seed,
                 scratch.path(),
                 leak,
             )
         });
+        let replicas = Replicas {
+            nodes: nodes.clone(),
+            data: servers.iter().map(|s| pki.path(s)).collect(),
+        };
         sim.client(name.as_str(), async move {
             // Let the servers start (and a cluster's nodes catch up with each
             // other) and the balancer see them ready.
@@ -594,13 +683,13 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                     recorder.op(true, device.step(&ledger)).await;
                 }
                 ledger.borrow_mut().finished += 1;
-                if index == 0 {
-                    // Once no device writes any more: a later write would
-                    // push an old version out of history mid-sweep.
-                    while ledger.borrow().finished < options.clients {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                if index == 0 && all_finished(&ledger, options.clients).await {
+                    // Once no device writes any more: every node must come
+                    // to hold the same, and every check sees the final state.
+                    recorder.op(true, replicas.converged(&ledger)).await;
                     recorder.op(true, device.sweep(&ledger)).await;
+                    recorder.op(true, device.check_race(&ledger)).await;
+                    recorder.op(true, device.check_unshare(&ledger)).await;
                 }
                 return Ok(());
             }
@@ -617,6 +706,10 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             for _ in 0..options.final_ops {
                 recorder.op(true, ping()).await;
             }
+            ledger.borrow_mut().finished += 1;
+            if index == 0 && all_finished(&ledger, options.clients).await {
+                recorder.op(true, replicas.converged(&ledger)).await;
+            }
             Ok(())
         });
     }
@@ -630,9 +723,17 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         spiked: Vec::new(),
         rejoin: Vec::new(),
         links: BTreeMap::new(),
+        isolated: BTreeMap::new(),
+        race: None,
+        racing: false,
+        data: servers.iter().map(|s| pki.path(s)).collect(),
         trace: trace.clone(),
         sabotage,
     };
+    // The files workload's two scripted events: the race of two edits on the
+    // two sides of a partition, and alice removing bob from the folder.
+    let mut race_at = None;
+    let mut unshare_at = None;
     let mut spread = None;
     let mut next_fault = Duration::ZERO;
     let mut heal_at = None;
@@ -672,6 +773,31 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                 phases.ready.get(),
                 options.clients
             ));
+            if options.files {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ace);
+                if options.faults && servers.len() > 1 {
+                    race_at = Some(t + Duration::from_millis(rng.random_range(500..4000)));
+                }
+                unshare_at = Some(t + Duration::from_millis(rng.random_range(2000..8000)));
+            }
+        }
+        if race_at.is_some_and(|at| t >= at) && healed.is_none() {
+            race_at = None;
+            let (cut, other) = faults.start_race(&sim, t);
+            ledger.borrow_mut().race = Some(Race::new(seed, [cut, other]));
+        }
+        if faults.racing && ledger.borrow().race.as_ref().is_some_and(Race::done) {
+            faults.end_race(&sim, t);
+            if let Some(race) = ledger.borrow_mut().race.as_mut() {
+                race.open = false;
+            }
+        }
+        if unshare_at.is_some_and(|at| t >= at) || (unshare_at.is_some() && phases.settled()) {
+            unshare_at = None;
+            ledger.borrow_mut().unshare_due = true;
+            trace
+                .borrow_mut()
+                .push(format!("{} alice is to remove bob", fmt_time(t)));
         }
         // Faults from the end of the warm-up until the heal.
         if let Some(heal_at) = heal_at
@@ -680,13 +806,21 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
             if options.faults {
                 faults.due(&mut sim, t);
                 if t >= next_fault && t < heal_at {
-                    faults.inject(&mut sim, t, &ledger.borrow().uploading);
+                    let ready: Vec<bool> = nodes
+                        .borrow()
+                        .iter()
+                        .map(|n| n.upgrade().is_some_and(|s| s.ready()))
+                        .collect();
+                    faults.inject(&mut sim, t, &ledger.borrow().uploading, &ready);
                     next_fault = t + Duration::from_millis(faults.rng.random_range(200..1200));
                 }
             }
             if t >= heal_at {
                 healed = Some(t);
                 faults.heal(&mut sim);
+                if let Some(race) = ledger.borrow_mut().race.as_mut() {
+                    race.open = false;
+                }
                 if sabotage == Some(Sabotage::NeverHeal) {
                     faults.partition(&sim, "client-1", "balancer");
                 }
@@ -695,6 +829,17 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                     trace
                         .borrow_mut()
                         .push(format!("{} sabotage: corrupted {n} chunks", fmt_time(t)));
+                }
+                if sabotage == Some(Sabotage::StallReplication)
+                    && let Some(last) = servers.last()
+                {
+                    faults.isolate(&sim, last);
+                }
+                if sabotage == Some(Sabotage::LoseChunks) {
+                    let n = lose_chunks(&pki.path("server-2"))?;
+                    trace
+                        .borrow_mut()
+                        .push(format!("{} sabotage: deleted {n} chunks", fmt_time(t)));
                 }
                 trace.borrow_mut().push(format!("{} heal", fmt_time(t)));
             }
@@ -713,19 +858,35 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         }
     }
 
+    // `SIM_KEEP=1`: leave the servers' data directories (their databases and
+    // chunk stores) behind for a look after a replay.
+    if std::env::var_os("SIM_KEEP").is_some() {
+        let kept = pki.dir.path().to_owned();
+        trace
+            .borrow_mut()
+            .push(format!("data directories kept under {}", kept.display()));
+        drop(sim);
+        if let Ok(pki) = Rc::try_unwrap(pki) {
+            let _ = pki.dir.keep();
+        }
+    }
     let ops = ops.borrow().clone();
     let mut violations = oracle::check(
         &ops,
         op_bound,
-        spread.as_ref().filter(|_| servers.len() > 1),
+        // The pings' connections, a fixed number per client, spread exactly;
+        // the files workload's devices open as many as their steps need.
+        spread
+            .as_ref()
+            .filter(|_| servers.len() > 1 && !options.files),
     );
     violations.extend(watch.violations);
     let ledger = ledger.borrow();
     violations.extend(ledger.violations.iter().cloned());
     let mut trace = trace.borrow().clone();
     trace.push(format!(
-        "faults {:?}; {} reads checked, {} probes refused or caught",
-        faults.counts, ledger.checked_reads, ledger.probes
+        "faults {:?}; {} reads checked, {} probes refused or caught, {} race(s) as one winner and one copy",
+        faults.counts, ledger.checked_reads, ledger.probes, ledger.conflicts
     ));
     Ok(Report {
         seed,
@@ -734,9 +895,17 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         faults: faults.counts,
         checked_reads: ledger.checked_reads,
         probes: ledger.probes,
+        conflicts: ledger.conflicts,
         violations,
     })
 }
+
+/// The longest a server may take, once every fault is undone, to link up
+/// with its peers again (and so to reach a write quorum): a peer link cut
+/// silently is given up after three missed pings, 5 s apart
+/// (`cluster/link.rs`), then reconnected after at most its 5 s backoff, and
+/// catches up within a second.
+const CLUSTER_RECOVERY: Duration = Duration::from_secs(21);
 
 /// How far simulated time moves per step.
 const TICK: Duration = Duration::from_millis(10);
@@ -789,6 +958,18 @@ struct Faults {
     spiked: Vec<(String, String)>,
     /// Clients cut off mid-upload, and when they are let back.
     rejoin: Vec<(Duration, String)>,
+    /// Servers cut off from the other servers, and when they are let back.
+    isolated: BTreeMap<String, Duration>,
+    /// The race's two servers: the one cut off from the others while the race
+    /// is on, then the one its other edit goes through. Neither is wiped,
+    /// and no other isolation comes and goes while the race is on: the race's
+    /// check expects each edit written to be kept, and the two to meet only
+    /// once both are written.
+    race: Option<(String, String)>,
+    /// Whether the race's server is still cut off.
+    racing: bool,
+    /// Each server's data directory, which a wipe deletes.
+    data: Vec<PathBuf>,
     /// Links now partitioned or held, each named by its two ends in order.
     /// Every fault that breaks a link goes through `partition`, `hold` and
     /// `repair`, so the heal and a quiet crash can trust it.
@@ -856,11 +1037,13 @@ impl Faults {
     /// would draw link latency from the seed's generator in that order. The
     /// host's links come back as they were.
     fn quietly(&mut self, sim: &mut turmoil::Sim<'_>, host: &str, fate: Fate) {
-        let peers: Vec<String> = if host == "balancer" {
-            self.servers.iter().chain(&self.clients).cloned().collect()
-        } else {
-            vec!["balancer".to_owned()]
-        };
+        // Every other host: a server also talks to its peers, and to the
+        // devices that reach it directly (the race, the final checks).
+        let peers: Vec<String> = std::iter::once("balancer".to_owned())
+            .chain(self.servers.iter().cloned())
+            .chain(self.clients.iter().cloned())
+            .filter(|h| h != host)
+            .collect();
         for peer in &peers {
             sim.partition_oneway(host, peer.as_str());
         }
@@ -894,6 +1077,17 @@ impl Faults {
             self.quietly(sim, &server, Fate::Restart);
             self.log(t, &format!("restart {server}"));
         }
+        let rejoined: Vec<String> = self
+            .isolated
+            .iter()
+            .filter(|(_, at)| **at <= t)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for server in rejoined {
+            self.isolated.remove(&server);
+            self.rejoin_peers(sim, &server);
+            self.log(t, &format!("rejoin {server} its peers"));
+        }
         let (now, later): (Vec<_>, Vec<_>) = self.rejoin.drain(..).partition(|(at, _)| *at <= t);
         self.rejoin = later;
         for (_, client) in now {
@@ -902,7 +1096,101 @@ impl Faults {
         }
     }
 
-    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, uploading: &BTreeSet<String>) {
+    /// Cuts `server` off from every other server (the balancer and the
+    /// devices still reach it).
+    fn isolate(&mut self, sim: &turmoil::Sim<'_>, server: &str) {
+        for other in self.peers_of(server) {
+            self.partition(sim, server, &other);
+        }
+        self.counts.isolations += 1;
+    }
+
+    fn rejoin_peers(&mut self, sim: &turmoil::Sim<'_>, server: &str) {
+        for other in self.peers_of(server) {
+            self.repair(sim, server, &other);
+        }
+    }
+
+    /// Every server but `server`.
+    fn peers_of(&self, server: &str) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| *s != server)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the race: its first server is cut off from the others until
+    /// both edits are done (or the heal).
+    fn start_race(&mut self, sim: &turmoil::Sim<'_>, t: Duration) -> (usize, usize) {
+        let n = self.servers.len();
+        let cut = self.rng.random_range(0..n);
+        let other = (cut + self.rng.random_range(1..n)) % n;
+        let (a, b) = (self.servers[cut].clone(), self.servers[other].clone());
+        // A random isolation under way ends now: its timed end would also
+        // reconnect the race's server.
+        for server in std::mem::take(&mut self.isolated).into_keys() {
+            self.rejoin_peers(sim, &server);
+        }
+        self.isolate(sim, &a);
+        self.log(t, &format!("race: isolate {a}, edit through {a} and {b}"));
+        self.race = Some((a, b));
+        self.racing = true;
+        (cut, other)
+    }
+
+    /// Ends the race's isolation once both edits are done.
+    fn end_race(&mut self, sim: &turmoil::Sim<'_>, t: Duration) {
+        if let Some((a, _)) = self.race.clone()
+            && self.racing
+        {
+            self.racing = false;
+            self.rejoin_peers(sim, &a);
+            self.log(t, &format!("race over: rejoin {a} its peers"));
+        }
+    }
+
+    /// Wipes a server — crash, data directory deleted, restart later — only
+    /// while every server is up and ready: a wiped node is ready again only
+    /// once it has caught up with every peer, so at most one node at a time
+    /// lacks what it held (`nodes − write_quorum` with three nodes and a
+    /// quorum of two), and no acknowledged write may be lost. An isolated
+    /// server is wiped first: what it acknowledged alone would die with it.
+    fn wipe(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, ready: &[bool]) -> Option<String> {
+        if !ready.iter().all(|&r| r) || !self.crashed.is_empty() {
+            return None;
+        }
+        let race = self.race.clone();
+        let spared = |s: &String| race.as_ref().is_some_and(|(a, b)| s == a || s == b);
+        let candidates: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| !spared(&self.servers[i]))
+            .collect();
+        let i = candidates
+            .iter()
+            .copied()
+            .find(|&i| self.isolated.contains_key(&self.servers[i]))
+            .or_else(|| {
+                (!candidates.is_empty())
+                    .then(|| candidates[self.rng.random_range(0..candidates.len())])
+            })?;
+        let server = self.servers[i].clone();
+        self.quietly(sim, &server, Fate::Crash);
+        if let Err(e) = std::fs::remove_dir_all(&self.data[i]) {
+            self.log(t, &format!("wiping {server} failed: {e}"));
+        }
+        let back = t + Duration::from_millis(self.rng.random_range(500..4000));
+        self.crashed.insert(server.clone(), back);
+        self.counts.wipes += 1;
+        Some(format!("wipe {server}"))
+    }
+
+    fn inject(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        t: Duration,
+        uploading: &BTreeSet<String>,
+        ready: &[bool],
+    ) {
         if self.sabotage == Some(Sabotage::NoClientTimeouts) && self.counts.total() == 0 {
             // Black-hole the first client: with no deadlines it waits forever.
             self.hold(sim, "client-1", "balancer");
@@ -923,7 +1211,7 @@ impl Faults {
             return;
         }
         let server = self.servers[self.rng.random_range(0..self.servers.len())].clone();
-        let line = match self.rng.random_range(0..8u32) {
+        let line = match self.rng.random_range(0..10u32) {
             0 => {
                 self.partition(sim, "balancer", &server);
                 self.counts.backend_partitions += 1;
@@ -972,16 +1260,28 @@ impl Faults {
                 self.counts.balancer_restarts += 1;
                 "restart balancer".to_owned()
             }
-            _ => {
-                // Faults also come and go before the heal.
-                self.repair(sim, "balancer", &server);
-                if let Some((a, b)) = self.spiked.pop() {
-                    unspike(sim, &a, &b);
-                }
-                format!("repair balancer {server}")
+            6 if !self.racing && !self.isolated.contains_key(&server) => {
+                self.isolate(sim, &server);
+                let back = t + Duration::from_millis(self.rng.random_range(500..3000));
+                self.isolated.insert(server.clone(), back);
+                format!("isolate {server} from its peers")
             }
+            7 => match self.wipe(sim, t, ready) {
+                Some(line) => line,
+                None => self.repair_some(sim, &server),
+            },
+            _ => self.repair_some(sim, &server),
         };
         self.log(t, &line);
+    }
+
+    /// Faults also come and go before the heal.
+    fn repair_some(&mut self, sim: &turmoil::Sim<'_>, server: &str) -> String {
+        self.repair(sim, "balancer", server);
+        if let Some((a, b)) = self.spiked.pop() {
+            unspike(sim, &a, &b);
+        }
+        format!("repair balancer {server}")
     }
 
     /// Undoes every fault.
@@ -997,6 +1297,8 @@ impl Faults {
             self.quietly(sim, &server, Fate::Restart);
         }
         self.rejoin.clear();
+        self.isolated.clear();
+        self.racing = false;
     }
 }
 

@@ -62,6 +62,8 @@ const OPS: [(&str, Need); 12] = [
 /// Runs the scenario against `cluster` with scratch space under `dir`.
 pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failure> {
     let mut t = Tally::default();
+    // The scenario before may have left a node catching up.
+    crate::cluster::settle(cluster, crate::cluster::SETTLE).await?;
     let dev = |user: &str, name: &str| Device::new(dir, user, name, cluster.front(), cluster.ca());
     let owner = dev("az-owner", "main");
     owner.enrol(true).await.ctx("register owner")?;

@@ -22,6 +22,8 @@ const SIZES: [usize; 6] = [0, 1, 4095, 1 << 20, (1 << 20) + 1, (3 << 20) + 5];
 /// Runs the scenario against `cluster` with scratch space under `dir`.
 pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failure> {
     let mut t = Tally::default();
+    // The scenario before may have left a node catching up.
+    crate::cluster::settle(cluster, crate::cluster::SETTLE).await?;
     let users: Vec<String> = (0..USERS).map(|u| format!("mc{u}")).collect();
     let devices: Vec<Vec<Device>> = users
         .iter()

@@ -1,6 +1,9 @@
 //! Scenario 7: two devices running `coffer sync` converge after creates,
-//! modifies, deletes and moves — also across a server killed and restarted
-//! while one of them keeps changing files.
+//! modifies, deletes and moves — also across a node (node-1) killed and
+//! restarted while one of them keeps changing files. Both run through the
+//! balancer, so their connections, subscriptions included, land on
+//! different nodes: events of changes made through one node reach a device
+//! subscribed on another.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,14 +24,16 @@ fn skip(rel: &str) -> bool {
     name.starts_with(".coffer") || name.ends_with(".part") || name.ends_with(".tmp")
 }
 
-/// Waits until both trees are equal and equal to `expected`.
+/// Waits until both trees are equal and equal to `expected`; if they never
+/// are, the failure tells what `coffer status` says on each device.
 async fn converge(
+    devices: (&Device, &Device),
     a: &Path,
     b: &Path,
     expected: &BTreeMap<String, String>,
     what: &str,
 ) -> Result<(), Failure> {
-    poll(CONVERGE, Duration::from_millis(200), what, || async move {
+    let settled = poll(CONVERGE, Duration::from_millis(200), what, || async move {
         let (ta, tb) = (tree(a, skip)?, tree(b, skip)?);
         if ta == *expected && tb == *expected {
             Ok(Some(()))
@@ -43,7 +48,20 @@ async fn converge(
             Err(format!("differing: {diff:?}"))
         }
     })
-    .await
+    .await;
+    if let Err(e) = settled {
+        let mut status = Vec::new();
+        for d in [devices.0, devices.1] {
+            let out = d.run(&["status"]).await;
+            status.push(format!(
+                "{}: {}",
+                d.name,
+                out.unwrap_or_else(|e| e.to_string()).trim()
+            ));
+        }
+        return Err(format!("{e}; coffer status: {}", status.join("; ")));
+    }
+    Ok(())
 }
 
 struct Daemon(tokio::process::Child);
@@ -74,9 +92,11 @@ impl Daemon {
     }
 }
 
-/// Runs the scenario on a one-server service cluster.
+/// Runs the scenario on a replicated service cluster.
 pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failure> {
     let mut t = Tally::default();
+    // The scenario before may have left a node catching up.
+    crate::cluster::settle(cluster, crate::cluster::SETTLE).await?;
     let probe = Probe::new(cluster.ca()).ctx("probe")?;
     let a = Device::new(dir, "sy-user", "laptop", cluster.front(), cluster.ca());
     let b = Device::new(dir, "sy-user", "desktop", cluster.front(), cluster.ca());
@@ -111,7 +131,14 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
         );
     }
     t.ops(4);
-    converge(&root_a, &root_b, &expected, "creates on A reach B").await?;
+    converge(
+        (&a, &b),
+        &root_a,
+        &root_b,
+        &expected,
+        "creates on A reach B",
+    )
+    .await?;
     t.checks += 1;
 
     // Modify on B, delete and move on A.
@@ -127,6 +154,7 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     expected.insert("moved/b.txt".into(), b_sha);
     t.ops(3);
     converge(
+        (&a, &b),
         &root_a,
         &root_b,
         &expected,
@@ -135,7 +163,7 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
     .await?;
     t.checks += 1;
 
-    // The server dies; B keeps changing files; the server comes back.
+    // Node-1 dies; B keeps changing files; node-1 comes back.
     cluster.kill(Member::Server(0)).await.ctx("kill")?;
     t.faults += 1;
     expected.insert(
@@ -152,6 +180,7 @@ pub async fn run(cluster: &mut impl Cluster, dir: &Path) -> Result<Tally, Failur
         .until_ready(cluster.front(), Duration::from_secs(30))
         .await?;
     converge(
+        (&a, &b),
         &root_a,
         &root_b,
         &expected,

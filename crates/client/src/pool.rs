@@ -52,8 +52,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a request may be sent again without changing its effect: reads,
-/// and the upload steps the server makes idempotent.
+/// and the upload steps the server makes idempotent (a begin, when it names
+/// its upload: begun or committed again, on any server, it is the same write).
 pub fn retryable(request: &Request) -> bool {
+    if let Request::UploadBegin(begin) = request {
+        return begin.upload_id.is_some();
+    }
     matches!(
         request.kind(),
         "ping"
@@ -193,6 +197,40 @@ impl<N: Net> Pool<N> {
         self.links.lock().await.clear();
     }
 
+    /// A connection to the cluster node `node`: one open already, the least
+    /// busy, or new ones until one lands there (a balancer spreads them over
+    /// its servers), at most the pool's size of them. `unavailable` when none
+    /// does: that node is gone, and what lived only there with it.
+    pub async fn link_to(&self, node: &str) -> Result<Arc<Client>, ClientError> {
+        let on_node = |links: &mut Vec<Arc<Client>>| {
+            links.retain(|l| !l.is_closed());
+            links
+                .iter()
+                .filter(|l| l.welcome().node_id == node)
+                .min_by_key(|l| l.in_flight())
+                .cloned()
+        };
+        if let Some(link) = on_node(&mut *self.links.lock().await) {
+            return Ok(link);
+        }
+        for _ in 0..self.size {
+            let link = self.open().await?;
+            let mut links = self.links.lock().await;
+            links.push(link);
+            if let Some(link) = on_node(&mut links) {
+                return Ok(link);
+            }
+            // The pool keeps at most its size; the oldest elsewhere go.
+            while links.len() > self.size {
+                links.remove(0);
+            }
+        }
+        Err(ClientError::Server(coffer_proto::ErrorBody::new(
+            coffer_proto::ErrorCode::Unavailable,
+            format!("no connection reaches {node} now"),
+        )))
+    }
+
     /// Sends a request, retrying one that may safely run twice when the
     /// connection is lost or the server says it is briefly unavailable.
     pub async fn call(
@@ -200,11 +238,26 @@ impl<N: Net> Pool<N> {
         request: Request,
         body: Bytes,
     ) -> Result<Frame<Response>, ClientError> {
+        self.call_at(None, request, body).await
+    }
+
+    /// [`Pool::call`] on a connection to the cluster node `node`
+    /// ([`Pool::link_to`]): an upload in progress lives on the node it
+    /// began on.
+    pub async fn call_at(
+        &self,
+        node: Option<&str>,
+        request: Request,
+        body: Bytes,
+    ) -> Result<Frame<Response>, ClientError> {
         let again = retryable(&request);
         let mut pause = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            let link = self.link().await;
+            let link = match node {
+                Some(node) => self.link_to(node).await,
+                None => self.link().await,
+            };
             // A request that cannot be retried goes out only on a connection
             // known to be alive. One that has been quiet may lead to a server
             // or balancer that died without a word (and has restarted since):

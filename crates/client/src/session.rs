@@ -91,6 +91,23 @@ impl<N: Net> Session<N> {
         self.pool.call(request, body).await
     }
 
+    /// [`Session::call_with_body`] on a connection to the cluster node
+    /// `node`, when given ([`Pool::call_at`]).
+    pub async fn call_at(
+        &self,
+        node: Option<&str>,
+        request: Request,
+        body: Bytes,
+    ) -> Result<Frame<Response>, ClientError> {
+        self.pool.call_at(node, request, body).await
+    }
+
+    /// The node an upload begun now goes to: that of a connection the pool
+    /// holds (every connection reaches the same one on a single server).
+    pub async fn upload_node(&self) -> Result<String, ClientError> {
+        Ok(self.pool.link().await?.welcome().node_id.clone())
+    }
+
     /// The folders the user is an active member of.
     pub async fn folders(&self) -> Result<Vec<FolderInfo>, ClientError> {
         match self.call(Request::FolderList).await? {

@@ -273,13 +273,35 @@ fn mode(meta: &std::fs::Metadata) -> u32 {
     }
 }
 
-/// Finds what an unchanged upload still lacks, or `None` when it must start over.
+/// Whether an interrupted upload goes on where it stopped or begins again.
+enum Resume {
+    /// The server has the upload, and lacks these chunks.
+    Continue(Box<PendingUpload>, HashSet<u32>),
+    /// Begin again under this upload id: the same one when the server does
+    /// not know the upload (it expired, or this is another node of the
+    /// cluster, which may hold the version that upload made), a new one when
+    /// the file changed and this is another write.
+    Restart {
+        upload_id: String,
+        /// The id is the interrupted upload's: the server decides whether
+        /// it was committed, even where the path moved on since.
+        again: bool,
+    },
+}
+
+/// A new upload id, random.
+fn new_upload_id<N: Net>(s: &Session<N>) -> String {
+    coffer_proto::request::upload_id(s.rng().random())
+}
+
+/// Finds what an unchanged upload still lacks, or how it must start over.
 async fn resumable<N: Net>(
     s: &Session<N>,
+    node: &str,
     journal: &dyn Journal,
     pending: PendingUpload,
     expect: (&Path, u64, i64, u32, u64),
-) -> Result<Option<(PendingUpload, HashSet<u32>)>, ClientError> {
+) -> Result<Resume, ClientError> {
     let (local_path, size, mtime, chunk_size, epoch) = expect;
     let unchanged = pending.local == local_path
         && pending.size == size
@@ -288,7 +310,8 @@ async fn resumable<N: Net>(
         && pending.epoch == epoch;
     if unchanged {
         let answer = s
-            .call_with_body(
+            .call_at(
+                Some(node),
                 Request::UploadResume(UploadRef {
                     upload_id: pending.upload_id.clone(),
                 }),
@@ -306,10 +329,16 @@ async fn resumable<N: Net>(
                                 .is_some_and(|b| b & (1 << (i % 8)) != 0)
                         })
                         .collect();
-                    return Ok(Some((pending, missing)));
+                    return Ok(Resume::Continue(Box::new(pending), missing));
                 }
             }
-            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {}
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {
+                journal.forget(&pending.folder_id, &pending.path)?;
+                return Ok(Resume::Restart {
+                    upload_id: pending.upload_id,
+                    again: true,
+                });
+            }
             Err(e) => return Err(e),
         }
     } else {
@@ -321,7 +350,10 @@ async fn resumable<N: Net>(
             .await;
     }
     journal.forget(&pending.folder_id, &pending.path)?;
-    Ok(None)
+    Ok(Resume::Restart {
+        upload_id: new_upload_id(s),
+        again: false,
+    })
 }
 
 /// Begins a streamed upload of a new version of `path`: the pending upload,
@@ -340,14 +372,16 @@ struct Prepared {
 /// Decides the version an upload replaces and the file key it is sealed
 /// under. With `look` false and a path the caller believes new (`Known(None)`,
 /// nothing to reuse), the server is not asked first: the commit itself refuses
-/// a path that exists after all.
+/// a path that exists after all. With `again` (an interrupted upload begun
+/// anew under its id), a known base the path moved on from is left for the
+/// server to judge: the version it moved on to may be this very upload's.
 async fn prepare<N: Net>(
     s: &Session<N>,
     folder: &FolderInfo,
     path: &str,
     chunk_size: u32,
     options: &PutOptions,
-    look: bool,
+    (look, again): (bool, bool),
 ) -> Result<Prepared, ClientError> {
     let believed_new = matches!(options.base, Base::Known(None)) && options.reuse.is_empty();
     // The version this upload replaces: its version vector is the base, and
@@ -380,7 +414,7 @@ async fn prepare<N: Net>(
     let base = match &options.base {
         Base::Latest => current.as_ref().map(|c| c.vv.clone()),
         Base::Known(known) => {
-            if live.map(|c| &c.vv) != known.as_ref() {
+            if live.map(|c| &c.vv) != known.as_ref() && !again {
                 return Err(ClientError::Server(ErrorBody::new(
                     ErrorCode::Conflict,
                     format!("{path} changed on the server since this device last synced it"),
@@ -437,9 +471,22 @@ async fn prepare<N: Net>(
     })
 }
 
+/// A streamed upload begun: what to send, and whether the chunks of the
+/// version replaced may be named by address (the file keeps its key).
+struct Begun {
+    pending: PendingUpload,
+    missing: HashSet<u32>,
+    reusing: bool,
+    /// The version this upload made already (begun again under its id after
+    /// it was committed, perhaps through another node): nothing to send.
+    committed: Option<FileEntry>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn begin<N: Net>(
     s: &Session<N>,
+    node: &str,
+    (upload_id, again): (String, bool),
     folder: &FolderInfo,
     path: &str,
     local_path: &Path,
@@ -447,14 +494,14 @@ async fn begin<N: Net>(
     mtime: i64,
     chunk_size: u32,
     options: &PutOptions,
-) -> Result<(PendingUpload, HashSet<u32>, bool), ClientError> {
+) -> Result<Begun, ClientError> {
     let Prepared {
         file_id,
         file_key,
         wrapped,
         base,
         reusing,
-    } = prepare(s, folder, path, chunk_size, options, true).await?;
+    } = prepare(s, folder, path, chunk_size, options, (true, again)).await?;
     let chunk_count = size.div_ceil(u64::from(chunk_size)) as u32;
     let request = Request::UploadBegin(UploadBegin {
         folder_id: folder.folder_id.clone(),
@@ -468,13 +515,16 @@ async fn begin<N: Net>(
         meta: Blob::default(),
         base: base.clone(),
         commit: false,
+        upload_id: Some(upload_id.clone()),
     });
-    let frame = s.call_with_body(request, Bytes::new()).await?;
-    let Response::Upload(upload) = frame.msg else {
-        return Err(unexpected("upload_begin", &frame.msg));
+    let frame = s.call_at(Some(node), request, Bytes::new()).await?;
+    let committed = match frame.msg {
+        Response::Upload(upload) if upload.upload_id == upload_id => None,
+        Response::Entry(entry) => Some(entry),
+        other => return Err(unexpected("upload_begin", &other)),
     };
     let pending = PendingUpload {
-        upload_id: upload.upload_id,
+        upload_id,
         folder_id: folder.folder_id.clone(),
         path: path.to_owned(),
         local: local_path.to_owned(),
@@ -487,7 +537,16 @@ async fn begin<N: Net>(
         chunk_size,
         base,
     };
-    Ok((pending, (0..chunk_count).collect(), reusing))
+    let missing = match committed {
+        Some(_) => HashSet::new(),
+        None => (0..chunk_count).collect(),
+    };
+    Ok(Begun {
+        pending,
+        missing,
+        reusing,
+        committed,
+    })
 }
 
 /// A chunk on its way: sealed and sent, or named by an earlier address.
@@ -503,6 +562,31 @@ struct Sent {
 /// of the same unchanged file; the base version and chunk reuse as `options`
 /// say.
 pub async fn put<N: Net>(
+    s: &Session<N>,
+    journal: &dyn Journal,
+    local_path: &Path,
+    folder: &FolderInfo,
+    path: &str,
+    progress: &dyn Progress,
+    options: &PutOptions,
+) -> Result<PutReport, ClientError> {
+    match put_attempt(s, journal, local_path, folder, path, progress, options).await {
+        // The upload vanished under us: its server went away (no connection
+        // reaches it, or the pool's retry reached another, which does not
+        // know it). Once more, under the same id: another server finishes
+        // it, or answers with the version the first one made if it has
+        // arrived. Safe whatever the cause: the id makes it the same write.
+        Err(ClientError::Server(e))
+            if matches!(e.code, ErrorCode::NotFound | ErrorCode::Unavailable)
+                && journal.pending(&folder.folder_id, path)?.is_some() =>
+        {
+            put_attempt(s, journal, local_path, folder, path, progress, options).await
+        }
+        done => done,
+    }
+}
+
+async fn put_attempt<N: Net>(
     s: &Session<N>,
     journal: &dyn Journal,
     local_path: &Path,
@@ -529,6 +613,7 @@ pub async fn put<N: Net>(
     if chunk_count <= 1 && pending.is_none() {
         return put_whole(
             s,
+            journal,
             folder,
             path,
             (&local_path, file, &meta),
@@ -538,24 +623,44 @@ pub async fn put<N: Net>(
         )
         .await;
     }
+    // An upload in progress lives on the node it began on: in a cluster
+    // behind a balancer every request of this one goes to that node, over
+    // the connections that reach it.
+    let node = s.upload_node().await?;
     let resumed = match pending {
         Some(p) => {
             resumable(
                 s,
+                &node,
                 journal,
                 p,
                 (&local_path, size, mtime, chunk_size, folder.epoch),
             )
             .await?
         }
-        None => None,
+        None => Resume::Restart {
+            upload_id: new_upload_id(s),
+            again: false,
+        },
     };
-    let was_resumed = resumed.is_some();
-    let (pending, missing, reusing) = match resumed {
-        Some((pending, missing)) => (pending, missing, false),
-        None => {
+    let was_resumed = matches!(resumed, Resume::Continue(..));
+    let Begun {
+        pending,
+        missing,
+        reusing,
+        committed,
+    } = match resumed {
+        Resume::Continue(pending, missing) => Begun {
+            pending: *pending,
+            missing,
+            reusing: false,
+            committed: None,
+        },
+        Resume::Restart { upload_id, again } => {
             let fresh = begin(
                 s,
+                &node,
+                (upload_id, again),
                 folder,
                 path,
                 &local_path,
@@ -565,7 +670,9 @@ pub async fn put<N: Net>(
                 options,
             )
             .await?;
-            journal.save(&fresh.0)?;
+            if fresh.committed.is_none() {
+                journal.save(&fresh.pending)?;
+            }
             fresh
         }
     };
@@ -638,6 +745,7 @@ pub async fn put<N: Net>(
         let iv: [u8; 16] = s.rng().random();
         let cipher = cipher.clone();
         let upload_id = pending.upload_id.clone();
+        let node = node.as_str();
         sending.push(async move {
             let plain_len = len as u64;
             if let Some(address) = earlier {
@@ -647,7 +755,7 @@ pub async fn put<N: Net>(
                     sha256: Sha256(address),
                     md5: None,
                 });
-                match s.call_with_body(request, Bytes::new()).await {
+                match s.call_at(Some(node), request, Bytes::new()).await {
                     Ok(frame) => match frame.msg {
                         Response::ChunkAck(_) => {
                             return Ok(Sent {
@@ -679,7 +787,11 @@ pub async fn put<N: Net>(
                 sha256: hash,
                 md5: None,
             });
-            match s.call_with_body(request, Bytes::from(sealed)).await?.msg {
+            match s
+                .call_at(Some(node), request, Bytes::from(sealed))
+                .await?
+                .msg
+            {
                 Response::ChunkAck(_) => Ok(Sent {
                     index,
                     address: hash.0,
@@ -699,13 +811,18 @@ pub async fn put<N: Net>(
         .expect("the reader is returned after each chunk");
     let sha256: [u8; 32] = hasher.finalize().into();
     let sealed_meta = sealed_meta(s, &local_path, &meta, sha256, &file_key, pending.file_id)?;
-    let commit = Request::UploadCommit(UploadCommit {
-        upload_id: pending.upload_id.clone(),
-        meta: Some(Blob(sealed_meta)),
-    });
-    let entry = match s.call(commit).await? {
-        Response::Entry(entry) => entry,
-        other => return Err(unexpected("upload_commit", &other)),
+    let entry = match committed {
+        Some(entry) => entry,
+        None => {
+            let commit = Request::UploadCommit(UploadCommit {
+                upload_id: pending.upload_id.clone(),
+                meta: Some(Blob(sealed_meta)),
+            });
+            match s.call_at(Some(&node), commit, Bytes::new()).await?.msg {
+                Response::Entry(entry) => entry,
+                other => return Err(unexpected("upload_commit", &other)),
+            }
+        }
     };
     journal.forget(&folder.folder_id, path)?;
     // Where each chunk is stored, when every one passed through this run.
@@ -762,8 +879,10 @@ fn sealed_meta<N: Net>(
 /// resume, so nothing is journaled; a path believed new costs no `stat`
 /// either. One round trip instead of four, which is what a folder of many
 /// small files waits on.
+#[allow(clippy::too_many_arguments)]
 async fn put_whole<N: Net>(
     s: &Session<N>,
+    journal: &dyn Journal,
     folder: &FolderInfo,
     path: &str,
     (local_path, mut file, meta): (&Path, std::fs::File, &std::fs::Metadata),
@@ -772,7 +891,8 @@ async fn put_whole<N: Net>(
     options: &PutOptions,
 ) -> Result<PutReport, ClientError> {
     let (size, mtime) = (meta.len(), mtime_ns(meta));
-    let prepared = prepare(s, folder, path, chunk_size, options, false).await?;
+    let prepared = prepare(s, folder, path, chunk_size, options, (false, false)).await?;
+    let upload_id = new_upload_id(s);
     progress.start(size);
     let cipher = ChunkCipher::new(&prepared.file_key, prepared.file_id.0);
     let iv: [u8; 16] = s.rng().random();
@@ -810,18 +930,44 @@ async fn put_whole<N: Net>(
         chunk_size,
         chunk_count: u32::from(address.is_some()),
         epoch: folder.epoch,
-        wrapped_file_key: Blob(prepared.wrapped),
+        wrapped_file_key: Blob(prepared.wrapped.clone()),
         meta: Blob(sealed_meta),
-        base: prepared.base,
+        base: prepared.base.clone(),
         commit: true,
+        // Its own id makes the request safe to send again.
+        upload_id: Some(upload_id.clone()),
     });
     let sealed_len = sealed.len() as u64;
     let mut body = BytesMut::with_capacity(32 + sealed.len());
     body.extend_from_slice(address.as_ref().map_or(&[][..], |a| &a[..]));
     body.extend_from_slice(&sealed);
-    let entry = match s.call_with_body(request, body.freeze()).await?.msg {
-        Response::Entry(entry) => entry,
-        other => return Err(unexpected("upload_begin", &other)),
+    let entry = match s.call_with_body(request, body.freeze()).await {
+        Ok(frame) => match frame.msg {
+            Response::Entry(entry) => entry,
+            other => return Err(unexpected("upload_begin", &other)),
+        },
+        // Perhaps written, perhaps not (a server that could not reach its
+        // quorum keeps the write): remembered, so that `put` run again
+        // begins the same write under the same id — and finds it done if it
+        // was — rather than make a second version.
+        Err(e) if e.is_transient() => {
+            journal.save(&PendingUpload {
+                upload_id,
+                folder_id: folder.folder_id.clone(),
+                path: path.to_owned(),
+                local: local_path.to_owned(),
+                size,
+                mtime_ns: mtime,
+                file_id: prepared.file_id,
+                file_key: Zeroizing::new(*prepared.file_key.0.expose()),
+                wrapped_file_key: prepared.wrapped.clone(),
+                epoch: folder.epoch,
+                chunk_size,
+                base: prepared.base,
+            })?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
     };
     progress.advance(size);
     Ok(PutReport {

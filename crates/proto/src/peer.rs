@@ -17,8 +17,8 @@ use proptest_derive::Arbitrary;
 use crate::codec::message_family;
 use crate::error::DecodeError;
 use crate::limits::MAX_RECORDS_PER_BATCH;
-use crate::request::Register;
-use crate::response::{ErrorBody, Registered};
+use crate::request::{FolderShare, FolderUnshare, Register};
+use crate::response::{ErrorBody, FolderInfo, Registered};
 use crate::types::{Hlc, Sha256};
 
 message_family! {
@@ -45,6 +45,13 @@ message_family! {
         Forward(Register) = "forward_register",
         /// The owner node's answer to a forwarded registration.
         Forwarded(Registered) = "forwarded",
+        /// A change of a folder's members and keys forwarded to the folder's
+        /// key node, which makes every such change of that folder; answered
+        /// by `keys_forwarded` or `peer_error`.
+        ForwardKeys(ForwardKeys) = "forward_keys",
+        /// The key node's answer to a forwarded key change: the client's
+        /// answer.
+        KeysForwarded(KeysForwarded) = "keys_forwarded",
         /// Keep-alive; answered by `peer_pong`.
         PeerPing = "peer_ping",
         /// Answers `peer_ping`.
@@ -119,6 +126,52 @@ pub struct Ack {
 pub struct ChunkFetch {
     /// Content address.
     pub hash: Sha256,
+}
+
+/// A change of a folder's members and keys, made by `username` through the
+/// forwarding node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct ForwardKeys {
+    /// Who asked (signed in on the forwarding node).
+    pub username: String,
+    /// What they asked.
+    pub change: KeyChange,
+    /// What the forwarding node held (origin → highest seq) when it
+    /// forwarded: the key node first waits until it holds as much, so that
+    /// the client's own earlier writes (the folder it just made) are there.
+    pub cursors: BTreeMap<String, u64>,
+}
+
+/// The requests a folder's key node makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+#[serde(rename_all = "snake_case", tag = "kind", content = "request")]
+pub enum KeyChange {
+    /// `folder_share`: a member added, with the folder's keys wrapped for them.
+    Share(FolderShare),
+    /// `folder_unshare`: a member removed, and the key rotated.
+    Unshare(FolderUnshare),
+}
+
+impl KeyChange {
+    /// The folder changed.
+    pub fn folder_id(&self) -> &str {
+        match self {
+            KeyChange::Share(r) => &r.folder_id,
+            KeyChange::Unshare(r) => &r.folder_id,
+        }
+    }
+}
+
+/// The answer to a forwarded key change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct KeysForwarded {
+    /// The folder after an unshare (the client is answered `folder`);
+    /// absent after a share (answered `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<FolderInfo>,
 }
 
 /// A node's state.

@@ -413,6 +413,28 @@ pub struct UploadBegin {
     /// `chunk_size`), and the upload is committed at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub commit: bool,
+    /// The upload's id, chosen by the client (`u` and 32 lowercase hex
+    /// digits, random): it names this write on every server of the cluster,
+    /// so that beginning or committing it again — after an `unavailable`, a
+    /// lost answer, or through another server — never makes a second version.
+    /// A begin whose upload was committed already answers `entry`. Absent:
+    /// the server picks the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+/// An upload id from 16 random bytes: `u` and 32 lowercase hex digits.
+pub fn upload_id(random: [u8; 16]) -> String {
+    format!("u{}", hex::encode(random))
+}
+
+/// Whether `id` has the form of an upload id ([`upload_id`]).
+pub fn is_upload_id(id: &str) -> bool {
+    id.len() == 33
+        && id.starts_with('u')
+        && id[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Names an upload.

@@ -331,3 +331,21 @@ fn the_protocol_document_names_every_message() {
         "docs/PROTOCOL.md does not describe {missing:?}"
     );
 }
+
+#[test]
+fn upload_ids_have_one_form() {
+    let id = crate::request::upload_id([0xab; 16]);
+    assert!(crate::request::is_upload_id(&id), "{id}");
+    for bad in [
+        "",
+        "u",
+        &id[1..],
+        &format!("x{}", &id[1..]),
+        &id.to_uppercase(),
+        &format!("{id}0"),
+        &format!("u{}g", &id[2..]),
+        "uééééééééééééééééééééééééééééééé",
+    ] {
+        assert!(!crate::request::is_upload_id(bad), "{bad:?}");
+    }
+}

@@ -137,6 +137,7 @@ fn begin(
         meta: Blob(vec![4; 120]),
         base: None,
         commit: false,
+        upload_id: None,
     });
     (request, Bytes::from(list))
 }

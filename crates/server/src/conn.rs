@@ -321,7 +321,7 @@ impl Pusher {
         }
         if let Some(cursor) = session.subscription {
             let done = Event::CaughtUp(CaughtUp {
-                cursor: format_cursor(cursor),
+                cursor: format_cursor(server.store.origin(), cursor),
             });
             send_event(conn, done).await?;
         }
@@ -365,7 +365,11 @@ impl Pusher {
         if !(to_me || to_my_folder) {
             return Ok(Next::Continue);
         }
-        send_event(conn, with_cursor(stored.event.clone(), stored.id)).await?;
+        send_event(
+            conn,
+            with_cursor(stored.event.clone(), server.store.origin(), stored.id),
+        )
+        .await?;
         session.subscription = Some(stored.id);
         if let Event::MemberChanged(MemberChanged { username, .. }) = &stored.event
             && *username == me.username
@@ -376,8 +380,8 @@ impl Pusher {
     }
 }
 
-fn with_cursor(mut event: Event, id: i64) -> Event {
-    let cursor = format_cursor(id);
+fn with_cursor(mut event: Event, origin: &str, id: i64) -> Event {
+    let cursor = format_cursor(origin, id);
     match &mut event {
         Event::FileChanged(e) => e.cursor = cursor,
         Event::MemberChanged(e) => e.cursor = cursor,

@@ -253,6 +253,14 @@ impl Server {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// One round of collection now, as the periodic one does: expired
+    /// uploads and the chunks nothing holds go. How many chunk files went.
+    pub async fn collect_now(&self) -> io::Result<usize> {
+        handlers::collect(self)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
     /// The CA certificate (PEM file) clients should trust: the configured one,
     /// or the development CA made under the data directory.
     pub fn ca_path(&self) -> Option<&Path> {
@@ -306,6 +314,12 @@ impl Server {
         let local = listener.local_addr()?;
         info!(%local, node = %self.config.node_id, "serving");
         tracker.spawn(handlers::maintenance(self.clone(), shutdown.clone()));
+        if !self.config.peers.is_empty() {
+            tracker.spawn(
+                cluster::link::repair(self.clone(), shutdown.clone())
+                    .instrument(info_span!("repair")),
+            );
+        }
         for (peer, addr) in &self.config.peers {
             tracker.spawn(
                 cluster::link::follow(

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use coffer_net::conn::{ConnError, Connection, Timeouts};
 use coffer_net::{Net, Stream, tls};
 use coffer_proto::peer::{
-    Ack, ChunkFetch, PeerHello, PeerMessage, PeerPong, PeerWelcome, Record, Records,
-    decode_records, encode_records,
+    Ack, ChunkFetch, ForwardKeys, KeysForwarded, PeerHello, PeerMessage, PeerPong, PeerWelcome,
+    Record, Records, decode_records, encode_records,
 };
 use coffer_proto::request::Register;
 use coffer_proto::response::{ErrorBody, Registered};
@@ -47,6 +47,11 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const MAX_FORWARDED: usize = 16;
 /// Chunks a follower asks of a peer at once.
 const FETCH_WINDOW: usize = 8;
+/// Chunks waiting to be pushed to followers; a follower further behind
+/// misses the oldest.
+const PUSH_QUEUE: usize = 16;
+/// How long a follower keeps a pushed chunk that no version holds yet.
+const PUSH_HOLD: Duration = Duration::from_secs(3600);
 /// Longest wait for a peer to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between attempts to reach a peer, doubling up to the maximum.
@@ -185,12 +190,18 @@ enum Ask {
     Register(Register, oneshot::Sender<Result<Registered, ErrorBody>>),
     /// Send a chunk this node lacks.
     Chunk(Sha256, oneshot::Sender<Result<Bytes, ErrorBody>>),
+    /// Change the members and keys of a folder the peer is key node of.
+    Keys(
+        ForwardKeys,
+        oneshot::Sender<Result<KeysForwarded, ErrorBody>>,
+    ),
 }
 
 /// Where the answer to a request sent on a link goes.
 enum Waiter {
     Register(oneshot::Sender<Result<Registered, ErrorBody>>),
     Chunk(oneshot::Sender<Result<Bytes, ErrorBody>>),
+    Keys(oneshot::Sender<Result<KeysForwarded, ErrorBody>>),
 }
 
 impl Waiter {
@@ -198,6 +209,7 @@ impl Waiter {
         match self {
             Waiter::Register(reply) => reply.is_closed(),
             Waiter::Chunk(reply) => reply.is_closed(),
+            Waiter::Keys(reply) => reply.is_closed(),
         }
     }
 
@@ -205,16 +217,30 @@ impl Waiter {
         match self {
             Waiter::Register(reply) => drop(reply.send(Err(e))),
             Waiter::Chunk(reply) => drop(reply.send(Err(e))),
+            Waiter::Keys(reply) => drop(reply.send(Err(e))),
         }
     }
 }
 
 /// The links this node has up to its peers, for forwarding requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Outbox {
     links: std::sync::Mutex<BTreeMap<String, mpsc::Sender<Ask>>>,
     /// Peers whose whole log this node has received since it started.
     caught_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Chunks of uploads as they arrive, for the links that serve followers
+    /// to push ahead of the commit ([`Outbox::push_chunk`]).
+    pushes: tokio::sync::broadcast::Sender<(Sha256, Bytes)>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            links: Default::default(),
+            caught_up: Default::default(),
+            pushes: tokio::sync::broadcast::channel(PUSH_QUEUE).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ask {
@@ -226,6 +252,11 @@ impl std::fmt::Debug for Ask {
                 .field("username", &register.username)
                 .finish_non_exhaustive(),
             Ask::Chunk(hash, _) => f.debug_tuple("Chunk").field(hash).finish(),
+            Ask::Keys(keys, _) => f
+                .debug_struct("Keys")
+                .field("username", &keys.username)
+                .field("folder_id", &keys.change.folder_id())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -252,6 +283,15 @@ impl Outbox {
     /// How many peers this node has caught up with since it started.
     pub(crate) fn caught_up(&self) -> usize {
         self.caught_up.lock().expect("outbox lock").len()
+    }
+
+    /// Offers a chunk an upload just stored here to every follower, so that
+    /// by the commit they hold it already and acknowledge at once, instead of
+    /// fetching the whole file then. A follower too slow to take it misses it
+    /// (the queue is short) and fetches it after the commit as before.
+    pub(crate) fn push_chunk(&self, hash: Sha256, bytes: Bytes) {
+        // No follower listening: nothing to do.
+        let _ = self.pushes.send((hash, bytes));
     }
 
     fn mark_caught_up(&self, peer: &str) -> bool {
@@ -288,21 +328,75 @@ pub(crate) async fn forward_register(
     owner: &str,
     register: Register,
 ) -> crate::error::Result<Registered> {
-    let down = || {
-        unavailable(format!(
-            "{owner}, the node that registers this name, is not reachable"
-        ))
-    };
-    let link = server.outbox.link(owner).ok_or_else(down)?;
+    forward(server, owner, "registers this name", |reply| {
+        Ask::Register(register, reply)
+    })
+    .await
+}
+
+/// Has `node`, the key node of the folder, make a change of its members and
+/// keys: over this node's link to it. `unavailable` when that link is down or
+/// the key node does not answer in time; otherwise its own answer.
+pub(crate) async fn forward_keys(
+    server: &Server,
+    node: &str,
+    keys: ForwardKeys,
+) -> crate::error::Result<KeysForwarded> {
+    forward(
+        server,
+        node,
+        "changes this folder's members and keys",
+        |reply| Ask::Keys(keys, reply),
+    )
+    .await
+}
+
+/// Sends the request `ask` makes to `node` over this node's link to it, and
+/// waits at most [`FORWARD_TIMEOUT`] for its answer. `unavailable`, saying
+/// that `node` is the one that `does` this, when the link is down or the
+/// answer does not come; otherwise `node`'s own answer.
+async fn forward<T>(
+    server: &Server,
+    node: &str,
+    does: &str,
+    ask: impl FnOnce(oneshot::Sender<Result<T, ErrorBody>>) -> Ask,
+) -> crate::error::Result<T> {
+    let down = || unavailable(format!("{node}, the node that {does}, is not reachable"));
+    let link = server.outbox.link(node).ok_or_else(down)?;
     let (reply, answer) = oneshot::channel();
-    link.send(Ask::Register(register, reply))
-        .await
-        .map_err(|_| down())?;
+    link.send(ask(reply)).await.map_err(|_| down())?;
     match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
-        Ok(Ok(Ok(registered))) => Ok(registered),
+        Ok(Ok(Ok(done))) => Ok(done),
         Ok(Ok(Err(body))) => Err(crate::error::Error::refused(body.code, body.message)),
         Ok(Err(_)) | Err(_) => Err(down()),
     }
+}
+
+/// Makes a key change a peer forwarded, once this node holds what the peer
+/// held when it forwarded it (waiting at most [`FORWARD_TIMEOUT`]).
+async fn keys_forwarded(server: &Server, keys: ForwardKeys) -> crate::error::Result<KeysForwarded> {
+    let mut committed = server.store.committed();
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    loop {
+        let held = server.store.cursors().await?;
+        let behind = keys
+            .cursors
+            .iter()
+            .any(|(origin, seq)| held.get(origin).copied().unwrap_or(0) < *seq);
+        if !behind {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, committed.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(unavailable(format!(
+                    "{} has not yet received what the forwarding node held",
+                    server.config.node_id
+                )));
+            }
+        }
+    }
+    crate::handlers::key_change_here(server, keys.username, keys.change).await
 }
 
 /// A chunk this node lacks (a version written on a peer refers to it), from
@@ -319,6 +413,10 @@ async fn fetch_chunk_except(
     hash: Sha256,
     except: Option<&str>,
 ) -> Option<Vec<u8>> {
+    // Every peer at once, the first sound answer kept: a link that went
+    // silent (its peer cut off, not yet known dead) must not hold the
+    // others' answers back for its whole timeout.
+    let mut asked = JoinSet::new();
     for peer in server.outbox.linked() {
         if except == Some(peer.as_str()) {
             continue;
@@ -330,12 +428,18 @@ async fn fetch_chunk_except(
         if link.send(Ask::Chunk(hash, reply)).await.is_err() {
             continue;
         }
-        let bytes = match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
-            Ok(Ok(Ok(bytes))) => bytes.to_vec(),
-            _ => continue,
-        };
-        if keep_chunk(server, &peer, hash, &bytes).await {
-            return Some(bytes);
+        asked.spawn(async move {
+            match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
+                Ok(Ok(Ok(bytes))) => Some((peer, bytes)),
+                _ => None,
+            }
+        });
+    }
+    while let Some(answered) = asked.join_next().await {
+        if let Ok(Some((peer, bytes))) = answered
+            && keep_chunk(server, &peer, hash, &bytes, false).await
+        {
+            return Some(bytes.to_vec());
         }
     }
     None
@@ -343,7 +447,7 @@ async fn fetch_chunk_except(
 
 /// Stores a chunk `peer` sent, once checked against its content address,
 /// durably, and records it for collection. Whether it is now held.
-async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8]) -> bool {
+async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], pushed: bool) -> bool {
     if <sha2::Sha256 as sha2::Digest>::digest(bytes)[..] != hash.0 {
         warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
         return false;
@@ -357,12 +461,66 @@ async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8]) -> 
     let size = bytes.len() as u64;
     if let Err(e) = server
         .store
-        .write(crate::store::Change::ChunkFetched { hash, size })
+        .write(crate::store::Change::ChunkFetched {
+            hash,
+            size,
+            hold_until: pushed.then(|| server.clock.now_ms() + PUSH_HOLD.as_millis() as u64),
+        })
         .await
     {
         warn!(%hash, error = %e, "a chunk from a peer could not be recorded");
     }
     true
+}
+
+/// How often a node looks for chunks its versions refer to that it lacks.
+const REPAIR_EVERY: Duration = Duration::from_secs(2);
+/// Most missing chunks one round of repair asks for.
+const REPAIR_BATCH: usize = 64;
+
+/// Until `shutdown`: fetches from peers the chunks this node's versions
+/// refer to but it does not hold — those no peer could send when the version
+/// arrived (the node that had them was down, or had not fetched them yet
+/// itself). Without this such a chunk came only on a first read, and a node
+/// could stay short of a file indefinitely, one loss away from losing it.
+pub(crate) async fn repair(server: Arc<Server>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(REPAIR_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let missing = match server
+            .store
+            .read(|conn| crate::store::query::chunks_missing(conn, REPAIR_BATCH))
+            .await
+        {
+            Ok(missing) => missing,
+            Err(e) => {
+                warn!(error = %e, "could not look for missing chunks");
+                continue;
+            }
+        };
+        // Several at once, as the follower fetches a batch's chunks.
+        let (mut fetching, mut fetched) = (JoinSet::new(), 0);
+        for hash in missing.iter().copied() {
+            let server = server.clone();
+            fetching.spawn(async move { fetch_chunk(&server, Sha256(hash)).await.is_some() });
+            while fetching.len() >= FETCH_WINDOW {
+                fetched += usize::from(matches!(fetching.join_next().await, Some(Ok(true))));
+            }
+        }
+        while let Some(done) = fetching.join_next().await {
+            fetched += usize::from(matches!(done, Ok(true)));
+        }
+        if !missing.is_empty() {
+            debug!(
+                missing = missing.len(),
+                fetched, "fetched chunks this node lacked"
+            );
+        }
+    }
 }
 
 /// Follows `peer`'s log until `shutdown`: connects, applies what it sends,
@@ -479,6 +637,7 @@ async fn follow_once<N: Net>(
                     Ask::Chunk(hash, reply) => {
                         (PeerMessage::ChunkFetch(ChunkFetch { hash }), Waiter::Chunk(reply))
                     }
+                    Ask::Keys(keys, reply) => (PeerMessage::ForwardKeys(keys), Waiter::Keys(reply)),
                 };
                 conn.send(&Frame::new(id, msg)).await?;
                 waiting.insert(id, waiter);
@@ -492,9 +651,18 @@ async fn follow_once<N: Net>(
                     let _ = reply.send(Ok(registered));
                 }
             }
+            // Pushed unasked while an upload arrives there.
+            PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
+                keep_chunk(server, peer, hash, &frame.body, true).await;
+            }
             PeerMessage::ChunkData(_) => {
                 if let Some(Waiter::Chunk(reply)) = waiting.remove(&frame.id) {
                     let _ = reply.send(Ok(frame.body));
+                }
+            }
+            PeerMessage::KeysForwarded(done) => {
+                if let Some(Waiter::Keys(reply)) = waiting.remove(&frame.id) {
+                    let _ = reply.send(Ok(done));
                 }
             }
             PeerMessage::PeerError(e) if frame.id != 0 => {
@@ -566,7 +734,8 @@ async fn fetch_needed<S: Stream>(
 ) -> Result<(), LinkError> {
     let mut queue: std::collections::VecDeque<Sha256> = needed.into_iter().map(Sha256).collect();
     let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
-    let mut storing: JoinSet<(Sha256, bool)> = JoinSet::new();
+    // Each chunk being stored, and whether it was asked for and stored.
+    let mut storing: JoinSet<(Sha256, Option<bool>)> = JoinSet::new();
     let mut lacking = Vec::new();
     loop {
         while asked.len() < FETCH_WINDOW
@@ -587,8 +756,19 @@ async fn fetch_needed<S: Stream>(
                 let hash = asked.remove(&frame.id).expect("asked");
                 let (server, peer) = (server.clone(), peer.to_owned());
                 let bytes = frame.body;
-                storing
-                    .spawn(async move { (hash, keep_chunk(&server, &peer, hash, &bytes).await) });
+                storing.spawn(async move {
+                    let kept = keep_chunk(&server, &peer, hash, &bytes, false).await;
+                    (hash, Some(kept))
+                });
+            }
+            // A chunk pushed meanwhile: kept, and nobody waits for it.
+            PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
+                let (server, peer) = (server.clone(), peer.to_owned());
+                let bytes = frame.body;
+                storing.spawn(async move {
+                    keep_chunk(&server, &peer, hash, &bytes, true).await;
+                    (hash, None)
+                });
             }
             PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
                 lacking.push(asked.remove(&frame.id).expect("asked"));
@@ -599,13 +779,30 @@ async fn fetch_needed<S: Stream>(
     }
     while let Some(stored) = storing.join_next().await {
         match stored {
-            Ok((_, true)) => {}
-            Ok((hash, false)) => lacking.push(hash),
+            Ok((_, Some(true) | None)) => {}
+            Ok((hash, Some(false))) => lacking.push(hash),
             Err(e) => return Err(LinkError::Apply(e.to_string())),
         }
     }
+    // What the sending peer lacks itself (it relayed the version before it
+    // had the chunks) is asked of the other peers, all chunks at once and
+    // each of every peer at once, so that a peer gone silent holds this link
+    // up for one timeout at most. What none has yet is left to the repair
+    // loop.
+    let mut elsewhere = JoinSet::new();
     for hash in lacking {
-        if fetch_chunk_except(server, hash, Some(peer)).await.is_none() {
+        let (server, peer) = (server.clone(), peer.to_owned());
+        elsewhere.spawn(async move {
+            (
+                hash,
+                fetch_chunk_except(&server, hash, Some(&peer))
+                    .await
+                    .is_some(),
+            )
+        });
+    }
+    while let Some(done) = elsewhere.join_next().await {
+        if let Ok((hash, false)) = done {
             warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
         }
     }
@@ -695,6 +892,7 @@ async fn serve_inner<S: Stream>(
     let mut sent = hello.cursors;
     let mut position = server.store.log_start(sent.clone()).await?;
     let mut committed = server.store.committed();
+    let mut pushes = server.outbox.pushes.subscribe();
     // Requests of the peer being answered here (registrations it forwarded,
     // chunks it lacks): each ends as the frame to send back.
     let mut forwarded: JoinSet<(u64, PeerMessage, Bytes)> = JoinSet::new();
@@ -739,11 +937,21 @@ async fn serve_inner<S: Stream>(
                     return Ok(());
                 }
             }
+            pushed = pushes.recv() => match pushed {
+                Ok((hash, bytes)) => {
+                    let push = PeerMessage::ChunkData(ChunkFetch { hash });
+                    conn.send(&Frame::with_body(0, push, bytes)).await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(%peer, missed, "the peer took too long for some pushed chunks");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
             frame = conn.recv::<PeerMessage>() => {
                 let frame = frame?.ok_or(LinkError::Closed)?;
                 heard = tokio::time::Instant::now();
                 match frame.msg {
-                    PeerMessage::Forward(_) | PeerMessage::ChunkFetch(_)
+                    PeerMessage::Forward(_) | PeerMessage::ChunkFetch(_) | PeerMessage::ForwardKeys(_)
                         if forwarded.len() >= MAX_FORWARDED =>
                     {
                         let body = ErrorBody::new(
@@ -757,6 +965,16 @@ async fn serve_inner<S: Stream>(
                         forwarded.spawn(async move {
                             let msg = match crate::handlers::register_owned(&server, register).await {
                                 Ok(registered) => PeerMessage::Forwarded(registered),
+                                Err(e) => PeerMessage::PeerError(e.to_body()),
+                            };
+                            (frame.id, msg, Bytes::new())
+                        });
+                    }
+                    PeerMessage::ForwardKeys(keys) => {
+                        let server = server.clone();
+                        forwarded.spawn(async move {
+                            let msg = match keys_forwarded(&server, keys).await {
+                                Ok(done) => PeerMessage::KeysForwarded(done),
                                 Err(e) => PeerMessage::PeerError(e.to_body()),
                             };
                             (frame.id, msg, Bytes::new())

@@ -434,32 +434,46 @@ pub(super) async fn private_key(server: &Server, session: &Session) -> Answer {
 }
 
 /// Parses a cursor given by a client: the id of the last event it processed.
-fn parse_cursor(cursor: &str) -> Result<i64> {
-    cursor
+/// The event id a cursor of this database names. A cursor names the
+/// database that numbered it (its origin): event ids are this node's own, so
+/// one from another node of the cluster — or from this one before its data
+/// was wiped — is refused, and the client lists everything afresh.
+fn parse_cursor(cursor: &str, origin: &str) -> Result<i64> {
+    let (id, from) = cursor
         .strip_prefix('e')
-        .and_then(|n| n.parse().ok())
-        .filter(|n: &i64| *n >= 0)
+        .and_then(|rest| rest.split_once('@'))
+        .and_then(|(n, from)| Some((n.parse::<i64>().ok().filter(|n| *n >= 0)?, from)))
         .ok_or_else(|| {
             Error::refused(
                 ErrorCode::BadRequest,
                 format!("{cursor:?} is not a cursor of this server"),
             )
-        })
+        })?;
+    if from != origin {
+        return Err(Error::refused(
+            ErrorCode::BadRequest,
+            format!(
+                "{cursor:?} is a cursor of another server ({from}); subscribe without one and list afresh"
+            ),
+        ));
+    }
+    Ok(id)
 }
 
-pub(crate) fn format_cursor(id: i64) -> String {
-    format!("e{id}")
+/// The cursor of event `id` of the database `origin`.
+pub(crate) fn format_cursor(origin: &str, id: i64) -> String {
+    format!("e{id}@{origin}")
 }
 
 pub(super) async fn subscribe(server: &Server, session: &mut Session, r: Subscribe) -> Answer {
     session.user()?;
     let after = match &r.cursor {
-        Some(cursor) => parse_cursor(cursor)?,
+        Some(cursor) => parse_cursor(cursor, server.store.origin())?,
         None => server.store.read(query::last_event).await?,
     };
     session.subscription = Some(after);
     session.catch_up = true;
     answer(Response::Subscribed(Subscribed {
-        cursor: format_cursor(after),
+        cursor: format_cursor(server.store.origin(), after),
     }))
 }

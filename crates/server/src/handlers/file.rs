@@ -346,7 +346,15 @@ pub(super) async fn upload_begin(
             "encrypted metadata has at most {MAX_META} bytes"
         )));
     }
-    // The same file, path, content and base begun again is the same upload.
+    if let Some(id) = &r.upload_id
+        && !coffer_proto::request::is_upload_id(id)
+    {
+        return Err(bad_request(
+            "an upload id is `u` and 32 lowercase hex digits",
+        ));
+    }
+    // The same file, path, content and base begun again is the same upload;
+    // with the client's id, the same write.
     let mut key = sha2::Sha256::new();
     for part in [
         me.username.as_bytes(),
@@ -361,8 +369,9 @@ pub(super) async fn upload_begin(
     key.update(r.chunk_size.to_be_bytes());
     key.update(&body);
     key.update(serde_json::to_vec(&r.base).expect("a version vector serializes"));
+    key.update(r.upload_id.as_deref().unwrap_or_default());
     let record = UploadRecord {
-        upload_id: server.new_id("u"),
+        upload_id: r.upload_id.unwrap_or_else(|| server.new_id("u")),
         upload_key: Sha256(key.finalize().into()),
         username: me.username,
         device_id: me.device_id,
@@ -420,6 +429,8 @@ pub(super) async fn upload_begin(
             );
             upload_answer(state)
         }
+        // This write was committed already, here or on another node.
+        Applied::Entry(entry) => answer(Response::Entry(entry)),
         other => Err(unexpected(other)),
     }
 }
@@ -562,6 +573,8 @@ pub(crate) async fn store_chunk(server: &Server, job: ChunkJob) -> Answer {
     } = job;
     // An empty body names a chunk the folder already holds: nothing to store.
     let size = (!body.is_empty()).then_some(body.len() as u64);
+    // New bytes, in a cluster: offered to the followers once stored here.
+    let pushed = (size.is_some() && server.membership.len() > 1).then(|| body.clone());
     if size.is_some() {
         let chunks = server.chunks.clone();
         // Hash the bytes, then store them durably: both off the async threads.
@@ -593,6 +606,9 @@ pub(crate) async fn store_chunk(server: &Server, job: ChunkJob) -> Answer {
             size,
         })
         .await?;
+    if let Some(bytes) = pushed {
+        server.outbox.push_chunk(hash, bytes);
+    }
     answer(Response::ChunkAck(ChunkAck { upload_id, index }))
 }
 

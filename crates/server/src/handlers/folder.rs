@@ -1,5 +1,6 @@
 //! Folders, members, invitations and folder keys.
 
+use coffer_proto::peer::{ForwardKeys, KeyChange, KeysForwarded};
 use coffer_proto::request::{FolderCreate, FolderRef, FolderSetRole, FolderShare, FolderUnshare};
 use coffer_proto::response::{FolderDetail, FolderKeys, Folders, Invites};
 use coffer_proto::types::{Blob, Role};
@@ -100,34 +101,93 @@ pub(super) async fn keys(server: &Server, session: &Session, r: FolderRef) -> An
 
 pub(super) async fn share(server: &Server, session: &Session, r: FolderShare) -> Answer {
     let me = session.user()?.username.clone();
-    for key in &r.keys {
-        wrapped_key(&key.wrapped_key)?;
-    }
-    let change = Change::FolderShare {
-        username: me,
-        folder_id: r.folder_id,
-        invitee: username(&r.username)?,
-        role: member_role(r.role)?,
-        keys: r.keys,
-    };
-    folder_answer(server, change).await
+    key_change(server, me, KeyChange::Share(r)).await
 }
 
 pub(super) async fn unshare(server: &Server, session: &Session, r: FolderUnshare) -> Answer {
     let me = session.user()?.username.clone();
-    let mut keys = r.keys;
-    for key in &mut keys {
-        wrapped_key(&key.wrapped_key)?;
-        key.username = username(&key.username)?;
-    }
-    let change = Change::FolderUnshare {
-        username: me,
-        folder_id: r.folder_id,
-        member: username(&r.username)?,
-        epoch: r.epoch,
-        keys,
+    key_change(server, me, KeyChange::Unshare(r)).await
+}
+
+/// Changes a folder's members and keys on the folder's key node — here, or
+/// forwarded to it — so that two rotations of one folder never race on two
+/// nodes, and a share never misses a rotation made at the same moment.
+async fn key_change(server: &Server, username: String, change: KeyChange) -> Answer {
+    let node = server.membership.owner(change.folder_id());
+    let done = if node == server.config.node_id {
+        key_change_here(server, username, change).await?
+    } else {
+        let cursors = server.store.cursors().await?;
+        let forward = ForwardKeys {
+            username,
+            change,
+            cursors,
+        };
+        crate::cluster::link::forward_keys(server, node, forward).await?
     };
-    folder_answer(server, change).await
+    answer(match done.folder {
+        Some(folder) => Response::Folder(folder),
+        None => Response::Ok,
+    })
+}
+
+/// Makes a change of a folder's members and keys on this node, the folder's
+/// key node: asked here, or forwarded by a peer once this node holds what
+/// that peer held ([`ForwardKeys::cursors`]).
+pub(crate) async fn key_change_here(
+    server: &Server,
+    username: String,
+    change: KeyChange,
+) -> Result<KeysForwarded> {
+    if !server.ready() {
+        return Err(crate::dispatch::catching_up(server));
+    }
+    let node = server.membership.owner(change.folder_id());
+    if node != server.config.node_id {
+        return Err(crate::error::Error::refused(
+            coffer_proto::ErrorCode::Unavailable,
+            format!(
+                "{} does not change the keys of folder {}; {node} does",
+                server.config.node_id,
+                change.folder_id()
+            ),
+        ));
+    }
+    let change = match change {
+        KeyChange::Share(r) => {
+            for key in &r.keys {
+                wrapped_key(&key.wrapped_key)?;
+            }
+            Change::FolderShare {
+                username,
+                folder_id: r.folder_id,
+                invitee: self::username(&r.username)?,
+                role: member_role(r.role)?,
+                keys: r.keys,
+            }
+        }
+        KeyChange::Unshare(r) => {
+            let mut keys = r.keys;
+            for key in &mut keys {
+                wrapped_key(&key.wrapped_key)?;
+                key.username = self::username(&key.username)?;
+            }
+            Change::FolderUnshare {
+                username,
+                folder_id: r.folder_id,
+                member: self::username(&r.username)?,
+                epoch: r.epoch,
+                keys,
+            }
+        }
+    };
+    match server.store.write(change).await? {
+        Applied::Folder(folder) => Ok(KeysForwarded {
+            folder: Some(folder),
+        }),
+        Applied::Done => Ok(KeysForwarded { folder: None }),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub(super) async fn set_role(server: &Server, session: &Session, r: FolderSetRole) -> Answer {

@@ -17,6 +17,7 @@ use crate::store::{Applied, Change};
 
 pub(crate) use account::{format_cursor, register_owned};
 pub(crate) use file::{ChunkJob, prepare_chunk, store_chunk};
+pub(crate) use folder::key_change_here;
 
 mod account;
 mod device;

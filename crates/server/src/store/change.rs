@@ -218,6 +218,8 @@ pub(crate) enum Change {
     ChunkFetched {
         hash: Sha256,
         size: u64,
+        /// Pushed ahead of its version: kept from collection until then.
+        hold_until: Option<u64>,
     },
 }
 
@@ -293,6 +295,10 @@ pub(super) type Told = (Option<String>, Option<String>, Event);
 #[derive(Default)]
 struct Effects {
     events: Vec<Told>,
+    /// The answer repeats an earlier write (an upload committed again):
+    /// logged all the same, so that it is acknowledged only once the quorum
+    /// holds everything this node held, that write included.
+    repeats: bool,
 }
 
 impl Effects {
@@ -334,12 +340,21 @@ pub(crate) fn apply_batch(
         match apply(&sp, ctx, now, change, &mut effects) {
             Ok(applied) => {
                 let mut logged = None;
-                if !change.is_local() {
-                    let stamp = Stamp {
-                        hlc: clock.tick(now),
-                        origin: ctx.origin.clone(),
-                    };
-                    let rows = replica::take_written(&sp, &stamp)?;
+                let stamp = Stamp {
+                    hlc: clock.tick(now),
+                    origin: ctx.origin.clone(),
+                };
+                let rows = if change.is_local() {
+                    Vec::new()
+                } else {
+                    replica::take_written(&sp, &stamp)?
+                };
+                // A change that wrote no replicated row and tells no one
+                // (an upload begun, a chunk received) is this node's alone:
+                // no record, and nothing for peers to acknowledge.
+                if !change.is_local()
+                    && (!rows.is_empty() || !effects.events.is_empty() || effects.repeats)
+                {
                     own_seq += 1;
                     exec(
                         &sp,
@@ -846,10 +861,20 @@ fn apply(
             member_event(fx, folder_id, username, MemberChange::Left, role, true);
             Ok(Applied::Done)
         }
-        Change::UploadBegin(record) => upload_begin(tx, now, record),
+        Change::UploadBegin(record) => {
+            let begun = upload_begin(tx, now, record)?;
+            fx.repeats = matches!(begun, Applied::Entry(_));
+            Ok(begun)
+        }
         Change::UploadInline { upload, sizes } => {
-            let Applied::Upload(state) = upload_begin(tx, now, upload)? else {
-                unreachable!("upload_begin answers with the upload")
+            let state = match upload_begin(tx, now, upload)? {
+                Applied::Upload(state) => state,
+                // Committed before: the same answer again.
+                done @ Applied::Entry(_) => {
+                    fx.repeats = true;
+                    return Ok(done);
+                }
+                _ => unreachable!("upload_begin answers with the upload or its version"),
             };
             for (index, (hash, size)) in upload
                 .chunks
@@ -958,10 +983,18 @@ fn apply(
                 let (_, chunks) = query::version(tx, folder_id, &entry.path, entry.version)?
                     .ok_or_else(|| Error::Db(rusqlite::Error::QueryReturnedNoRows))?;
                 let previous = query::entry(tx, folder_id, &new_path)?;
+                // After whatever the new path held (a tombstone, say), not
+                // only after the entry moved: on every node it must follow
+                // that version, and this node's count for the path must not
+                // go back to a number it used there already.
+                let after = match &previous {
+                    Some(p) => entry.vv.merge(&p.vv),
+                    None => entry.vv.clone(),
+                };
                 let arrived = FileEntry {
                     path: new_path.clone(),
                     version: previous.as_ref().map_or(1, |p| p.version + 1),
-                    vv: bumped(&entry.vv, &ctx.node_id),
+                    vv: bumped(&after, &ctx.node_id),
                     modified_ms: now,
                     device_id: device_id.clone(),
                     ..entry.clone()
@@ -1096,12 +1129,24 @@ fn apply(
             }
         }
         Change::Collect => collect(tx, ctx, now),
-        Change::ChunkFetched { hash, size } => {
+        Change::ChunkFetched {
+            hash,
+            size,
+            hold_until,
+        } => {
             exec(
                 tx,
                 "INSERT OR IGNORE INTO chunks (hash, size, created_ms) VALUES (?1, ?2, ?3)",
                 params![&hash.0[..], *size as i64, now as i64],
             )?;
+            if let Some(until) = hold_until {
+                exec(
+                    tx,
+                    "INSERT INTO held_chunks (hash, until_ms) VALUES (?1, ?2) \
+                     ON CONFLICT (hash) DO UPDATE SET until_ms = max(until_ms, ?2)",
+                    params![&hash.0[..], *until as i64],
+                )?;
+            }
             Ok(Applied::Done)
         }
     }
@@ -1317,6 +1362,33 @@ fn put_version(
     entry: &FileEntry,
     chunks: &[u8],
 ) -> Result<()> {
+    put_version_of(tx, ctx, entry, chunks, None, Slot::Latest)
+}
+
+/// What [`put_version_of`] puts where.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The path's latest version: its history and its entry.
+    Latest,
+    /// A version the entry has moved past already: its history only.
+    History,
+}
+
+/// [`put_version`] of a version that `upload` committed (if one did), where
+/// `slot` says.
+fn put_version_of(
+    tx: &Connection,
+    ctx: &WriterContext,
+    entry: &FileEntry,
+    chunks: &[u8],
+    upload: Option<&str>,
+    slot: Slot,
+) -> Result<()> {
+    if slot == Slot::Latest {
+        // The latest version takes its number, whatever a concurrent chain
+        // left in the history under it.
+        remove_version(tx, &entry.folder_id, &entry.path, entry.version)?;
+    }
     let values = params![
         entry.folder_id,
         entry.path,
@@ -1337,28 +1409,26 @@ fn put_version(
     exec(
         tx,
         &format!(
-            "INSERT INTO versions ({ENTRY_COLUMNS}, chunks) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            "INSERT INTO versions ({ENTRY_COLUMNS}, chunks, upload_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ),
-        rusqlite::params_from_iter(
-            values
-                .iter()
-                .copied()
-                .chain(std::iter::once(&chunks as &dyn rusqlite::ToSql)),
-        ),
+        rusqlite::params_from_iter(values.iter().copied().chain([
+            &chunks as &dyn rusqlite::ToSql,
+            &upload as &dyn rusqlite::ToSql,
+        ])),
     )?;
-    exec(
-        tx,
-        &format!(
-            "INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}, parent) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-        ),
-        rusqlite::params_from_iter(
-            values.iter().copied().chain(std::iter::once(
-                &paths::parent(&entry.path) as &dyn rusqlite::ToSql
-            )),
-        ),
-    )?;
+    if slot == Slot::Latest {
+        exec(
+            tx,
+            &format!(
+                "INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}, parent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ),
+            rusqlite::params_from_iter(values.iter().copied().chain(std::iter::once(
+                &paths::parent(&entry.path) as &dyn rusqlite::ToSql,
+            ))),
+        )?;
+    }
     for hash in distinct(chunks) {
         exec(
             tx,
@@ -1441,31 +1511,93 @@ pub(super) fn merge_version(
     ctx: &WriterContext,
     remote: FileEntry,
     chunks: Vec<u8>,
+    upload: Option<&str>,
 ) -> Result<Option<(FileEntry, Vec<u8>)>> {
     let Some(current) = query::entry(tx, &remote.folder_id, &remote.path)? else {
-        remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
-        put_version(tx, ctx, &remote, &chunks)?;
+        put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
         return Ok(None);
     };
     let loser = match remote.vv.compare(&current.vv) {
-        Causality::Equal | Causality::Before => return Ok(None),
+        Causality::Equal => return Ok(None),
+        // A version the path has moved past (it came by a longer way than
+        // the one that followed it): into the history where its number is
+        // free, as on the nodes that had it in its time, so that every node
+        // keeps the same versions whatever the order they came in.
+        Causality::Before => {
+            let taken = one(
+                tx,
+                "SELECT 1 FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+                params![remote.folder_id, remote.path, remote.version as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+            // Only below the path's number: the numbers above are the next
+            // writes' here.
+            if !taken && remote.version < current.version {
+                put_version_of(tx, ctx, &remote, &chunks, upload, Slot::History)?;
+            }
+            return Ok(None);
+        }
         Causality::After => {
-            remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
-            put_version(tx, ctx, &remote, &chunks)?;
+            put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
             return Ok(None);
         }
         Causality::Concurrent if as_version(&remote).outranks(&as_version(&current)) => {
+            let current_upload = upload_of(tx, &current)?;
             let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
                 .unwrap_or_default();
-            remove_version(tx, &remote.folder_id, &remote.path, remote.version)?;
-            put_version(tx, ctx, &remote, &chunks)?;
-            (current, held)
+            put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
+            (current, held, current_upload)
         }
-        Causality::Concurrent => (remote, chunks),
+        Causality::Concurrent => {
+            let current_upload = upload_of(tx, &current)?;
+            (remote, chunks, current_upload)
+        }
     };
+    let (loser, held, other_upload) = loser;
+    // One upload committed through two nodes (a retry after `unavailable`)
+    // is one write: the winner stands for both, and nothing is copied.
+    if upload.is_some() && upload == other_upload.as_deref() {
+        return Ok(None);
+    }
     // A tombstone that lost needs no copy, and neither does a directory (it
     // holds nothing; what is in it stays under the path).
-    Ok((!loser.0.deleted && loser.0.kind == EntryKind::File).then_some(loser))
+    Ok((!loser.deleted && loser.kind == EntryKind::File).then_some((loser, held)))
+}
+
+/// The upload that committed `entry`'s version, if an upload did.
+fn upload_of(tx: &Connection, entry: &FileEntry) -> Result<Option<String>> {
+    Ok(one(
+        tx,
+        "SELECT upload_id FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
+        params![entry.folder_id, entry.path, entry.version as i64],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten())
+}
+
+/// The version `upload_id` made of `path`, committed here or — replicated
+/// since — through another node.
+fn committed_as(
+    tx: &Connection,
+    folder_id: &str,
+    path: &str,
+    upload_id: &str,
+) -> Result<Option<FileEntry>> {
+    let version: Option<i64> = one(
+        tx,
+        "SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2 AND upload_id = ?3 \
+         ORDER BY version DESC LIMIT 1",
+        params![folder_id, path, upload_id],
+        |r| r.get(0),
+    )
+    .optional()?;
+    Ok(match version {
+        Some(v) => query::version(tx, folder_id, path, v as u64)?.map(|(entry, _)| entry),
+        None => None,
+    })
 }
 
 /// Keeps `loser`, a version that lost to a concurrent one, as a new entry
@@ -1502,7 +1634,6 @@ pub(super) fn keep_copy(
                     version: 1,
                     ..loser
                 };
-                remove_version(tx, &copy.folder_id, &copy.path, 1)?;
                 put_version(tx, ctx, &copy, &chunks)?;
                 let mut fx = Effects::default();
                 file_event(&mut fx, &copy, FileChange::Created, None);
@@ -1678,6 +1809,30 @@ pub(crate) fn missing_chunks(
 
 fn upload_begin(tx: &Connection, now: u64, u: &UploadRecord) -> Result<Applied> {
     let (folder, _) = require(tx, &u.username, &u.folder_id, Need::Write)?;
+    // A write begun again under its id — after a lost answer, or through
+    // another node — answers with the version it made, if it made one.
+    let here: Option<(String, Vec<u8>, Option<i64>)> = one(
+        tx,
+        "SELECT username, upload_key, committed_version FROM uploads WHERE upload_id = ?1",
+        [&u.upload_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?;
+    if let Some((owner, _, _)) = &here
+        && *owner != u.username
+    {
+        return Err(conflict(format!("upload id {} is taken", u.upload_id)));
+    }
+    if let Some(entry) = committed_as(tx, &u.folder_id, &u.path, &u.upload_id)? {
+        return Ok(Applied::Entry(entry));
+    }
+    // Under its id, a begin with other content (the client began again with
+    // a new key) replaces the unfinished one.
+    if let Some((_, key, committed)) = &here
+        && (committed.is_some() || key[..] != u.upload_key.0[..])
+    {
+        drop_upload(tx, &u.upload_id)?;
+    }
     if u.epoch != folder.epoch {
         return Err(conflict(format!(
             "the folder key was rotated: uploads use epoch {}, not {}",
@@ -1765,8 +1920,20 @@ fn upload_commit(
     fx: &mut Effects,
 ) -> Result<Applied> {
     // Committing again what was committed answers with the same version: a
-    // client that lost the first answer may retry without making two.
-    if let Some(done) = upload_row(tx, upload_id, username)?
+    // client that lost the first answer may retry without making two. So
+    // does committing an upload whose version, made through another node,
+    // has arrived meanwhile.
+    let row = upload_row(tx, upload_id, username)?;
+    if let Some(done) = &row
+        && let Some(entry) = committed_as(tx, &done.folder_id, &done.path, upload_id)?
+    {
+        if done.committed_version.is_none() {
+            mark_committed(tx, upload_id, entry.version)?;
+        }
+        fx.repeats = true;
+        return Ok(Applied::Entry(entry));
+    }
+    if let Some(done) = row
         && let Some(version) = done.committed_version
     {
         let (entry, _) =
@@ -1775,6 +1942,7 @@ fn upload_commit(
                     "upload {upload_id} was committed, and that version is gone"
                 ))
             })?;
+        fx.repeats = true;
         return Ok(Applied::Entry(entry));
     }
     let upload = open_upload(tx, username, upload_id, now)?;
@@ -1860,7 +2028,18 @@ fn upload_commit(
         device_id: upload.device_id.clone(),
         deleted: false,
     };
-    put_version(tx, ctx, &entry, &chunks)?;
+    put_version_of(tx, ctx, &entry, &chunks, Some(upload_id), Slot::Latest)?;
+    mark_committed(tx, upload_id, entry.version)?;
+    let how = match &current {
+        Some(c) if !c.deleted => FileChange::Modified,
+        _ => FileChange::Created,
+    };
+    file_event(fx, &entry, how, None);
+    Ok(Applied::Entry(entry))
+}
+
+/// Records that `upload_id` made `version`: its chunks are the version's now.
+fn mark_committed(tx: &Connection, upload_id: &str, version: u64) -> Result<()> {
     exec(
         tx,
         "DELETE FROM upload_chunks WHERE upload_id = ?1",
@@ -1869,14 +2048,9 @@ fn upload_commit(
     exec(
         tx,
         "UPDATE uploads SET committed_version = ?2 WHERE upload_id = ?1",
-        params![upload_id, entry.version as i64],
+        params![upload_id, version as i64],
     )?;
-    let how = match &current {
-        Some(c) if !c.deleted => FileChange::Modified,
-        _ => FileChange::Created,
-    };
-    file_event(fx, &entry, how, None);
-    Ok(Applied::Entry(entry))
+    Ok(())
 }
 
 /// Most chunk files one collection deletes; the rest wait for the next round.
@@ -1893,10 +2067,16 @@ fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
     for id in expired {
         drop_upload(tx, &id)?;
     }
+    exec(
+        tx,
+        "DELETE FROM held_chunks WHERE until_ms <= ?1",
+        [now as i64],
+    )?;
     let garbage: Vec<Vec<u8>> = tx
         .prepare_cached(
             "SELECT hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = c.hash) \
-             AND NOT EXISTS (SELECT 1 FROM upload_chunks u WHERE u.hash = c.hash) LIMIT ?1",
+             AND NOT EXISTS (SELECT 1 FROM upload_chunks u WHERE u.hash = c.hash) \
+             AND NOT EXISTS (SELECT 1 FROM held_chunks h WHERE h.hash = c.hash) LIMIT ?1",
         )?
         .query_map([COLLECT_LIMIT], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;

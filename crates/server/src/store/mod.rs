@@ -309,8 +309,7 @@ impl Store {
         .await
     }
 
-    /// The origin of this node's records.
-    #[cfg(test)]
+    /// The origin of this node's records: this database's name.
     pub(crate) fn origin(&self) -> &str {
         &self.origin
     }

@@ -448,3 +448,19 @@ pub(crate) fn member_folders(conn: &Connection, username: &str) -> Result<Vec<St
     let rows = stmt.query_map([username], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Up to `limit` chunks that versions held here refer to but this node does
+/// not hold.
+pub(crate) fn chunks_missing(conn: &Connection, limit: usize) -> Result<Vec<[u8; 32]>> {
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT DISTINCT r.hash FROM chunk_refs r \
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = r.hash) LIMIT ?1",
+        )?
+        .query_map([limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(hashes
+        .into_iter()
+        .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .collect())
+}

@@ -130,6 +130,7 @@ pub(crate) const VERSIONS: Table = Table {
         "device_id",
         "deleted",
         "chunks",
+        "upload_id",
     ],
 };
 
@@ -139,8 +140,8 @@ fn table(name: &str) -> Option<&'static Table> {
 
 /// A version row from a peer, checked: every column of the right type, a
 /// valid path, a file id of 16 bytes, a vector, a chunk list of 32 bytes per
-/// chunk. `None` when anything is off.
-fn version_from_cells(cells: &[Cell]) -> Option<(FileEntry, Vec<u8>)> {
+/// chunk, an upload id of the one form. `None` when anything is off.
+fn version_from_cells(cells: &[Cell]) -> Option<(FileEntry, Vec<u8>, Option<String>)> {
     let [
         Cell::Text(folder_id),
         Cell::Text(path),
@@ -158,9 +159,15 @@ fn version_from_cells(cells: &[Cell]) -> Option<(FileEntry, Vec<u8>)> {
         device_id,
         Cell::Int(deleted),
         Cell::Blob(chunks),
+        upload,
     ] = cells
     else {
         return None;
+    };
+    let upload = match upload {
+        Cell::Null => None,
+        Cell::Text(id) if coffer_proto::request::is_upload_id(id) => Some(id.clone()),
+        _ => return None,
     };
     let device_id = match device_id {
         Cell::Null => None,
@@ -197,6 +204,7 @@ fn version_from_cells(cells: &[Cell]) -> Option<(FileEntry, Vec<u8>)> {
             deleted: *deleted != 0,
         },
         chunks.0.clone(),
+        upload,
     ))
 }
 
@@ -895,7 +903,7 @@ pub(crate) fn apply_records(
                     RowOp::Inserted(cells) => version_from_cells(cells),
                     _ => None,
                 };
-                let Some((entry, chunks)) = version else {
+                let Some((entry, chunks, upload)) = version else {
                     failed = Some(refused("a version row of the wrong shape".into()));
                     break;
                 };
@@ -904,7 +912,7 @@ pub(crate) fn apply_records(
                         .chunks_exact(32)
                         .map(|c| <[u8; 32]>::try_from(c).expect("32 bytes")),
                 );
-                match super::change::merge_version(&sp, ctx, entry, chunks) {
+                match super::change::merge_version(&sp, ctx, entry, chunks, upload.as_deref()) {
                     Ok(copy) => copies.extend(copy),
                     Err(crate::error::Error::Db(rusqlite::Error::SqliteFailure(e, _)))
                         if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
@@ -1086,17 +1094,39 @@ fn keep_copies(
 pub(crate) fn digest(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    // Every replicated register table, then file entries and every version
-    // kept, whole, each row in key order.
+    // Every replicated register table, then file entries and the version
+    // each shows, whole, each row in key order. Not the superseded versions
+    // of the history: where two nodes numbered concurrent versions of a path
+    // alike, which of them a node keeps under that number depends on the
+    // order they came in (see docs/ARCHITECTURE.md, "Cluster").
+    let current = |column: &str| format!("v.{column}");
     let whole = TABLES
         .iter()
-        .chain([&VERSIONS])
-        .map(|t| (t.name, t.columns.join(", "), t.key.join(", ")))
-        .chain([(
-            "entries",
-            format!("{}, parent", super::query::ENTRY_COLUMNS),
-            "folder_id, path".to_owned(),
-        )]);
+        .map(|t| (t.name.to_owned(), t.columns.join(", "), t.key.join(", ")))
+        .chain([
+            (
+                "versions v JOIN entries e ON e.folder_id = v.folder_id AND e.path = v.path \
+                 AND e.version = v.version"
+                    .to_owned(),
+                VERSIONS
+                    .columns
+                    .iter()
+                    .map(|c| current(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                VERSIONS
+                    .key
+                    .iter()
+                    .map(|c| current(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            (
+                "entries".to_owned(),
+                format!("{}, parent", super::query::ENTRY_COLUMNS),
+                "folder_id, path".to_owned(),
+            ),
+        ]);
     for (name, columns, key) in whole {
         let sql = format!("SELECT {columns} FROM {name} ORDER BY {key}");
         let mut statement = conn.prepare_cached(&sql)?;
@@ -1685,10 +1715,15 @@ mod tests {
     /// alice writes `path` in f1 as a one-chunk file whose metadata is
     /// `content` repeated, on top of `base`.
     fn put(path: &str, content: u8, base: Option<&VersionVector>) -> Change {
+        put_as(path, content, base, [content; 16])
+    }
+
+    /// [`put`] under the upload id made of `id`.
+    fn put_as(path: &str, content: u8, base: Option<&VersionVector>, id: [u8; 16]) -> Change {
         use coffer_proto::types::Sha256;
         Change::UploadInline {
             upload: super::super::change::UploadRecord {
-                upload_id: format!("u-{path}-{content}"),
+                upload_id: coffer_proto::request::upload_id(id),
                 upload_key: Sha256([content; 32]),
                 username: "alice".into(),
                 device_id: Some(format!("dev{content}")),
@@ -1791,6 +1826,45 @@ mod tests {
         let listed = files(&c).await;
         assert_eq!(listed.len(), 3, "{listed:?}");
         assert_eq!(listed[2], "docs/a.txt=05050505");
+    }
+
+    #[tokio::test]
+    async fn one_upload_committed_through_two_nodes_is_one_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        let id = [9; 16];
+        let first = a.write(put_as("a.txt", 1, None, id)).await.unwrap();
+        // Committed again through the same node (its answer was lost): the
+        // same version, not a conflict and not a second one.
+        let again = a.write(put_as("a.txt", 1, None, id)).await.unwrap();
+        assert_eq!(format!("{first:?}"), format!("{again:?}"));
+        // The client heard nothing and began the write again through b,
+        // sealed anew, before a's version reached b.
+        write(&b, put_as("a.txt", 2, None, id)).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        let listed = files(&a).await;
+        assert_eq!(listed.len(), 1, "one version, no conflict copy: {listed:?}");
+        // Begun once more through either node, it answers that version.
+        let settled = format!("{:?}", b.write(put_as("a.txt", 3, None, id)).await.unwrap());
+        assert!(settled.starts_with("Entry("), "{settled}");
+        assert_eq!(
+            settled,
+            format!("{:?}", a.write(put_as("a.txt", 4, None, id)).await.unwrap())
+        );
+        assert_eq!(files(&b).await, listed);
+        // Another upload made at once still keeps both.
+        let v = vv_of(&a, "a.txt").await;
+        write(&a, put("a.txt", 5, Some(&v))).await;
+        write(&b, put("a.txt", 6, Some(&v))).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        assert_eq!(files(&a).await.len(), 2);
     }
 
     #[tokio::test]

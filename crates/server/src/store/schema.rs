@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 2;
+pub(crate) const CURRENT: i64 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -251,6 +251,18 @@ CREATE TABLE row_stamps (
     hlc_logical INTEGER NOT NULL,
     origin      TEXT NOT NULL,
     PRIMARY KEY (tbl, key, col)
+) STRICT, WITHOUT ROWID;
+"#,
+    // 2 → 3: the upload a version was committed from, so that a commit
+    // retried through another node finds the version it already made.
+    r#"
+ALTER TABLE versions ADD COLUMN upload_id TEXT;
+
+-- Chunks a peer pushed while their upload was still arriving there: kept from
+-- collection until `until_ms`, by when the version that holds them has come.
+CREATE TABLE held_chunks (
+    hash     BLOB PRIMARY KEY,
+    until_ms INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 "#,
 ];

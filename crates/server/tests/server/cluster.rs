@@ -413,10 +413,34 @@ async fn a_subscriber_on_one_node_hears_of_what_is_done_on_another() {
     let event = tokio::time::timeout(Duration::from_secs(10), bob_on_1.conn.event())
         .await
         .expect("the invitation reaches the subscriber on the other node");
-    match event {
-        Event::Invited(invited) => assert_eq!(invited.invite.folder_id, folder.folder_id),
+    let cursor = match event {
+        Event::Invited(invited) => {
+            assert_eq!(invited.invite.folder_id, folder.folder_id);
+            invited.cursor
+        }
         other => panic!("{other:?}"),
-    }
+    };
+    // Event numbers are each node's own: its cursor means nothing to another
+    // node, which says so rather than skip or repeat events.
+    let mut bob_on_3 = Client {
+        conn: cluster.client(2).await,
+        user: None,
+    };
+    bob_on_3.login(Identity::new("bob")).await;
+    let refused = bob_on_3
+        .refused(
+            Request::Subscribe(Subscribe {
+                cursor: Some(cursor.clone()),
+            }),
+            coffer_proto::ErrorCode::BadRequest,
+        )
+        .await;
+    assert!(refused.message.contains("another server"), "{refused:?}");
+    bob_on_1
+        .ok(Request::Subscribe(Subscribe {
+            cursor: Some(cursor),
+        }))
+        .await;
 }
 
 async fn pong(cluster: &Cluster, node: usize) -> coffer_proto::response::Pong {
@@ -580,4 +604,224 @@ async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
             .unwrap();
         assert_eq!(back, bytes, "node {}", node + 2);
     }
+}
+
+#[tokio::test]
+async fn an_upload_begun_again_through_another_node_makes_one_version() {
+    use super::support::{Client, TestFile, content};
+
+    let mut cluster = Cluster::start(3).await;
+    let name = name_owned_by(&cluster, "node-1", "user");
+    register(&cluster, 0, &Identity::new(&name)).await;
+    let mut on_first = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new(&name)).await;
+    let (folder, key) = on_first.folder("team").await;
+    cluster.converged().await;
+    // Alone, the first node takes the upload but cannot say it is safe.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    let bytes = content(2 * 65_536 + 5, 3);
+    let mut file = TestFile::new(&folder.folder_id, "once.bin", &bytes, &key);
+    file.upload_id = Some(coffer_proto::request::upload_id([5; 16]));
+    let refused = on_first.put(&file).await.unwrap_err();
+    assert_eq!(
+        refused.code,
+        coffer_proto::ErrorCode::Unavailable,
+        "{refused:?}"
+    );
+    // Asked again there, it still cannot: a repeated answer is no more
+    // durable than the first.
+    let (retried, _) = on_first.begin(&file).await;
+    assert!(
+        matches!(&retried.msg, Response::Error(e) if e.code == coffer_proto::ErrorCode::Unavailable),
+        "{:?}",
+        retried.msg
+    );
+    // The client tries again, under the same id, through the second node once
+    // it is back; the first node's version has reached it meanwhile.
+    cluster.nodes.push(Node::restart(second).await);
+    cluster.linked().await;
+    cluster.converged().await;
+    let mut on_second = Client {
+        conn: cluster.client(1).await,
+        user: None,
+    };
+    on_second.login(Identity::new(&name)).await;
+    let (answer, _) = on_second.begin(&file).await;
+    let Response::Entry(entry) = answer.msg else {
+        panic!("{:?}", answer.msg);
+    };
+    assert_eq!((entry.path.as_str(), entry.version), ("once.bin", 1));
+    // Through the first node too: the same version, not a second one.
+    let (again, _) = on_first.begin(&file).await;
+    assert_eq!(again.msg, Response::Entry(entry.clone()));
+    let back = on_second
+        .get(&folder.folder_id, "once.bin", &key)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.converged().await;
+}
+
+#[tokio::test]
+async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
+    use super::support::Client;
+    use coffer_proto::ErrorCode;
+    use coffer_proto::request::{FolderRef, FolderShare, FolderUnshare};
+    use coffer_proto::types::{Blob, EpochKey, MemberKey, Role};
+
+    let cluster = Cluster::start(3).await;
+    for who in ["alice", "bob", "carol"] {
+        register(&cluster, 0, &Identity::new(who)).await;
+    }
+    let mut alice = Vec::new();
+    for node in 0..3 {
+        let mut client = Client {
+            conn: cluster.client(node).await,
+            user: None,
+        };
+        client.login(Identity::new("alice")).await;
+        alice.push(client);
+    }
+    let (folder, _) = alice[0].folder("team").await;
+    let id = folder.folder_id;
+    // Shared through the other two nodes at once: each share goes to the
+    // folder's key node, which first waits to hold the folder just made.
+    for (node, who) in [(1, "bob"), (2, "carol")] {
+        alice[node]
+            .ok(Request::FolderShare(FolderShare {
+                folder_id: id.clone(),
+                username: who.into(),
+                role: Role::Editor,
+                keys: vec![EpochKey {
+                    epoch: 1,
+                    wrapped_key: Blob(vec![1; 256]),
+                }],
+            }))
+            .await;
+    }
+    // bob removed through one node and carol through another, at once: each
+    // rotation brings epoch 2 under a key of its own (2s or 3s).
+    let unshare = |member: &str, keep: &str, key: u8| {
+        Request::FolderUnshare(FolderUnshare {
+            folder_id: id.clone(),
+            username: member.into(),
+            epoch: 2,
+            keys: ["alice", keep]
+                .into_iter()
+                .map(|username| MemberKey {
+                    username: username.into(),
+                    wrapped_key: Blob(vec![key; 256]),
+                })
+                .collect(),
+        })
+    };
+    let (one, two) = alice.split_at_mut(2);
+    let (first, second) = tokio::join!(
+        one[1].conn.call(unshare("bob", "carol", 2)),
+        two[0].conn.call(unshare("carol", "bob", 3)),
+    );
+    // One rotation is made; the other finds the folder at epoch 2 already.
+    let made = [&first, &second]
+        .into_iter()
+        .filter(|r| matches!(r, Response::Folder(_)))
+        .count();
+    let refused: Vec<ErrorCode> = [&first, &second]
+        .into_iter()
+        .filter_map(|r| match r {
+            Response::Error(e) => Some(e.code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        (made, refused),
+        (1, vec![ErrorCode::Conflict]),
+        "{first:?} / {second:?}"
+    );
+    cluster.converged().await;
+    // Every node gives alice the same keys: epoch 2 under one key only.
+    let mut seen = Vec::new();
+    for client in &mut alice {
+        let Response::FolderKeys(keys) = client
+            .ok(Request::FolderKeys(FolderRef {
+                folder_id: id.clone(),
+            }))
+            .await
+        else {
+            panic!()
+        };
+        seen.push(keys.keys);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    let epochs: Vec<u64> = seen[0].iter().map(|k| k.epoch).collect();
+    assert_eq!(epochs, [1, 2], "{seen:?}");
+}
+
+#[tokio::test]
+async fn chunks_reach_the_followers_while_the_upload_arrives() {
+    use super::support::{Client, TestFile, content, missing_list};
+
+    let cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    let mut alice = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    alice.login(Identity::new("alice")).await;
+    let (folder, key) = alice.folder("team").await;
+    let bytes = content(4 * 65_536, 4);
+    let file = TestFile::new(&folder.folder_id, "ahead.bin", &bytes, &key);
+    let (answer, chunks) = alice.begin(&file).await;
+    let Response::Upload(upload) = answer.msg else {
+        panic!("{:?}", answer.msg)
+    };
+    for i in missing_list(upload.chunk_count, &answer.body) {
+        let sent = alice
+            .send_chunk(&upload.upload_id, i, &chunks[i as usize])
+            .await;
+        assert!(matches!(sent, Response::ChunkAck(_)), "{sent:?}");
+    }
+    // Not committed, yet every follower holds every chunk: the commit will
+    // not wait for the file to cross the network.
+    let held = |node: usize| {
+        chunks.iter().all(|chunk| {
+            let hex = hex::encode(coffer_crypto::content_address(chunk));
+            cluster.nodes[node]
+                .config
+                .data
+                .join("chunks")
+                .join(&hex[..2])
+                .join(&hex[2..])
+                .is_file()
+        })
+    };
+    for _ in 0..500 {
+        if held(1) && held(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        held(1) && held(2),
+        "the followers lack chunks of the upload"
+    );
+    // Held there although no version refers to them yet: collection keeps
+    // them, and the commit lands everywhere.
+    for node in &cluster.nodes {
+        node.server.collect_now().await.unwrap();
+    }
+    assert!(held(1) && held(2), "collection dropped pushed chunks");
+    let committed = alice
+        .conn
+        .call(Request::UploadCommit(coffer_proto::request::UploadCommit {
+            upload_id: upload.upload_id,
+            meta: None,
+        }))
+        .await;
+    assert!(matches!(committed, Response::Entry(_)), "{committed:?}");
+    cluster.converged().await;
 }

@@ -517,6 +517,8 @@ pub struct TestFile<'a> {
     pub file_id: [u8; 16],
     pub base: Option<VersionVector>,
     pub chunk_size: u32,
+    /// The client's id for the upload; `None`: the server picks one.
+    pub upload_id: Option<String>,
 }
 
 impl<'a> TestFile<'a> {
@@ -530,6 +532,7 @@ impl<'a> TestFile<'a> {
             file_id: file_id_for(path),
             base: None,
             chunk_size: coffer_proto::limits::MIN_CHUNK_SIZE,
+            upload_id: None,
         }
     }
 
@@ -570,6 +573,7 @@ impl<'a> TestFile<'a> {
             meta: Blob(meta),
             base: self.base.clone(),
             commit: false,
+            upload_id: self.upload_id.clone(),
         });
         (request, chunks)
     }
