@@ -332,8 +332,11 @@ async fn resumable<N: Net>(
                     return Ok(Resume::Continue(Box::new(pending), missing));
                 }
             }
+            // Kept in the journal until the begin under the same id is
+            // answered: should that fail too (the node that made the
+            // version cannot reach a quorum), the next run must still name
+            // the same write, or it makes a second one.
             Err(ClientError::Server(e)) if e.code == ErrorCode::NotFound => {
-                journal.forget(&pending.folder_id, &pending.path)?;
                 return Ok(Resume::Restart {
                     upload_id: pending.upload_id,
                     again: true,
