@@ -118,7 +118,16 @@ pub struct Records {
 pub struct Ack {
     /// Highest sequence number durably applied, per origin.
     pub applied: BTreeMap<String, u64>,
+    /// Records at or below `applied` that are not held all the same: file
+    /// versions whose chunks the sender lacks, per origin. A write waiting
+    /// for its quorum does not count the sender for these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unheld: BTreeMap<String, Vec<u64>>,
 }
+
+/// Most records an [`Ack`] lists as `unheld`; beyond them the sender lowers
+/// `applied` to below the first it cannot list.
+pub const MAX_UNHELD: usize = 256;
 
 /// Names a chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,6 +103,11 @@ impl ChunkStore {
         sync_dir(dir)
     }
 
+    /// Whether a chunk is stored here (not whether it reads back sound).
+    pub(crate) fn has(&self, hash: &[u8; 32]) -> bool {
+        self.path(hash).is_file()
+    }
+
     /// Reads a chunk, verifying its checksum.
     pub(crate) fn get(&self, hash: &[u8; 32]) -> Result<Vec<u8>, ReadError> {
         let mut file = match File::open(self.path(hash)) {

@@ -102,6 +102,8 @@ pub struct Server {
     followers: Arc<cluster::link::Followers>,
     /// The links up to peers, for requests forwarded to them.
     outbox: cluster::link::Outbox,
+    /// Records taken from peers whose chunks this node still lacks.
+    unheld: cluster::link::Unheld,
     /// The change log was empty at start: a new node, or a wiped one.
     started_empty: bool,
 }
@@ -167,7 +169,6 @@ impl Server {
         let store = store::Store::open(
             &config.data,
             store::WriterContext {
-                node_id: config.node_id.clone(),
                 origin: format!("{}.{}", config.node_id, {
                     let mut suffix = [0u8; 4];
                     rand::Rng::fill_bytes(&mut rng, &mut suffix);
@@ -213,6 +214,7 @@ impl Server {
             peer_tls,
             followers,
             outbox: cluster::link::Outbox::default(),
+            unheld: cluster::link::Unheld::default(),
             started_empty,
         })
     }

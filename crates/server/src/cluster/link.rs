@@ -23,8 +23,8 @@ use bytes::Bytes;
 use coffer_net::conn::{ConnError, Connection, Timeouts};
 use coffer_net::{Net, Stream, tls};
 use coffer_proto::peer::{
-    Ack, ChunkFetch, ForwardKeys, KeysForwarded, PeerHello, PeerMessage, PeerPong, PeerWelcome,
-    Record, Records, decode_records, encode_records,
+    Ack, ChunkFetch, ForwardKeys, KeysForwarded, MAX_UNHELD, PeerHello, PeerMessage, PeerPong,
+    PeerWelcome, Record, Records, decode_records, encode_records,
 };
 use coffer_proto::request::Register;
 use coffer_proto::response::{ErrorBody, Registered};
@@ -115,11 +115,7 @@ impl Quorum {
         let mut news = self.followers.news.subscribe();
         let enough = || {
             let acked = self.followers.acked.lock().expect("followers lock");
-            acked
-                .values()
-                .filter(|(applied, _)| applied.get(origin).is_some_and(|&s| s >= seq))
-                .count()
-                >= self.needed
+            acked.values().filter(|a| a.holds(origin, seq)).count() >= self.needed
         };
         let waited = tokio::time::timeout(self.timeout, async {
             while !enough() {
@@ -141,16 +137,34 @@ impl Quorum {
     }
 }
 
-/// A follower's cursors (origin → newest record applied) and the time, in
-/// Unix milliseconds, it acknowledged them.
-type Acked = (BTreeMap<String, u64>, u64);
+/// What a follower last acknowledged, and when (Unix milliseconds).
+#[derive(Debug)]
+struct Acked {
+    /// Origin → newest record applied.
+    applied: BTreeMap<String, u64>,
+    /// Records within `applied` whose chunks the follower lacks.
+    unheld: BTreeMap<String, Vec<u64>>,
+    at: u64,
+}
+
+impl Acked {
+    /// Whether the follower holds record `seq` of `origin`, chunks and all.
+    fn holds(&self, origin: &str, seq: u64) -> bool {
+        self.applied.get(origin).is_some_and(|&s| s >= seq)
+            && !self.unheld.get(origin).is_some_and(|u| u.contains(&seq))
+    }
+}
 
 impl Followers {
-    fn record(&self, peer: &str, applied: BTreeMap<String, u64>, now_ms: u64) {
-        self.acked
-            .lock()
-            .expect("followers lock")
-            .insert(peer.to_owned(), (applied, now_ms));
+    fn record(&self, peer: &str, ack: Ack, now_ms: u64) {
+        self.acked.lock().expect("followers lock").insert(
+            peer.to_owned(),
+            Acked {
+                applied: ack.applied,
+                unheld: ack.unheld,
+                at: now_ms,
+            },
+        );
         self.news.send_modify(|n| *n += 1);
     }
 
@@ -165,21 +179,112 @@ impl Followers {
     ) -> (u64, u64) {
         let acked = self.acked.lock().expect("followers lock");
         let (applied, at) = match acked.get(peer) {
-            Some((applied, at)) => (Some(applied), Some(*at)),
+            Some(acked) => (Some(&acked.applied), Some(acked.at)),
             None => (None, None),
         };
-        let records: u64 = held
-            .iter()
-            .map(|(origin, &seq)| {
-                seq.saturating_sub(applied.and_then(|a| a.get(origin)).copied().unwrap_or(0))
-            })
-            .sum();
+        // Records applied without their chunks are not held either.
+        let unheld = acked
+            .get(peer)
+            .map_or(0, |a| a.unheld.values().map(|s| s.len() as u64).sum());
+        let records: u64 = unheld
+            + held
+                .iter()
+                .map(|(origin, &seq)| {
+                    seq.saturating_sub(applied.and_then(|a| a.get(origin)).copied().unwrap_or(0))
+                })
+                .sum::<u64>();
         let since = if records == 0 {
             0
         } else {
             at.map_or(now_ms, |at| now_ms.saturating_sub(at))
         };
         (records, since)
+    }
+}
+
+/// Records this node took from peers whose chunks it could not get yet
+/// (the peer that sent them lacked them too, and no other could send them):
+/// acknowledged as `unheld`, so that no writer counts this node toward its
+/// quorum for a version it could not serve, until the chunks arrive
+/// (pushed, fetched by the repair loop or on a read).
+///
+/// Kept in memory: a node that restarts acknowledges such records as held
+/// (see docs/ARCHITECTURE.md).
+#[derive(Debug)]
+pub(crate) struct Unheld {
+    /// Origin → seq → the chunks that record still needs.
+    records: std::sync::Mutex<BTreeMap<String, Needs>>,
+    /// Bumped when a chunk some record waited for is stored: the links
+    /// acknowledge again.
+    settled: tokio::sync::watch::Sender<u64>,
+}
+
+/// Per record (seq) of one origin, the chunks it still needs.
+type Needs = BTreeMap<u64, Vec<[u8; 32]>>;
+
+impl Default for Unheld {
+    fn default() -> Self {
+        Unheld {
+            records: Default::default(),
+            settled: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Unheld {
+    /// Notes that record `seq` of `origin`, applied here, needs `hash`.
+    fn note(&self, origin: &str, seq: u64, hash: [u8; 32]) {
+        self.records
+            .lock()
+            .expect("unheld lock")
+            .entry(origin.to_owned())
+            .or_default()
+            .entry(seq)
+            .or_default()
+            .push(hash);
+    }
+
+    /// A chunk is stored here now: if a record waited for it, the links
+    /// acknowledge again.
+    fn stored(&self, hash: &[u8; 32]) {
+        let waited = self
+            .records
+            .lock()
+            .expect("unheld lock")
+            .values()
+            .flat_map(|by_seq| by_seq.values())
+            .any(|hashes| hashes.contains(hash));
+        if waited {
+            self.settled.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The acknowledgement of `applied`: the records still lacking chunks
+    /// listed as unheld (forgetting those whose chunks are here now), at
+    /// most [`MAX_UNHELD`]; an origin with more than that is acknowledged
+    /// only up to its first record left out.
+    fn ack(&self, chunks: &crate::chunks::ChunkStore, mut applied: BTreeMap<String, u64>) -> Ack {
+        let mut records = self.records.lock().expect("unheld lock");
+        let mut unheld: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut listed = 0;
+        for (origin, by_seq) in records.iter_mut() {
+            by_seq.retain(|_, hashes| {
+                hashes.retain(|h| !chunks.has(h));
+                !hashes.is_empty()
+            });
+            for &seq in by_seq.keys() {
+                if listed == MAX_UNHELD {
+                    if let Some(cursor) = applied.get_mut(origin) {
+                        *cursor = (*cursor).min(seq - 1);
+                    }
+                    break;
+                }
+                unheld.entry(origin.clone()).or_default().push(seq);
+                listed += 1;
+            }
+        }
+        records.retain(|_, by_seq| !by_seq.is_empty());
+        Ack { applied, unheld }
     }
 }
 
@@ -458,6 +563,7 @@ async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], pus
         warn!(%hash, error = %e, "a chunk from a peer could not be stored");
         return false;
     }
+    server.unheld.stored(&hash.0);
     let size = bytes.len() as u64;
     if let Err(e) = server
         .store
@@ -619,12 +725,18 @@ async fn follow_once<N: Net>(
     let mut next_id = 2u64;
     // Frames that came while this loop waited for chunks, in order.
     let mut parked: std::collections::VecDeque<Frame<PeerMessage>> = Default::default();
+    let mut settled = server.unheld.settled.subscribe();
     loop {
         let frame = if let Some(frame) = parked.pop_front() {
             frame
         } else {
             tokio::select! {
             frame = next(&mut conn) => frame?,
+            // Chunks some records waited for came: they are held now.
+            Ok(()) = settled.changed() => {
+                acknowledge(server, &mut conn).await?;
+                continue;
+            }
             Some(ask) = forwards.recv() => {
                 // Requests whose callers gave up are forgotten.
                 waiting.retain(|_, waiter| !waiter.gone());
@@ -682,33 +794,40 @@ async fn follow_once<N: Net>(
                 // Progress: the next failure starts its backoff afresh.
                 *wait = RETRY_FIRST;
                 // The chunks of what was taken, before saying it is held: an
-                // acknowledgement counts toward the writer's quorum.
-                fetch_needed(
-                    server,
-                    &mut conn,
-                    peer,
-                    done.chunks_needed,
-                    &mut next_id,
-                    &mut parked,
-                )
-                .await?;
+                // acknowledgement counts toward the writer's quorum. A
+                // record whose chunks are nowhere yet is acknowledged as
+                // unheld until they come.
+                let needed = done.chunks_needed.keys().copied().collect();
+                let lacking =
+                    fetch_needed(server, &mut conn, peer, needed, &mut next_id, &mut parked)
+                        .await?;
+                for hash in lacking {
+                    for (origin, seq) in &done.chunks_needed[&hash] {
+                        server.unheld.note(origin, *seq, hash);
+                    }
+                }
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
                 if !more && server.outbox.mark_caught_up(peer) {
                     info!(%peer, "caught up with the peer's log");
                 }
-                conn.send(&Frame::new(
-                    0,
-                    PeerMessage::Ack(Ack {
-                        applied: server.store.cursors().await?,
-                    }),
-                ))
-                .await?;
+                acknowledge(server, &mut conn).await?;
             }
             PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
             PeerMessage::PeerError(e) => return Err(LinkError::Refused(e.message)),
             other => return Err(LinkError::Unexpected(kind(&other))),
         }
     }
+}
+
+/// Tells the peer this link follows what this node holds now.
+async fn acknowledge<S: Stream>(
+    server: &Server,
+    conn: &mut Connection<S>,
+) -> Result<(), LinkError> {
+    let applied = server.store.cursors().await?;
+    let ack = server.unheld.ack(&server.chunks, applied);
+    conn.send(&Frame::new(0, PeerMessage::Ack(ack))).await?;
+    Ok(())
 }
 
 /// The answer to a peer's ping: this node, and whether it is ready.
@@ -728,10 +847,10 @@ async fn fetch_needed<S: Stream>(
     server: &Arc<Server>,
     conn: &mut Connection<S>,
     peer: &str,
-    needed: std::collections::BTreeSet<[u8; 32]>,
+    needed: Vec<[u8; 32]>,
     next_id: &mut u64,
     parked: &mut std::collections::VecDeque<Frame<PeerMessage>>,
-) -> Result<(), LinkError> {
+) -> Result<Vec<[u8; 32]>, LinkError> {
     let mut queue: std::collections::VecDeque<Sha256> = needed.into_iter().map(Sha256).collect();
     let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
     // Each chunk being stored, and whether it was asked for and stored.
@@ -801,12 +920,18 @@ async fn fetch_needed<S: Stream>(
             )
         });
     }
+    let mut nowhere = Vec::new();
     while let Some(done) = elsewhere.join_next().await {
-        if let Ok((hash, false)) = done {
-            warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
+        match done {
+            Ok((hash, false)) => {
+                warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
+                nowhere.push(hash.0);
+            }
+            Ok((_, true)) => {}
+            Err(e) => return Err(LinkError::Apply(e.to_string())),
         }
     }
-    Ok(())
+    Ok(nowhere)
 }
 
 async fn next<S: Stream>(conn: &mut Connection<S>) -> Result<Frame<PeerMessage>, LinkError> {
@@ -1007,7 +1132,7 @@ async fn serve_inner<S: Stream>(
                             *held = (*held).max(seq);
                         }
                         let now = server.clock.now_ms();
-                        server.followers.record(&peer, ack.applied, now);
+                        server.followers.record(&peer, ack, now);
                         let (records, ms) = server.followers.behind(&peer, &sent, now);
                         debug!(%peer, behind_records = records, behind_ms = ms, "the peer acknowledged records");
                     }
@@ -1079,4 +1204,58 @@ async fn send_batch<S: Stream>(
     ))
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn a_record_whose_chunks_are_lacking_is_acknowledged_as_unheld_until_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = crate::chunks::ChunkStore::open(dir.path()).unwrap();
+        let unheld = Unheld::default();
+        let settled = unheld.settled.subscribe();
+        unheld.note("a.1", 7, [7; 32]);
+        let ack = unheld.ack(&chunks, applied(&[("a.1", 9), ("b.1", 3)]));
+        assert_eq!(ack.applied, applied(&[("a.1", 9), ("b.1", 3)]));
+        assert_eq!(ack.unheld, BTreeMap::from([("a.1".to_owned(), vec![7])]));
+
+        // Counted by a writer waiting for its quorum: every record of a up
+        // to 9 but 7, and b's.
+        let followers = Followers::default();
+        followers.record("n2", ack, 0);
+        let holds = |origin: &str, seq| followers.acked.lock().unwrap()["n2"].holds(origin, seq);
+        assert!(holds("a.1", 6) && holds("a.1", 8) && holds("b.1", 3));
+        assert!(!holds("a.1", 7) && !holds("a.1", 10));
+        assert_eq!(followers.behind("n2", &applied(&[("a.1", 9)]), 0).0, 1);
+
+        // The chunk comes: the links are told, and it is held.
+        unheld.stored(&[1; 32]);
+        assert!(!settled.has_changed().unwrap());
+        chunks.put(&[7; 32], b"bytes").unwrap();
+        unheld.stored(&[7; 32]);
+        assert!(settled.has_changed().unwrap());
+        let ack = unheld.ack(&chunks, applied(&[("a.1", 9)]));
+        assert!(ack.unheld.is_empty());
+        assert!(unheld.records.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_acknowledgement_lists_a_bounded_number_of_unheld_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = crate::chunks::ChunkStore::open(dir.path()).unwrap();
+        let unheld = Unheld::default();
+        for seq in 1..=MAX_UNHELD as u64 + 10 {
+            unheld.note("a.1", seq * 2, [9; 32]);
+        }
+        let ack = unheld.ack(&chunks, applied(&[("a.1", 10_000)]));
+        assert_eq!(ack.unheld["a.1"].len(), MAX_UNHELD);
+        // Acknowledged only below the first record left out.
+        assert_eq!(ack.applied["a.1"], (MAX_UNHELD as u64 + 1) * 2 - 1);
+    }
 }

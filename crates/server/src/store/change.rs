@@ -942,7 +942,7 @@ fn apply(
             for entry in doomed {
                 let tomb = FileEntry {
                     version: entry.version + 1,
-                    vv: bumped(&entry.vv, &ctx.node_id),
+                    vv: bumped(tx, ctx, &entry.vv)?,
                     size: 0,
                     chunk_count: 0,
                     modified_ms: now,
@@ -994,7 +994,7 @@ fn apply(
                 let arrived = FileEntry {
                     path: new_path.clone(),
                     version: previous.as_ref().map_or(1, |p| p.version + 1),
-                    vv: bumped(&after, &ctx.node_id),
+                    vv: bumped(tx, ctx, &after)?,
                     modified_ms: now,
                     device_id: device_id.clone(),
                     ..entry.clone()
@@ -1002,7 +1002,7 @@ fn apply(
                 put_version(tx, ctx, &arrived, &chunks)?;
                 let left = FileEntry {
                     version: entry.version + 1,
-                    vv: bumped(&entry.vv, &ctx.node_id),
+                    vv: bumped(tx, ctx, &entry.vv)?,
                     size: 0,
                     chunk_count: 0,
                     modified_ms: now,
@@ -1054,7 +1054,7 @@ fn apply(
             make_parents(tx, ctx, now, folder_id, path, device_id, fx)?;
             let restored = FileEntry {
                 version: latest.version + 1,
-                vv: bumped(&latest.vv, &ctx.node_id),
+                vv: bumped(tx, ctx, &latest.vv)?,
                 modified_ms: now,
                 device_id: device_id.clone(),
                 ..old
@@ -1241,10 +1241,22 @@ fn file_event(fx: &mut Effects, entry: &FileEntry, change: FileChange, from: Opt
     );
 }
 
-fn bumped(vv: &VersionVector, node: &str) -> VersionVector {
-    let mut next = vv.clone();
-    next.increment(node);
-    next
+/// `vv` with one more write by this database, counted under its origin
+/// and numbered with the record this change makes: a counter the origin
+/// never gave another write, of any path or branch.
+///
+/// Counting under the node id, a node whose data directory was wiped could
+/// number a write as its old database had numbered another. Counting one up
+/// from the path's vector, a node that wrote on a branch that then lost,
+/// and wrote again on the winner, gave the second write the counter of the
+/// first; two different versions could so carry one vector and the nodes
+/// never agree which they hold (seed 147 of the simulation).
+fn bumped(tx: &Connection, ctx: &WriterContext, vv: &VersionVector) -> Result<VersionVector> {
+    let next = super::replica::last_seq(tx, &ctx.origin)? + 1;
+    let mut counters: std::collections::BTreeMap<String, u64> = vv.clone().into();
+    let counter = counters.entry(ctx.origin.clone()).or_insert(0);
+    *counter = (*counter + 1).max(next);
+    Ok(VersionVector::from(counters))
 }
 
 fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
@@ -1310,7 +1322,7 @@ fn make_dir(
         kind: EntryKind::Dir,
         file_id: FileId::default(),
         version: previous.as_ref().map_or(1, |p| p.version + 1),
-        vv: bumped(&previous.map(|p| p.vv).unwrap_or_default(), &ctx.node_id),
+        vv: bumped(tx, ctx, &previous.map(|p| p.vv).unwrap_or_default())?,
         size: 0,
         chunk_size: 0,
         chunk_count: 0,
@@ -1505,20 +1517,22 @@ fn remove_version(
 /// holds it or one that saw it. Concurrent with the version here, the one
 /// that ranks higher takes the path (and the version number both carry) on
 /// every node, and the other, unless a tombstone, is returned: the conflict
-/// copy to keep beside it.
+/// copy to keep beside it — with, when the remote wins, the earlier versions
+/// of the chain it beat that are still in the history (see [`stranded`]).
 pub(super) fn merge_version(
     tx: &Connection,
     ctx: &WriterContext,
     remote: FileEntry,
     chunks: Vec<u8>,
     upload: Option<&str>,
-) -> Result<Option<(FileEntry, Vec<u8>)>> {
+) -> Result<Vec<(FileEntry, Vec<u8>)>> {
     let Some(current) = query::entry(tx, &remote.folder_id, &remote.path)? else {
         put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
-        return Ok(None);
+        return Ok(Vec::new());
     };
+    let mut copies = Vec::new();
     let loser = match remote.vv.compare(&current.vv) {
-        Causality::Equal => return Ok(None),
+        Causality::Equal => return Ok(copies),
         // A version the path has moved past (it came by a longer way than
         // the one that followed it): into the history where its number is
         // free, as on the nodes that had it in its time, so that every node
@@ -1537,16 +1551,17 @@ pub(super) fn merge_version(
             if !taken && remote.version < current.version {
                 put_version_of(tx, ctx, &remote, &chunks, upload, Slot::History)?;
             }
-            return Ok(None);
+            return Ok(copies);
         }
         Causality::After => {
             put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
-            return Ok(None);
+            return Ok(copies);
         }
         Causality::Concurrent if as_version(&remote).outranks(&as_version(&current)) => {
             let current_upload = upload_of(tx, &current)?;
             let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
                 .unwrap_or_default();
+            copies = stranded(tx, &remote)?;
             put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
             (current, held, current_upload)
         }
@@ -1559,11 +1574,45 @@ pub(super) fn merge_version(
     // One upload committed through two nodes (a retry after `unavailable`)
     // is one write: the winner stands for both, and nothing is copied.
     if upload.is_some() && upload == other_upload.as_deref() {
-        return Ok(None);
+        return Ok(copies);
     }
+    copies.insert(0, (loser, held));
     // A tombstone that lost needs no copy, and neither does a directory (it
     // holds nothing; what is in it stays under the path).
-    Ok((!loser.deleted && loser.kind == EntryKind::File).then_some((loser, held)))
+    copies.retain(|(loser, _)| !loser.deleted && loser.kind == EntryKind::File);
+    Ok(copies)
+}
+
+/// Takes out of `winner`'s path the versions in its history that `winner`
+/// does not descend from: the earlier versions of the chain it beat, which
+/// would otherwise sit there until a later version took their number and
+/// dropped them with their chunks. A node that met each of them as the head
+/// of the path, before the one after it had arrived, kept it as a conflict
+/// copy; kept as copies here too, they are the same copies on every node,
+/// and no node lets go of chunks another's copy needs.
+fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<(FileEntry, Vec<u8>)>> {
+    let numbers: Vec<i64> = tx
+        .prepare_cached("SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2")?
+        .query_map(params![winner.folder_id, winner.path], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut losers = Vec::new();
+    for number in numbers {
+        let Some((version, _)) =
+            query::version(tx, &winner.folder_id, &winner.path, number as u64)?
+        else {
+            continue;
+        };
+        if matches!(
+            version.vv.compare(&winner.vv),
+            Causality::Before | Causality::Equal
+        ) {
+            continue;
+        }
+        let chunks = remove_version(tx, &winner.folder_id, &winner.path, version.version)?
+            .unwrap_or_default();
+        losers.push((version, chunks));
+    }
+    Ok(losers)
 }
 
 /// The upload that committed `entry`'s version, if an upload did.
@@ -2015,9 +2064,10 @@ fn upload_commit(
         file_id: FileId(upload.file_id.clone().try_into().unwrap_or_default()),
         version: current.as_ref().map_or(1, |c| c.version + 1),
         vv: bumped(
+            tx,
+            ctx,
             &current.as_ref().map(|c| c.vv.clone()).unwrap_or_default(),
-            &ctx.node_id,
-        ),
+        )?,
         size: upload.size,
         chunk_size: upload.chunk_size,
         chunk_count: upload.chunk_count,

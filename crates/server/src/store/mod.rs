@@ -67,12 +67,11 @@ pub enum StoreError {
 /// What the writer needs besides the changes.
 #[derive(Debug, Clone)]
 pub(crate) struct WriterContext {
-    /// This node: the writer it counts in version vectors.
-    pub(crate) node_id: String,
-    /// The origin of this node's change-log records. Given for a new
-    /// database; an existing one keeps the origin it was created with. A node
-    /// whose data directory is wiped so starts a new origin, and can never
-    /// number a record as one of its earlier life that peers still hold.
+    /// The origin of this node's change-log records, and the writer it counts
+    /// in version vectors. Given for a new database; an existing one keeps
+    /// the origin it was created with. A node whose data directory is wiped
+    /// so starts a new origin, and can never number a record, or count a
+    /// write, as one of its earlier life that peers still hold.
     pub(crate) origin: String,
     /// Calendar time.
     pub(crate) clock: SharedClock,

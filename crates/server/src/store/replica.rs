@@ -14,7 +14,7 @@
 //! replicated table has a unique constraint besides its key: two devices of
 //! one user named alike, made on two nodes at once, are both kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use coffer_proto::peer::Record;
 use coffer_proto::types::{Blob, EntryKind, FileEntry, FileId, Hlc};
@@ -821,9 +821,11 @@ pub(crate) struct Replicated {
     pub(crate) events: Vec<super::StoredEvent>,
     /// Why the rest of the batch was not applied, if it was not.
     pub(crate) stopped: Option<Stopped>,
-    /// Chunks the versions taken now refer to that this node does not hold:
-    /// to fetch before acknowledging the batch.
-    pub(crate) chunks_needed: BTreeSet<[u8; 32]>,
+    /// Chunks the versions taken now refer to that this node does not hold,
+    /// each with the records (origin, seq) that need it: to fetch before
+    /// acknowledging the batch, and those records not acknowledged while
+    /// one is still lacking.
+    pub(crate) chunks_needed: BTreeMap<[u8; 32], Vec<(String, u64)>>,
 }
 
 /// Why applying peer records stopped before the end of a batch.
@@ -997,7 +999,10 @@ pub(crate) fn apply_records(
                 |r| r.get(0),
             )?;
             if lacking {
-                out.chunks_needed.insert(hash);
+                out.chunks_needed
+                    .entry(hash)
+                    .or_default()
+                    .push((record.origin.clone(), record.seq));
             }
         }
         sp.commit()?;
@@ -1215,7 +1220,6 @@ mod tests {
         Store::open(
             &dir,
             WriterContext {
-                node_id: id.to_owned(),
                 origin: id.to_owned(),
                 clock: Arc::new(SystemClock),
                 keep_versions: 10,
@@ -1686,7 +1690,6 @@ mod tests {
             Store::open(
                 dir.path(),
                 WriterContext {
-                    node_id: "n".into(),
                     origin: origin.into(),
                     clock: Arc::new(SystemClock),
                     keep_versions: 10,
@@ -1826,6 +1829,110 @@ mod tests {
         let listed = files(&c).await;
         assert_eq!(listed.len(), 3, "{listed:?}");
         assert_eq!(listed[2], "docs/a.txt=05050505");
+    }
+
+    #[tokio::test]
+    async fn a_losing_chain_is_kept_as_copies_whatever_order_its_versions_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = three(dir.path());
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        ship(&a, &c).await;
+        // A chain of two versions made on a and c, and a version of the same
+        // new path made on b meanwhile, later than both: b's wins.
+        write(&a, put("x.txt", 1, None)).await;
+        ship(&a, &c).await;
+        let v1 = vv_of(&c, "x.txt").await;
+        write(&c, put("x.txt", 2, Some(&v1))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&b, put("x.txt", 3, None)).await;
+        // a holds the chain when b's version comes: the chain's first
+        // version, under b's number in the history, is kept as a copy too,
+        // as b keeps it, meeting it alone before the version after it.
+        ship(&c, &a).await;
+        ship(&b, &a).await;
+        let on_a = files(&a).await;
+        assert!(on_a.iter().any(|f| f.ends_with("=01010101")), "{on_a:?}");
+        assert!(on_a.iter().any(|f| f.ends_with("=02020202")), "{on_a:?}");
+        let chunk_of_1 = column(
+            &a,
+            "SELECT CAST(refs AS TEXT) FROM chunk_refs WHERE hash = x'0101010101010101010101010101010101010101010101010101010101010101'",
+        )
+        .await;
+        assert_eq!(
+            chunk_of_1,
+            ["1"],
+            "the first version's chunk is still referenced"
+        );
+        ship(&a, &b).await;
+        ship(&c, &b).await;
+        ship(&b, &a).await;
+        ship(&b, &c).await;
+        ship(&a, &c).await;
+        same(&[&a, &b, &c]).await;
+        let listed = files(&b).await;
+        assert_eq!(listed.len(), 3, "two copies and the file: {listed:?}");
+        assert_eq!(listed[2], "x.txt=03030303");
+    }
+
+    #[tokio::test]
+    async fn a_wiped_node_never_counts_a_write_as_one_of_its_earlier_life() {
+        let dir = tempfile::tempdir().unwrap();
+        // Node a's first database, and b and c.
+        let (old, b, c) = (
+            node(dir.path(), "a.1111"),
+            node(dir.path(), "b"),
+            node(dir.path(), "c"),
+        );
+        write(&old, register("alice")).await;
+        write(&old, folder("f1")).await;
+        write(&old, put("x.txt", 1, None)).await;
+        ship(&old, &b).await;
+        ship(&old, &c).await;
+        // A second version only c hears of; then a's disk dies.
+        let v1 = vv_of(&old, "x.txt").await;
+        write(&old, put("x.txt", 2, Some(&v1))).await;
+        ship(&old, &c).await;
+        drop(old);
+        // Rebuilt from b, a writes on top of the first version again.
+        let new = node(dir.path(), "a.2222");
+        ship(&b, &new).await;
+        write(&new, put("x.txt", 3, Some(&v1))).await;
+        // Two different writes: concurrent, not one vector for both.
+        assert_ne!(vv_of(&new, "x.txt").await, vv_of(&c, "x.txt").await);
+        ship(&new, &c).await;
+        ship(&c, &new).await;
+        ship(&c, &b).await;
+        ship(&new, &b).await;
+        same(&[&new, &b, &c]).await;
+        let listed = files(&c).await;
+        assert_eq!(listed.len(), 2, "the file and one copy: {listed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_node_never_counts_two_writes_of_a_path_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, c) = (node(dir.path(), "a"), node(dir.path(), "c"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        write(&a, put("x.txt", 1, None)).await;
+        ship(&a, &c).await;
+        let v1 = vv_of(&a, "x.txt").await;
+        // a writes on top of the first version, c after it, at once: c's wins.
+        write(&a, put("x.txt", 2, Some(&v1))).await;
+        let lost = vv_of(&a, "x.txt").await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&c, put("x.txt", 3, Some(&v1))).await;
+        ship(&c, &a).await;
+        assert_eq!(files(&a).await.last().unwrap(), "x.txt=03030303");
+        // a writes again, on the winner: a counter a never gave before, or
+        // the write could carry the vector of another one of a's (the lost
+        // one's, once c writes on it in turn).
+        let winner = vv_of(&a, "x.txt").await;
+        write(&a, put("x.txt", 4, Some(&winner))).await;
+        let next = vv_of(&a, "x.txt").await;
+        assert!(next.get("a") > lost.get("a"), "{next:?} after {lost:?}");
     }
 
     #[tokio::test]
