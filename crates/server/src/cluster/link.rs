@@ -530,14 +530,16 @@ async fn fetch_chunk_except(
             continue;
         };
         let (reply, answer) = oneshot::channel();
-        if link.send(Ask::Chunk(hash, reply)).await.is_err() {
-            continue;
-        }
+        // Bounded, queueing included: that link's loop may itself be
+        // waiting on this one's.
         asked.spawn(async move {
-            match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
-                Ok(Ok(Ok(bytes))) => Some((peer, bytes)),
-                _ => None,
-            }
+            tokio::time::timeout(FORWARD_TIMEOUT, async move {
+                link.send(Ask::Chunk(hash, reply)).await.ok()?;
+                answer.await.ok()?.ok().map(|bytes| (peer, bytes))
+            })
+            .await
+            .ok()
+            .flatten()
         });
     }
     while let Some(answered) = asked.join_next().await {
@@ -726,12 +728,24 @@ async fn follow_once<N: Net>(
     // Frames that came while this loop waited for chunks, in order.
     let mut parked: std::collections::VecDeque<Frame<PeerMessage>> = Default::default();
     let mut settled = server.unheld.settled.subscribe();
+    // The peer pings an idle link: silence for three pings means it is gone.
+    // Kept here, not left to the reader's idle timeout, which starts afresh
+    // each time a request going out wins the select below: a node that keeps
+    // asking (its repair loop does) would wait on a dead link for good, never
+    // catching up (seed 168 of the simulation).
+    let mut heard = tokio::time::Instant::now();
     loop {
         let frame = if let Some(frame) = parked.pop_front() {
             frame
         } else {
             tokio::select! {
-            frame = next(&mut conn) => frame?,
+            frame = next(&mut conn) => {
+                heard = tokio::time::Instant::now();
+                frame?
+            }
+            () = tokio::time::sleep_until(heard + PING_EVERY * 3) => {
+                return Err(LinkError::Refused("the peer stopped sending".into()));
+            }
             // Chunks some records waited for came: they are held now.
             Ok(()) = settled.changed() => {
                 acknowledge(server, &mut conn).await?;
@@ -856,6 +870,8 @@ async fn fetch_needed<S: Stream>(
     // Each chunk being stored, and whether it was asked for and stored.
     let mut storing: JoinSet<(Sha256, Option<bool>)> = JoinSet::new();
     let mut lacking = Vec::new();
+    // When the peer last answered a request for a chunk.
+    let mut progress = tokio::time::Instant::now();
     loop {
         while asked.len() < FETCH_WINDOW
             && let Some(hash) = queue.pop_front()
@@ -869,9 +885,23 @@ async fn fetch_needed<S: Stream>(
         if asked.is_empty() {
             break;
         }
-        let frame = next(conn).await?;
+        // The peer's pings keep the link alive however long an answer
+        // takes: without a deadline of its own, a request the peer never
+        // answers (lost with a connection cut mid-stream, or held up) would
+        // hold this link here for good, and a node catching up would never
+        // be ready (seed 168 of the simulation). What is still unanswered
+        // then is asked elsewhere like a chunk the peer lacks.
+        let Ok(frame) = tokio::time::timeout_at(progress + FORWARD_TIMEOUT, next(conn)).await
+        else {
+            warn!(%peer, unanswered = asked.len(), "the peer did not send chunks it was asked for in time");
+            lacking.extend(std::mem::take(&mut asked).into_values());
+            lacking.extend(queue.drain(..));
+            break;
+        };
+        let frame = frame?;
         match frame.msg {
             PeerMessage::ChunkData(_) if asked.contains_key(&frame.id) => {
+                progress = tokio::time::Instant::now();
                 let hash = asked.remove(&frame.id).expect("asked");
                 let (server, peer) = (server.clone(), peer.to_owned());
                 let bytes = frame.body;
@@ -890,6 +920,7 @@ async fn fetch_needed<S: Stream>(
                 });
             }
             PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
+                progress = tokio::time::Instant::now();
                 lacking.push(asked.remove(&frame.id).expect("asked"));
             }
             PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
