@@ -122,6 +122,10 @@ pub struct Ack {
     /// versions whose chunks the sender lacks, per origin. A write waiting
     /// for its quorum does not count the sender for these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(
+        any(test, feature = "arbitrary"),
+        proptest(strategy = "crate::peer::arb_unheld()")
+    )]
     pub unheld: BTreeMap<String, Vec<u64>>,
 }
 
@@ -242,6 +246,18 @@ pub fn decode_records(body: &[u8], count: u32) -> Result<Vec<Record>, DecodeErro
         )));
     }
     Ok(records)
+}
+
+/// An [`Ack`]'s `unheld` of the size a header carries.
+#[cfg(any(test, feature = "arbitrary"))]
+pub(crate) fn arb_unheld() -> impl proptest::strategy::Strategy<Value = BTreeMap<String, Vec<u64>>>
+{
+    use proptest::prelude::*;
+    proptest::collection::btree_map(
+        ".{0,12}",
+        proptest::collection::vec(any::<u64>(), 0..8),
+        0..4,
+    )
 }
 
 /// JSON values for property tests: small and of every shape.
