@@ -748,9 +748,31 @@ impl Device {
                             superseded += 1;
                             continue;
                         }
-                        None => "neither under its path nor as a conflict copy, and nothing \
-                                 there has seen it"
-                            .to_owned(),
+                        None => {
+                            // The same upload committed through two nodes
+                            // (retried after `unavailable`) is one version on
+                            // every node, under one of the two vectors: the
+                            // one acknowledged may be the other. Its content
+                            // tells it, random as it is.
+                            let mut same = false;
+                            for e in here.iter().filter(|e| e.file_id == w.file_id && !e.deleted) {
+                                let version = Some(e.version);
+                                if let Ok((_, sha)) =
+                                    read_back(&s, &folder, &e.path, version, &self.scratch).await
+                                    && sha == w.sha256
+                                {
+                                    same = true;
+                                    break;
+                                }
+                            }
+                            if same {
+                                found += 1;
+                                continue;
+                            }
+                            "neither under its path nor as a conflict copy, and nothing \
+                             there has seen it"
+                                .to_owned()
+                        }
                     };
                     ledger.borrow_mut().violations.push(format!(
                         "acknowledged {path} v{} {:?} is lost on server-{}: {why}",

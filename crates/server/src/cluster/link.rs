@@ -14,7 +14,7 @@
 //! a member and must match `peer_hello`. Clients carry no certificate, so
 //! nothing a client holds opens a link.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,17 +259,31 @@ impl Unheld {
         }
     }
 
+    /// Every chunk some record still waits for.
+    fn noted(&self) -> Vec<[u8; 32]> {
+        let records = self.records.lock().expect("unheld lock");
+        let mut hashes: Vec<[u8; 32]> = records
+            .values()
+            .flat_map(|by_seq| by_seq.values().flatten().copied())
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes
+    }
+
     /// The acknowledgement of `applied`: the records still lacking chunks
-    /// listed as unheld (forgetting those whose chunks are here now), at
-    /// most [`MAX_UNHELD`]; an origin with more than that is acknowledged
-    /// only up to its first record left out.
-    fn ack(&self, chunks: &crate::chunks::ChunkStore, mut applied: BTreeMap<String, u64>) -> Ack {
+    /// listed as unheld, at most [`MAX_UNHELD`] (an origin with more than
+    /// that is acknowledged only up to its first record left out), after
+    /// forgetting the chunks in `settled` — stored here since, or referred
+    /// to by no version any more (a version removed or superseded since,
+    /// whose chunks may never come).
+    fn ack(&self, settled: &BTreeSet<[u8; 32]>, mut applied: BTreeMap<String, u64>) -> Ack {
         let mut records = self.records.lock().expect("unheld lock");
         let mut unheld: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut listed = 0;
         for (origin, by_seq) in records.iter_mut() {
             by_seq.retain(|_, hashes| {
-                hashes.retain(|h| !chunks.has(h));
+                hashes.retain(|h| !settled.contains(h));
                 !hashes.is_empty()
             });
             for &seq in by_seq.keys() {
@@ -553,8 +567,10 @@ async fn fetch_chunk_except(
 }
 
 /// Stores a chunk `peer` sent, once checked against its content address,
-/// durably, and records it for collection. Whether it is now held.
-async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], pushed: bool) -> bool {
+/// durably, and records it for collection; one that came `ahead` of its
+/// version (pushed, or fetched before its record is taken) is kept from
+/// collection meanwhile. Whether it is now held.
+async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], ahead: bool) -> bool {
     if <sha2::Sha256 as sha2::Digest>::digest(bytes)[..] != hash.0 {
         warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
         return false;
@@ -565,19 +581,20 @@ async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], pus
         warn!(%hash, error = %e, "a chunk from a peer could not be stored");
         return false;
     }
-    server.unheld.stored(&hash.0);
     let size = bytes.len() as u64;
     if let Err(e) = server
         .store
         .write(crate::store::Change::ChunkFetched {
             hash,
             size,
-            hold_until: pushed.then(|| server.clock.now_ms() + PUSH_HOLD.as_millis() as u64),
+            hold_until: ahead.then(|| server.clock.now_ms() + PUSH_HOLD.as_millis() as u64),
         })
         .await
     {
         warn!(%hash, error = %e, "a chunk from a peer could not be recorded");
     }
+    // Recorded: the records that waited for it are held now.
+    server.unheld.stored(&hash.0);
     true
 }
 
@@ -798,6 +815,18 @@ async fn follow_once<N: Net>(
             }
             PeerMessage::Records(Records { count, more }) => {
                 let records = decode_records(&frame.body, count)?;
+                // The chunks of the versions among them first, from the
+                // peer, which holds them unless it took the version without
+                // them itself. Taken before them, a version could reach
+                // every node while its chunks, on the node that wrote it
+                // alone, died with that node (seed 192 of the simulation).
+                let applied = server.store.cursors().await?;
+                let ahead = crate::store::replica::chunks_of(&records, &applied)
+                    .into_iter()
+                    .filter(|hash| !server.chunks.has(hash))
+                    .map(Sha256)
+                    .collect();
+                fetch_from_peer(server, &mut conn, peer, ahead, &mut next_id, &mut parked).await?;
                 let done = server.store.replicate(records).await?;
                 if let Some(stopped) = done.stopped {
                     // Nothing after it can be applied either: say so loudly,
@@ -807,17 +836,14 @@ async fn follow_once<N: Net>(
                 }
                 // Progress: the next failure starts its backoff afresh.
                 *wait = RETRY_FIRST;
-                // The chunks of what was taken, before saying it is held: an
-                // acknowledgement counts toward the writer's quorum. A
-                // record whose chunks are nowhere yet is acknowledged as
-                // unheld until they come.
-                let needed = done.chunks_needed.keys().copied().collect();
-                let lacking =
-                    fetch_needed(server, &mut conn, peer, needed, &mut next_id, &mut parked)
-                        .await?;
-                for hash in lacking {
-                    for (origin, seq) in &done.chunks_needed[&hash] {
-                        server.unheld.note(origin, *seq, hash);
+                // What the peer lacked itself is asked of the others before
+                // the batch is acknowledged: an acknowledgement counts
+                // toward the writer's quorum. A record whose chunks are
+                // nowhere yet is acknowledged as unheld until they come.
+                let lacking = done.chunks_needed.keys().copied().map(Sha256).collect();
+                for hash in fetch_elsewhere(server, peer, lacking).await? {
+                    for (origin, seq) in &done.chunks_needed[&hash.0] {
+                        server.unheld.note(origin, *seq, hash.0);
                     }
                 }
                 debug!(%peer, applied = done.applied, skipped = done.duplicates, "records from a peer");
@@ -839,7 +865,22 @@ async fn acknowledge<S: Stream>(
     conn: &mut Connection<S>,
 ) -> Result<(), LinkError> {
     let applied = server.store.cursors().await?;
-    let ack = server.unheld.ack(&server.chunks, applied);
+    // Of the chunks records wait for, those no longer missing; checked
+    // after the note was read, so a chunk noted meanwhile stays noted.
+    let noted = server.unheld.noted();
+    let settled: BTreeSet<[u8; 32]> = if noted.is_empty() {
+        BTreeSet::new()
+    } else {
+        let missing = server
+            .store
+            .read({
+                let noted = noted.clone();
+                move |conn| crate::store::query::still_missing(conn, &noted)
+            })
+            .await?;
+        noted.into_iter().filter(|h| !missing.contains(h)).collect()
+    };
+    let ack = server.unheld.ack(&settled, applied);
     conn.send(&Frame::new(0, PeerMessage::Ack(ack))).await?;
     Ok(())
 }
@@ -853,23 +894,23 @@ fn pong(server: &Server) -> PeerMessage {
 }
 
 /// Fetches `needed` chunks from `peer`, the node this link follows, several
-/// at once, each stored as it comes; frames that arrive meanwhile are parked
-/// for the link's loop. A chunk the peer lacks (it relayed the version before
-/// fetching it) is asked of the other peers; failing that, it is fetched on
-/// first read.
-async fn fetch_needed<S: Stream>(
+/// at once, each stored as it comes (kept from collection until its record
+/// is taken); frames that arrive meanwhile are parked for the link's loop.
+/// A chunk the peer says it lacks is left out: it took the version without
+/// it, and [`fetch_elsewhere`] asks the other nodes once the record is
+/// taken. A peer that stops answering ends the link, its records not taken:
+/// they come again, with their chunks, on a link that works.
+async fn fetch_from_peer<S: Stream>(
     server: &Arc<Server>,
     conn: &mut Connection<S>,
     peer: &str,
-    needed: Vec<[u8; 32]>,
+    needed: std::collections::VecDeque<Sha256>,
     next_id: &mut u64,
     parked: &mut std::collections::VecDeque<Frame<PeerMessage>>,
-) -> Result<Vec<[u8; 32]>, LinkError> {
-    let mut queue: std::collections::VecDeque<Sha256> = needed.into_iter().map(Sha256).collect();
+) -> Result<(), LinkError> {
+    let mut queue = needed;
     let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
-    // Each chunk being stored, and whether it was asked for and stored.
-    let mut storing: JoinSet<(Sha256, Option<bool>)> = JoinSet::new();
-    let mut lacking = Vec::new();
+    let mut storing: JoinSet<()> = JoinSet::new();
     // When the peer last answered a request for a chunk.
     let mut progress = tokio::time::Instant::now();
     loop {
@@ -889,14 +930,13 @@ async fn fetch_needed<S: Stream>(
         // takes: without a deadline of its own, a request the peer never
         // answers (lost with a connection cut mid-stream, or held up) would
         // hold this link here for good, and a node catching up would never
-        // be ready (seed 168 of the simulation). What is still unanswered
-        // then is asked elsewhere like a chunk the peer lacks.
+        // be ready (seed 168 of the simulation).
         let Ok(frame) = tokio::time::timeout_at(progress + FORWARD_TIMEOUT, next(conn)).await
         else {
             warn!(%peer, unanswered = asked.len(), "the peer did not send chunks it was asked for in time");
-            lacking.extend(std::mem::take(&mut asked).into_values());
-            lacking.extend(queue.drain(..));
-            break;
+            return Err(LinkError::Refused(
+                "the peer did not send the chunks of its records in time".into(),
+            ));
         };
         let frame = frame?;
         match frame.msg {
@@ -906,8 +946,7 @@ async fn fetch_needed<S: Stream>(
                 let (server, peer) = (server.clone(), peer.to_owned());
                 let bytes = frame.body;
                 storing.spawn(async move {
-                    let kept = keep_chunk(&server, &peer, hash, &bytes, false).await;
-                    (hash, Some(kept))
+                    keep_chunk(&server, &peer, hash, &bytes, true).await;
                 });
             }
             // A chunk pushed meanwhile: kept, and nobody waits for it.
@@ -916,29 +955,37 @@ async fn fetch_needed<S: Stream>(
                 let bytes = frame.body;
                 storing.spawn(async move {
                     keep_chunk(&server, &peer, hash, &bytes, true).await;
-                    (hash, None)
                 });
             }
-            PeerMessage::PeerError(_) if asked.contains_key(&frame.id) => {
-                progress = tokio::time::Instant::now();
-                lacking.push(asked.remove(&frame.id).expect("asked"));
+            PeerMessage::PeerError(e) if asked.contains_key(&frame.id) => {
+                let hash = asked.remove(&frame.id).expect("asked");
+                if e.code == ErrorCode::Unavailable {
+                    // Busy, not lacking it: asked again, within the same
+                    // deadline.
+                    queue.push_back(hash);
+                } else {
+                    progress = tokio::time::Instant::now();
+                }
             }
             PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
             msg => parked.push_back(Frame { msg, ..frame }),
         }
     }
     while let Some(stored) = storing.join_next().await {
-        match stored {
-            Ok((_, Some(true) | None)) => {}
-            Ok((hash, Some(false))) => lacking.push(hash),
-            Err(e) => return Err(LinkError::Apply(e.to_string())),
-        }
+        stored.map_err(|e| LinkError::Apply(e.to_string()))?;
     }
-    // What the sending peer lacks itself (it relayed the version before it
-    // had the chunks) is asked of the other peers, all chunks at once and
-    // each of every peer at once, so that a peer gone silent holds this link
-    // up for one timeout at most. What none has yet is left to the repair
-    // loop.
+    Ok(())
+}
+
+/// Fetches the chunks `lacking` (versions taken from `peer` refer to them,
+/// but it did not have them) from the other peers: all at once and each of
+/// every peer at once, so that a peer gone silent holds the link up for one
+/// timeout at most. Those none has yet, left to the repair loop.
+async fn fetch_elsewhere(
+    server: &Arc<Server>,
+    peer: &str,
+    lacking: Vec<Sha256>,
+) -> Result<Vec<Sha256>, LinkError> {
     let mut elsewhere = JoinSet::new();
     for hash in lacking {
         let (server, peer) = (server.clone(), peer.to_owned());
@@ -956,7 +1003,7 @@ async fn fetch_needed<S: Stream>(
         match done {
             Ok((hash, false)) => {
                 warn!(%peer, %hash, "a chunk of a version taken here is nowhere to be had yet");
-                nowhere.push(hash.0);
+                nowhere.push(hash);
             }
             Ok((_, true)) => {}
             Err(e) => return Err(LinkError::Apply(e.to_string())),
@@ -1247,12 +1294,10 @@ mod tests {
 
     #[test]
     fn a_record_whose_chunks_are_lacking_is_acknowledged_as_unheld_until_they_come() {
-        let dir = tempfile::tempdir().unwrap();
-        let chunks = crate::chunks::ChunkStore::open(dir.path()).unwrap();
         let unheld = Unheld::default();
         let settled = unheld.settled.subscribe();
         unheld.note("a.1", 7, [7; 32]);
-        let ack = unheld.ack(&chunks, applied(&[("a.1", 9), ("b.1", 3)]));
+        let ack = unheld.ack(&BTreeSet::new(), applied(&[("a.1", 9), ("b.1", 3)]));
         assert_eq!(ack.applied, applied(&[("a.1", 9), ("b.1", 3)]));
         assert_eq!(ack.unheld, BTreeMap::from([("a.1".to_owned(), vec![7])]));
 
@@ -1268,23 +1313,21 @@ mod tests {
         // The chunk comes: the links are told, and it is held.
         unheld.stored(&[1; 32]);
         assert!(!settled.has_changed().unwrap());
-        chunks.put(&[7; 32], b"bytes").unwrap();
         unheld.stored(&[7; 32]);
         assert!(settled.has_changed().unwrap());
-        let ack = unheld.ack(&chunks, applied(&[("a.1", 9)]));
+        assert_eq!(unheld.noted(), vec![[7; 32]]);
+        let ack = unheld.ack(&BTreeSet::from([[7; 32]]), applied(&[("a.1", 9)]));
         assert!(ack.unheld.is_empty());
         assert!(unheld.records.lock().unwrap().is_empty());
     }
 
     #[test]
     fn an_acknowledgement_lists_a_bounded_number_of_unheld_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let chunks = crate::chunks::ChunkStore::open(dir.path()).unwrap();
         let unheld = Unheld::default();
         for seq in 1..=MAX_UNHELD as u64 + 10 {
             unheld.note("a.1", seq * 2, [9; 32]);
         }
-        let ack = unheld.ack(&chunks, applied(&[("a.1", 10_000)]));
+        let ack = unheld.ack(&BTreeSet::new(), applied(&[("a.1", 10_000)]));
         assert_eq!(ack.unheld["a.1"].len(), MAX_UNHELD);
         // Acknowledged only below the first record left out.
         assert_eq!(ack.applied["a.1"], (MAX_UNHELD as u64 + 1) * 2 - 1);

@@ -464,3 +464,23 @@ pub(crate) fn chunks_missing(conn: &Connection, limit: usize) -> Result<Vec<[u8;
         .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
         .collect())
 }
+
+/// Which of `hashes` versions held here still refer to while this node does
+/// not hold them: a chunk no version refers to any more is no longer
+/// missing, whether or not it ever came.
+pub(crate) fn still_missing(
+    conn: &Connection,
+    hashes: &[[u8; 32]],
+) -> Result<std::collections::BTreeSet<[u8; 32]>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1) \
+         AND NOT EXISTS (SELECT 1 FROM chunks WHERE hash = ?1)",
+    )?;
+    let mut missing = std::collections::BTreeSet::new();
+    for hash in hashes {
+        if stmt.query_row([&hash[..]], |r| r.get::<_, bool>(0))? {
+            missing.insert(*hash);
+        }
+    }
+    Ok(missing)
+}

@@ -1013,6 +1013,33 @@ pub(crate) fn apply_records(
     Ok(out)
 }
 
+/// The chunks the versions among `records` refer to, of the records a node
+/// holding `applied` (origin → newest record) has yet to apply: what a
+/// follower fetches before it takes them. A record that does not parse is
+/// left for [`apply_records`] to refuse.
+pub(crate) fn chunks_of(
+    records: &[Record],
+    applied: &BTreeMap<String, u64>,
+) -> std::collections::BTreeSet<[u8; 32]> {
+    records
+        .iter()
+        .filter(|r| r.seq > applied.get(&r.origin).copied().unwrap_or(0))
+        .filter_map(|r| Payload::deserialize(&r.payload).ok())
+        .flat_map(|payload| payload.rows)
+        .filter(|row| row.table == VERSIONS.name)
+        .filter_map(|row| match &row.op {
+            RowOp::Inserted(cells) => version_from_cells(cells).map(|(_, chunks, _)| chunks),
+            _ => None,
+        })
+        .flat_map(|chunks| {
+            chunks
+                .chunks_exact(32)
+                .map(|c| <[u8; 32]>::try_from(c).expect("32 bytes"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Records `events` as told by log position `seq`, for subscribers to read
 /// back; what was recorded, with the ids that are their cursors.
 pub(crate) fn record_events(
@@ -1972,6 +1999,47 @@ mod tests {
         ship(&b, &a).await;
         same(&[&a, &b]).await;
         assert_eq!(files(&a).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_follower_knows_the_chunks_of_records_before_taking_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        write(&a, put("x.txt", 1, None)).await;
+        write(&a, put("y.txt", 2, None)).await;
+        let origin = a.cursors().await.unwrap().into_keys().next().unwrap();
+        let records = a.records_after(origin, 0, 100).await.unwrap();
+        let wanted = |held| chunks_of(&records, &held);
+        assert_eq!(
+            wanted(b.cursors().await.unwrap()),
+            [[1; 32], [2; 32]].into()
+        );
+        // Taken: nothing left to fetch ahead, but both lacking here.
+        let done = ship(&a, &b).await;
+        assert!(wanted(b.cursors().await.unwrap()).is_empty());
+        assert_eq!(done.applied, records.len());
+        let missing = |hashes: Vec<[u8; 32]>| {
+            b.read(move |conn| super::super::query::still_missing(conn, &hashes))
+        };
+        assert_eq!(
+            missing(vec![[1; 32], [2; 32], [9; 32]]).await.unwrap(),
+            [[1; 32], [2; 32]].into(),
+            "a chunk no version refers to is not missing"
+        );
+        // One comes: it is no longer missing.
+        b.write(Change::ChunkFetched {
+            hash: coffer_proto::types::Sha256([1; 32]),
+            size: 100,
+            hold_until: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            missing(vec![[1; 32], [2; 32]]).await.unwrap(),
+            [[2; 32]].into()
+        );
     }
 
     #[tokio::test]
