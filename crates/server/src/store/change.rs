@@ -1512,6 +1512,10 @@ fn remove_version(
     Ok(chunks)
 }
 
+/// A version that lost to a concurrent one, to keep as a conflict copy: its
+/// entry, its chunks, and the upload that made it, if one did.
+pub(super) type Lost = (FileEntry, Vec<u8>, Option<String>);
+
 /// A version of a file entry written on a peer, merged by version vector:
 /// taken when it follows the version here, ignored when this node already
 /// holds it or one that saw it. Concurrent with the version here, the one
@@ -1525,13 +1529,13 @@ pub(super) fn merge_version(
     remote: FileEntry,
     chunks: Vec<u8>,
     upload: Option<&str>,
-) -> Result<Vec<(FileEntry, Vec<u8>)>> {
+) -> Result<Vec<Lost>> {
     let Some(current) = query::entry(tx, &remote.folder_id, &remote.path)? else {
         put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
         return Ok(Vec::new());
     };
     let mut copies = Vec::new();
-    let loser = match remote.vv.compare(&current.vv) {
+    match remote.vv.compare(&current.vv) {
         Causality::Equal => return Ok(copies),
         // A version the path has moved past (it came by a longer way than
         // the one that followed it): into the history where its number is
@@ -1557,29 +1561,31 @@ pub(super) fn merge_version(
             put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
             return Ok(copies);
         }
-        Causality::Concurrent if as_version(&remote).outranks(&as_version(&current)) => {
-            let current_upload = upload_of(tx, &current)?;
-            let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
-                .unwrap_or_default();
-            copies = stranded(tx, &remote)?;
-            put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
-            (current, held, current_upload)
-        }
-        Causality::Concurrent => {
-            let current_upload = upload_of(tx, &current)?;
-            (remote, chunks, current_upload)
-        }
-    };
-    let (loser, held, other_upload) = loser;
+        Causality::Concurrent => {}
+    }
     // One upload committed through two nodes (a retry after `unavailable`)
-    // is one write: the winner stands for both, and nothing is copied.
-    if upload.is_some() && upload == other_upload.as_deref() {
+    // is one write: the one that ranks higher stands for both, and nothing
+    // is copied.
+    let current_upload = upload_of(tx, &current)?;
+    let same = upload.is_some() && upload == current_upload.as_deref();
+    let (loser, held, loser_upload) = if as_version(&remote).outranks(&as_version(&current)) {
+        let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
+            .unwrap_or_default();
+        copies = stranded(tx, &remote)?;
+        put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
+        (current, held, current_upload)
+    } else {
+        (remote, chunks, upload.map(str::to_owned))
+    };
+    if same {
         return Ok(copies);
     }
-    copies.insert(0, (loser, held));
+    // The copy keeps the upload that made it: a commit of that upload
+    // retried later answers with the copy (see [`committed_as`]).
+    copies.insert(0, (loser, held, loser_upload));
     // A tombstone that lost needs no copy, and neither does a directory (it
     // holds nothing; what is in it stays under the path).
-    copies.retain(|(loser, _)| !loser.deleted && loser.kind == EntryKind::File);
+    copies.retain(|(loser, _, _)| !loser.deleted && loser.kind == EntryKind::File);
     Ok(copies)
 }
 
@@ -1590,7 +1596,7 @@ pub(super) fn merge_version(
 /// of the path, before the one after it had arrived, kept it as a conflict
 /// copy; kept as copies here too, they are the same copies on every node,
 /// and no node lets go of chunks another's copy needs.
-fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<(FileEntry, Vec<u8>)>> {
+fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<Lost>> {
     let numbers: Vec<i64> = tx
         .prepare_cached("SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2")?
         .query_map(params![winner.folder_id, winner.path], |r| r.get(0))?
@@ -1608,9 +1614,10 @@ fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<(FileEntry, Vec<u
         ) {
             continue;
         }
+        let upload = upload_of(tx, &version)?;
         let chunks = remove_version(tx, &winner.folder_id, &winner.path, version.version)?
             .unwrap_or_default();
-        losers.push((version, chunks));
+        losers.push((version, chunks, upload));
     }
     Ok(losers)
 }
@@ -1628,23 +1635,24 @@ fn upload_of(tx: &Connection, entry: &FileEntry) -> Result<Option<String>> {
 }
 
 /// The version `upload_id` made of `path`, committed here or — replicated
-/// since — through another node.
+/// since — through another node: under the path, or, once it lost to a
+/// concurrent version, as its conflict copy.
 fn committed_as(
     tx: &Connection,
     folder_id: &str,
     path: &str,
     upload_id: &str,
 ) -> Result<Option<FileEntry>> {
-    let version: Option<i64> = one(
+    let found: Option<(String, i64)> = one(
         tx,
-        "SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2 AND upload_id = ?3 \
-         ORDER BY version DESC LIMIT 1",
+        "SELECT path, version FROM versions WHERE folder_id = ?1 AND upload_id = ?3 \
+         ORDER BY path = ?2 DESC, version DESC LIMIT 1",
         params![folder_id, path, upload_id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()?;
-    Ok(match version {
-        Some(v) => query::version(tx, folder_id, path, v as u64)?.map(|(entry, _)| entry),
+    Ok(match found {
+        Some((path, v)) => query::version(tx, folder_id, &path, v as u64)?.map(|(entry, _)| entry),
         None => None,
     })
 }
@@ -1654,12 +1662,8 @@ fn committed_as(
 /// and vector unchanged, so that every node that finds the same conflict
 /// makes the same copy. Returns the events to tell, or nothing when the copy
 /// is already here.
-pub(super) fn keep_copy(
-    tx: &Connection,
-    ctx: &WriterContext,
-    loser: FileEntry,
-    chunks: Vec<u8>,
-) -> Result<Vec<Told>> {
+pub(super) fn keep_copy(tx: &Connection, ctx: &WriterContext, lost: Lost) -> Result<Vec<Told>> {
+    let (loser, chunks, upload) = lost;
     let who: String = loser
         .device_id
         .as_deref()
@@ -1683,7 +1687,8 @@ pub(super) fn keep_copy(
                     version: 1,
                     ..loser
                 };
-                put_version(tx, ctx, &copy, &chunks)?;
+                let upload = upload.as_deref();
+                put_version_of(tx, ctx, &copy, &chunks, upload, Slot::Latest)?;
                 let mut fx = Effects::default();
                 file_event(&mut fx, &copy, FileChange::Created, None);
                 return Ok(fx.events);
@@ -1985,12 +1990,18 @@ fn upload_commit(
     if let Some(done) = row
         && let Some(version) = done.committed_version
     {
-        let (entry, _) =
-            query::version(tx, &done.folder_id, &done.path, version)?.ok_or_else(|| {
-                conflict(format!(
+        let entry = match query::version(tx, &done.folder_id, &done.path, version)? {
+            // Written before versions kept their upload: the number is all
+            // there is to go by.
+            Some((entry, _)) if upload_of(tx, &entry)?.is_none() => entry,
+            // Gone, or the number is another write's now: never answered
+            // as this one's (simulation seed 323).
+            _ => {
+                return Err(conflict(format!(
                     "upload {upload_id} was committed, and that version is gone"
-                ))
-            })?;
+                )));
+            }
+        };
         fx.repeats = true;
         return Ok(Applied::Entry(entry));
     }

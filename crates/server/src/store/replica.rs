@@ -1077,13 +1077,13 @@ fn keep_copies(
     ctx: &super::WriterContext,
     clock: &mut crate::cluster::Clock,
     now_ms: u64,
-    copies: Vec<(FileEntry, Vec<u8>)>,
+    copies: Vec<super::change::Lost>,
     out: &mut Replicated,
 ) -> rusqlite::Result<()> {
     clear_touched(conn)?;
     let mut events = Vec::new();
-    for (loser, chunks) in copies {
-        match super::change::keep_copy(conn, ctx, loser, chunks) {
+    for lost in copies {
+        match super::change::keep_copy(conn, ctx, lost) {
             Ok(told) => events.extend(told),
             Err(crate::error::Error::Db(e)) => return Err(e),
             // Making a copy refuses nothing; anything else is the database's.
@@ -2040,6 +2040,51 @@ mod tests {
             missing(vec![[1; 32], [2; 32]]).await.unwrap(),
             [[2; 32]].into()
         );
+    }
+
+    #[tokio::test]
+    async fn a_commit_retried_after_its_version_lost_answers_its_conflict_copy() {
+        use super::super::change::Applied;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        let id = [7; 16];
+        write(&b, put_as("a.txt", 2, None, id)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // Concurrent and later: a's takes the path, b's becomes a copy.
+        write(&a, put("a.txt", 1, None)).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        let listed = files(&b).await;
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[1], "a.txt=01010101");
+        let copy = |applied: Applied| match applied {
+            Applied::Entry(e) => (e.path, e.meta.as_bytes().to_vec()),
+            other => panic!("{other:?}"),
+        };
+        // Its commit retried (its answer was lost) answers the copy, not the
+        // version that took its number; begun again, through either node,
+        // the same, and no second write.
+        let retried = b
+            .write(Change::UploadCommit {
+                username: "alice".into(),
+                upload_id: coffer_proto::request::upload_id(id),
+                meta: None,
+            })
+            .await
+            .unwrap();
+        let (path, meta) = copy(retried);
+        assert!(path.starts_with("a.conflict-"), "{path}");
+        assert_eq!(meta, [2; 4]);
+        for node in [&a, &b] {
+            let again = copy(node.write(put_as("a.txt", 3, None, id)).await.unwrap());
+            assert_eq!(again, (path.clone(), vec![2; 4]));
+        }
+        assert_eq!(files(&a).await, listed);
+        assert_eq!(files(&b).await, listed);
     }
 
     #[tokio::test]

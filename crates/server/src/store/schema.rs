@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 3;
+pub(crate) const CURRENT: i64 = 4;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -264,6 +264,12 @@ CREATE TABLE held_chunks (
     hash     BLOB PRIMARY KEY,
     until_ms INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
+"#,
+    // 3 → 4: a version found by its upload whatever its path, for a commit
+    // retried after its version lost to a concurrent one and became a
+    // conflict copy.
+    r#"
+CREATE INDEX versions_by_upload ON versions(upload_id) WHERE upload_id IS NOT NULL;
 "#,
 ];
 
