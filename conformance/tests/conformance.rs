@@ -122,12 +122,10 @@ async fn all<C: Cluster>(
             }
         }
     }
-    // Sync across a server restart, on one server: across the loss of one
-    // node of a replicated cluster, a daemon still misses a file the other
-    // device wrote meanwhile (docs/ARCHITECTURE.md, "Conformance").
-    let sync_name = "7 sync, one server";
+    // Sync on the replicated service, across the loss of one node.
+    let sync_name = "7 sync";
     if wanted(score, sync_name) {
-        match start(&scenarios::single()).await {
+        match start(&scenarios::service()).await {
             Err(e) => score.not_started(&[sync_name], kind, &e),
             Ok(mut c) => {
                 score

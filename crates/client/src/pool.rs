@@ -91,6 +91,8 @@ pub struct Pool<N: Net> {
     endpoint: Endpoint,
     token: std::sync::Mutex<Option<Token>>,
     links: Mutex<Vec<Arc<Client>>>,
+    /// The cluster node every request goes to while set ([`Pool::set_home`]).
+    home: std::sync::Mutex<Option<String>>,
     size: usize,
     next: AtomicUsize,
     /// Draws the backoff jitter.
@@ -114,6 +116,7 @@ impl<N: Net> Pool<N> {
             endpoint,
             token: std::sync::Mutex::new(None),
             links: Mutex::new(Vec::new()),
+            home: std::sync::Mutex::new(None),
             size: size.max(1),
             next: AtomicUsize::new(0),
             rng: std::sync::Mutex::new(crate::session::os_rng()),
@@ -134,6 +137,21 @@ impl<N: Net> Pool<N> {
     /// Signs new connections in with `token` (existing ones keep their session).
     pub fn set_token(&self, token: Option<Token>) {
         *self.token.lock().expect("token lock") = token;
+    }
+
+    /// Sends every request to the cluster node `node` from now on (none:
+    /// wherever the balancer sends each connection). The sync daemon sets
+    /// it to the node its subscription is on: that node has applied every
+    /// record whose event it sent, and another node may not have yet, so a
+    /// read made there for an event could miss the change the event tells
+    /// of. While the node is unreachable, requests answer `unavailable`.
+    pub fn set_home(&self, node: Option<String>) {
+        *self.home.lock().expect("home lock") = node;
+    }
+
+    /// The node set by [`Pool::set_home`].
+    pub fn home(&self) -> Option<String> {
+        self.home.lock().expect("home lock").clone()
     }
 
     async fn open(&self) -> Result<Arc<Client>, ClientError> {
@@ -210,8 +228,34 @@ impl<N: Net> Pool<N> {
                 .min_by_key(|l| l.in_flight())
                 .cloned()
         };
-        if let Some(link) = on_node(&mut *self.links.lock().await) {
-            return Ok(link);
+        let busy = {
+            let mut links = self.links.lock().await;
+            match on_node(&mut links) {
+                // Idle, or no room for another: this one.
+                Some(link) if link.in_flight() == 0 || links.len() >= self.size => {
+                    return Ok(link);
+                }
+                busy => busy,
+            }
+        };
+        if let Some(busy) = busy {
+            // All busy with room left: one more, used if it lands there
+            // (the server answers one connection's requests in turn), kept
+            // for other requests if not.
+            let Ok(link) = self.open().await else {
+                return Ok(busy);
+            };
+            let mut links = self.links.lock().await;
+            links.push(link.clone());
+            // Others may have opened one meanwhile: the oldest go.
+            while links.len() > self.size {
+                links.remove(0);
+            }
+            return Ok(if link.welcome().node_id == node {
+                link
+            } else {
+                busy
+            });
         }
         for _ in 0..self.size {
             let link = self.open().await?;
@@ -250,6 +294,8 @@ impl<N: Net> Pool<N> {
         request: Request,
         body: Bytes,
     ) -> Result<Frame<Response>, ClientError> {
+        let home = self.home();
+        let node = node.or(home.as_deref());
         let again = retryable(&request);
         let mut pause = FIRST_BACKOFF;
         let mut attempt = 1;

@@ -102,9 +102,13 @@ impl<N: Net> Session<N> {
         self.pool.call_at(node, request, body).await
     }
 
-    /// The node an upload begun now goes to: that of a connection the pool
-    /// holds (every connection reaches the same one on a single server).
+    /// The node an upload begun now goes to: the pool's home node if it has
+    /// one, else that of a connection the pool holds (every connection
+    /// reaches the same one on a single server).
     pub async fn upload_node(&self) -> Result<String, ClientError> {
+        if let Some(home) = self.pool.home() {
+            return Ok(home);
+        }
         Ok(self.pool.link().await?.welcome().node_id.clone())
     }
 

@@ -358,6 +358,13 @@ async fn connect<N: Net>(
     summary: &mut Summary,
 ) -> Result<Link, ClientError> {
     let client = session.pool().dedicated().await?;
+    // Everything the daemon reads goes where its events come from, so that
+    // a read made for an event finds what the event told of, and a listing
+    // after a refused cursor holds everything before the subscription's
+    // "now" (on a replicated cluster another node may not have it yet).
+    session
+        .pool()
+        .set_home(Some(client.welcome().node_id.clone()));
     let events = client
         .events()
         .ok_or_else(|| ClientError::Protocol("a new connection without its events".into()))?;
