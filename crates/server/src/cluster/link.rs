@@ -868,17 +868,13 @@ async fn acknowledge<S: Stream>(
     // Of the chunks records wait for, those no longer missing; checked
     // after the note was read, so a chunk noted meanwhile stays noted.
     let noted = server.unheld.noted();
-    let settled: BTreeSet<[u8; 32]> = if noted.is_empty() {
+    let settled = if noted.is_empty() {
         BTreeSet::new()
     } else {
-        let missing = server
+        server
             .store
-            .read({
-                let noted = noted.clone();
-                move |conn| crate::store::query::still_missing(conn, &noted)
-            })
-            .await?;
-        noted.into_iter().filter(|h| !missing.contains(h)).collect()
+            .read(move |conn| crate::store::query::settled(conn, noted))
+            .await?
     };
     let ack = server.unheld.ack(&settled, applied);
     conn.send(&Frame::new(0, PeerMessage::Ack(ack))).await?;

@@ -1259,7 +1259,7 @@ fn bumped(tx: &Connection, ctx: &WriterContext, vv: &VersionVector) -> Result<Ve
     Ok(VersionVector::from(counters))
 }
 
-fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
+pub(super) fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
     chunks
         .chunks_exact(32)
         .map(|c| c.try_into().expect("32 bytes"))

@@ -465,22 +465,27 @@ pub(crate) fn chunks_missing(conn: &Connection, limit: usize) -> Result<Vec<[u8;
         .collect())
 }
 
-/// Which of `hashes` versions held here still refer to while this node does
-/// not hold them: a chunk no version refers to any more is no longer
-/// missing, whether or not it ever came.
-pub(crate) fn still_missing(
-    conn: &Connection,
-    hashes: &[[u8; 32]],
-) -> Result<std::collections::BTreeSet<[u8; 32]>> {
-    let mut stmt = conn.prepare_cached(
+/// Whether a version held here refers to chunk `hash` while this node does
+/// not hold it.
+pub(crate) fn lacks(conn: &Connection, hash: &[u8; 32]) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1) \
          AND NOT EXISTS (SELECT 1 FROM chunks WHERE hash = ?1)",
-    )?;
-    let mut missing = std::collections::BTreeSet::new();
+    )?
+    .query_row([&hash[..]], |r| r.get(0))
+}
+
+/// Those of `hashes` this node no longer [`lacks`]: held now, or referred to
+/// by no version any more, whether or not they ever came.
+pub(crate) fn settled(
+    conn: &Connection,
+    hashes: Vec<[u8; 32]>,
+) -> Result<std::collections::BTreeSet<[u8; 32]>> {
+    let mut settled = std::collections::BTreeSet::new();
     for hash in hashes {
-        if stmt.query_row([&hash[..]], |r| r.get::<_, bool>(0))? {
-            missing.insert(*hash);
+        if !lacks(conn, &hash)? {
+            settled.insert(hash);
         }
     }
-    Ok(missing)
+    Ok(settled)
 }

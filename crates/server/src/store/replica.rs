@@ -909,11 +909,7 @@ pub(crate) fn apply_records(
                     failed = Some(refused("a version row of the wrong shape".into()));
                     break;
                 };
-                referenced.extend(
-                    chunks
-                        .chunks_exact(32)
-                        .map(|c| <[u8; 32]>::try_from(c).expect("32 bytes")),
-                );
+                referenced.extend(super::change::distinct(&chunks));
                 match super::change::merge_version(&sp, ctx, entry, chunks, upload.as_deref()) {
                     Ok(copy) => copies.extend(copy),
                     Err(crate::error::Error::Db(rusqlite::Error::SqliteFailure(e, _)))
@@ -991,14 +987,7 @@ pub(crate) fn apply_records(
         }
         // What a version kept here refers to but this node lacks.
         for hash in referenced {
-            let lacking: bool = one(
-                &sp,
-                "SELECT EXISTS (SELECT 1 FROM chunk_refs WHERE hash = ?1) \
-                 AND NOT EXISTS (SELECT 1 FROM chunks WHERE hash = ?1)",
-                [&hash[..]],
-                |r| r.get(0),
-            )?;
-            if lacking {
+            if super::query::lacks(&sp, &hash)? {
                 out.chunks_needed
                     .entry(hash)
                     .or_default()
@@ -1031,12 +1020,7 @@ pub(crate) fn chunks_of(
             RowOp::Inserted(cells) => version_from_cells(cells).map(|(_, chunks, _)| chunks),
             _ => None,
         })
-        .flat_map(|chunks| {
-            chunks
-                .chunks_exact(32)
-                .map(|c| <[u8; 32]>::try_from(c).expect("32 bytes"))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|chunks| super::change::distinct(&chunks))
         .collect()
 }
 
@@ -1603,6 +1587,15 @@ mod tests {
     }
 
     /// Three empty nodes a, b and c.
+    /// Nodes a and b, both holding alice and her folder f1.
+    async fn alice_f1_on_two(dir: &Path) -> (Store, Store) {
+        let (a, b) = (node(dir, "a"), node(dir, "b"));
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        (a, b)
+    }
+
     fn three(dir: &Path) -> (Store, Store, Store) {
         (node(dir, "a"), node(dir, "b"), node(dir, "c"))
     }
@@ -1965,10 +1958,7 @@ mod tests {
     #[tokio::test]
     async fn one_upload_committed_through_two_nodes_is_one_version() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
-        write(&a, register("alice")).await;
-        write(&a, folder("f1")).await;
-        ship(&a, &b).await;
+        let (a, b) = alice_f1_on_two(dir.path()).await;
         let id = [9; 16];
         let first = a.write(put_as("a.txt", 1, None, id)).await.unwrap();
         // Committed again through the same node (its answer was lost): the
@@ -2020,12 +2010,11 @@ mod tests {
         let done = ship(&a, &b).await;
         assert!(wanted(b.cursors().await.unwrap()).is_empty());
         assert_eq!(done.applied, records.len());
-        let missing = |hashes: Vec<[u8; 32]>| {
-            b.read(move |conn| super::super::query::still_missing(conn, &hashes))
-        };
+        let settled =
+            |hashes: Vec<[u8; 32]>| b.read(move |conn| super::super::query::settled(conn, hashes));
         assert_eq!(
-            missing(vec![[1; 32], [2; 32], [9; 32]]).await.unwrap(),
-            [[1; 32], [2; 32]].into(),
+            settled(vec![[1; 32], [2; 32], [9; 32]]).await.unwrap(),
+            [[9; 32]].into(),
             "a chunk no version refers to is not missing"
         );
         // One comes: it is no longer missing.
@@ -2037,8 +2026,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            missing(vec![[1; 32], [2; 32]]).await.unwrap(),
-            [[2; 32]].into()
+            settled(vec![[1; 32], [2; 32]]).await.unwrap(),
+            [[1; 32]].into()
         );
     }
 
@@ -2046,10 +2035,7 @@ mod tests {
     async fn a_commit_retried_after_its_version_lost_answers_its_conflict_copy() {
         use super::super::change::Applied;
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
-        write(&a, register("alice")).await;
-        write(&a, folder("f1")).await;
-        ship(&a, &b).await;
+        let (a, b) = alice_f1_on_two(dir.path()).await;
         let id = [7; 16];
         write(&b, put_as("a.txt", 2, None, id)).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -2090,10 +2076,7 @@ mod tests {
     #[tokio::test]
     async fn a_directory_made_on_two_nodes_at_once_is_one_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (node(dir.path(), "a"), node(dir.path(), "b"));
-        write(&a, register("alice")).await;
-        write(&a, folder("f1")).await;
-        ship(&a, &b).await;
+        let (a, b) = alice_f1_on_two(dir.path()).await;
         let mkdir = || Change::Mkdir {
             username: "alice".into(),
             device_id: None,
