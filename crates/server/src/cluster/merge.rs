@@ -14,14 +14,13 @@
 //!   were concurrent it is several: every node shows the same
 //!   [`winner`](Entry::winner) under the path and keeps each other live
 //!   version as a conflict copy ([`Entry::losers`]), so no content is dropped.
-//!   A tombstone is a version like any other: it supersedes what it saw and is
-//!   superseded by what saw it; racing a modification, the modification wins.
+//!   A tombstone is a version like any other: it supersedes what it saw, is
+//!   superseded by what saw it, and racing another write, the later wins.
 //! - [`Clock`] is the node's hybrid logical clock: it stamps local writes
 //!   after every stamp the node has seen, and refuses a peer's stamp too far
 //!   ahead of its own wall clock rather than be dragged into the future.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use coffer_proto::types::{Causality, Hlc, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -164,15 +163,58 @@ impl<C: Ord> Version<C> {
         self.rank(other) == Ordering::Greater
     }
 
-    /// Which of two concurrent versions is shown under the path: a live
-    /// version before a tombstone (a delete racing a modification keeps the
-    /// modification), then the later write. `Greater` means `self` wins.
-    /// Versions that tie (only possible between forged or corrupted records)
-    /// are told apart by their vectors, so the order stays total.
+    /// Whether this version, arriving where `shown` is shown, is shown
+    /// instead: when it saw `shown`, or is concurrent with it and outranks
+    /// it. Comparing an arriving version with the shown one only — what a
+    /// store does, holding one version under a path — shows the
+    /// [`Entry::winner`] of every version delivered, in any order, as long as
+    /// the rank follows causality (see [`Version::rank`]).
+    pub fn replaces(&self, shown: &Version<C>) -> bool {
+        match self.vv.compare(&shown.vv) {
+            Causality::After => true,
+            Causality::Concurrent => self.outranks(shown),
+            Causality::Before | Causality::Equal => false,
+        }
+    }
+
+    /// Which of two versions is shown under the path when both are: the
+    /// later write, by clock, then by the weight of its vector (the sum of
+    /// its counters), so that of two versions written at the same time the
+    /// one that saw the other ranks higher, then by origin. `Greater` means
+    /// `self` wins. Versions that tie (only possible between forged or
+    /// corrupted records) are told apart by content, deletion and vector, so
+    /// the order stays total.
+    ///
+    /// The rank follows causality — a version ranks above every version it
+    /// saw — because a node stamps a write no earlier than the version it
+    /// replaces. That is what lets a node keep only the version it shows:
+    /// the winner of a path can only change to a version that replaces it
+    /// (see [`Version::replaces`]). A rank putting a live version before a
+    /// tombstone would not follow causality (a delete would rank below the
+    /// edit it deletes): two nodes hearing of two chains of writes ending in
+    /// deletes in opposite orders would show different versions for good.
+    /// So a delete racing an edit is decided like any two writes, and the
+    /// edit, when it loses, is kept as a conflict copy.
     fn rank(&self, other: &Version<C>) -> Ordering {
-        (!self.deleted, &self.stamp, &self.content)
-            .cmp(&(!other.deleted, &other.stamp, &other.content))
-            .then_with(|| BTreeMap::from(self.vv.clone()).cmp(&BTreeMap::from(other.vv.clone())))
+        self.rank_key()
+            .cmp(&other.rank_key())
+            .then_with(|| self.vv.iter().cmp(other.vv.iter()))
+    }
+}
+
+impl<C> Version<C> {
+    /// What [`Version::rank`] compares, in order, before the vectors: the
+    /// vector's weight is the sum of its counters, greater in a vector than
+    /// in every vector it supersedes.
+    fn rank_key(&self) -> (Hlc, u128, &str, &C, bool) {
+        let weight = self.vv.iter().map(|(_, n)| u128::from(n)).sum();
+        (
+            self.stamp.hlc,
+            weight,
+            &self.stamp.origin,
+            &self.content,
+            self.deleted,
+        )
     }
 }
 
@@ -350,14 +392,33 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_racing_a_modification_keeps_the_modification() {
-        // The tombstone is the later write, and still loses.
+    fn a_delete_racing_a_modification_is_decided_by_time_and_the_edit_is_never_lost() {
+        // The tombstone is the later write: the path is deleted, and the edit
+        // is kept as a copy.
         let entry = both_orders(
             &version(&[("a", 2)], 10, "a", "edited"),
             &tombstone(&[("a", 1), ("b", 1)], 50, "b"),
         );
+        assert!(entry.winner().deleted);
+        let losers: Vec<_> = entry.losers().map(|v| v.content.as_str()).collect();
+        assert_eq!(losers, ["edited"]);
+        // The edit is the later write: it stays, and the tombstone needs no
+        // copy.
+        let entry = both_orders(
+            &version(&[("a", 2)], 60, "a", "edited"),
+            &tombstone(&[("a", 1), ("b", 1)], 50, "b"),
+        );
         assert_eq!(entry.winner().content, "edited");
         assert_eq!(entry.losers().count(), 0, "a tombstone needs no copy");
+    }
+
+    #[test]
+    fn of_two_versions_stamped_alike_the_one_that_saw_the_other_ranks_higher() {
+        let first = version(&[("b", 1)], 10, "a", "z");
+        let next = version(&[("a", 1), ("b", 1)], 10, "a", "a");
+        assert!(next.outranks(&first));
+        assert!(next.replaces(&first));
+        assert!(!first.replaces(&next));
     }
 
     #[test]
@@ -455,6 +516,48 @@ mod tests {
         })
     }
 
+    /// Writes of one entry by three nodes: each a new version, or one
+    /// written on top of an earlier write — counted one up under its node,
+    /// stamped no earlier than it. A node counts and stamps its writes in
+    /// order. Some are deletes.
+    fn causal_history() -> impl Strategy<Value = Vec<Version<u8>>> {
+        proptest::collection::vec(
+            (
+                proptest::option::of(any::<prop::sample::Index>()),
+                0usize..3,
+                0u64..3,
+                any::<bool>(),
+                0u8..3,
+            ),
+            1..8,
+        )
+        .prop_map(|writes| {
+            let mut counts = [0u64; 3];
+            let mut clocks = [0u64; 3];
+            let mut history: Vec<Version<u8>> = Vec::new();
+            for (parent, node, later, deleted, content) in writes {
+                let name = ["a", "b", "c"][node];
+                counts[node] += 1;
+                let parent = parent
+                    .filter(|_| !history.is_empty())
+                    .map(|i| history[i.index(history.len())].clone());
+                let (mut counters, at) = match parent {
+                    Some(p) => (std::collections::BTreeMap::from(p.vv), p.stamp.hlc.wall_ms),
+                    None => (std::collections::BTreeMap::new(), 0),
+                };
+                counters.insert(name.to_owned(), counts[node]);
+                clocks[node] = at.max(clocks[node]) + later;
+                history.push(Version {
+                    vv: VersionVector::from(counters),
+                    stamp: stamp(clocks[node], name),
+                    deleted,
+                    content,
+                });
+            }
+            history
+        })
+    }
+
     fn any_register() -> impl Strategy<Value = Lww<u8>> {
         (0u64..4, 0usize..3, proptest::option::of(0u8..3)).prop_map(|(at, origin, value)| Lww {
             stamp: stamp(at, ["a", "b", "c"][origin]),
@@ -513,6 +616,29 @@ mod tests {
                     prop_assert_eq!(x.vv.compare(&y.vv), Causality::Concurrent);
                 }
             }
+        }
+
+        /// A store keeps only the version it shows and compares each
+        /// version that arrives with it ([`Version::replaces`]). Over writes
+        /// that each follow the version they replace — stamped no earlier,
+        /// counted one up under their node — that shows, whatever the order
+        /// of delivery, the winner of the entry holding every version.
+        #[test]
+        fn showing_one_version_shows_the_winner_of_all(
+            (history, order) in causal_history().prop_flat_map(|history| {
+                let order: Vec<usize> = (0..history.len()).collect();
+                (Just(history), Just(order).prop_shuffle())
+            }),
+        ) {
+            let mut entry = Entry::new(history[order[0]].clone());
+            let mut shown = history[order[0]].clone();
+            for &i in &order[1..] {
+                entry.insert(history[i].clone());
+                if history[i].replaces(&shown) {
+                    shown = history[i].clone();
+                }
+            }
+            prop_assert_eq!(&shown, entry.winner());
         }
 
         #[test]

@@ -945,7 +945,7 @@ fn apply(
                     vv: bumped(tx, ctx, &entry.vv)?,
                     size: 0,
                     chunk_count: 0,
-                    modified_ms: now,
+                    modified_ms: stamped(now, &entry),
                     device_id: device_id.clone(),
                     deleted: true,
                     ..entry
@@ -995,7 +995,7 @@ fn apply(
                     path: new_path.clone(),
                     version: previous.as_ref().map_or(1, |p| p.version + 1),
                     vv: bumped(tx, ctx, &after)?,
-                    modified_ms: now,
+                    modified_ms: previous.iter().fold(stamped(now, &entry), stamped),
                     device_id: device_id.clone(),
                     ..entry.clone()
                 };
@@ -1005,7 +1005,7 @@ fn apply(
                     vv: bumped(tx, ctx, &entry.vv)?,
                     size: 0,
                     chunk_count: 0,
-                    modified_ms: now,
+                    modified_ms: stamped(now, &entry),
                     device_id: device_id.clone(),
                     deleted: true,
                     ..entry.clone()
@@ -1055,7 +1055,7 @@ fn apply(
             let restored = FileEntry {
                 version: latest.version + 1,
                 vv: bumped(tx, ctx, &latest.vv)?,
-                modified_ms: now,
+                modified_ms: stamped(now, &latest),
                 device_id: device_id.clone(),
                 ..old
             };
@@ -1259,6 +1259,14 @@ fn bumped(tx: &Connection, ctx: &WriterContext, vv: &VersionVector) -> Result<Ve
     Ok(VersionVector::from(counters))
 }
 
+/// The time to stamp a write made at `now` that replaces `replaced`: no
+/// earlier than it, even where this node's clock is behind the one that
+/// wrote it, so that a version always ranks above the versions it saw
+/// ([`crate::cluster::Version::rank`]).
+fn stamped(now: u64, replaced: &FileEntry) -> u64 {
+    now.max(replaced.modified_ms)
+}
+
 pub(super) fn distinct(chunks: &[u8]) -> BTreeSet<[u8; 32]> {
     chunks
         .chunks_exact(32)
@@ -1322,14 +1330,18 @@ fn make_dir(
         kind: EntryKind::Dir,
         file_id: FileId::default(),
         version: previous.as_ref().map_or(1, |p| p.version + 1),
-        vv: bumped(tx, ctx, &previous.map(|p| p.vv).unwrap_or_default())?,
+        vv: bumped(
+            tx,
+            ctx,
+            &previous.as_ref().map(|p| p.vv.clone()).unwrap_or_default(),
+        )?,
         size: 0,
         chunk_size: 0,
         chunk_count: 0,
         epoch: 0,
         wrapped_file_key: Blob::default(),
         meta: Blob::default(),
-        modified_ms: now,
+        modified_ms: previous.iter().fold(now, stamped),
         device_id: device_id.clone(),
         deleted: false,
     };
@@ -2085,7 +2097,7 @@ fn upload_commit(
         epoch: upload.epoch,
         wrapped_file_key: Blob(upload.wrapped_file_key.clone()),
         meta: Blob(meta),
-        modified_ms: now,
+        modified_ms: current.iter().fold(now, stamped),
         device_id: upload.device_id.clone(),
         deleted: false,
     };

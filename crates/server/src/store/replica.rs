@@ -1825,22 +1825,19 @@ mod tests {
             listed[1].starts_with("docs/a.conflict-dev3-") && listed[1].ends_with(".txt=03030303"),
             "{listed:?}"
         );
-        // A delete racing an edit, and the later of the two: the edit stays,
-        // and the tombstone needs no copy.
+        // A delete racing an edit: the later of the two wins, as any write.
+        // An edit that lost is kept as a copy; a tombstone needs none.
+        let delete = |base: &VersionVector| Change::Delete {
+            username: "alice".into(),
+            device_id: None,
+            folder_id: "f1".into(),
+            path: "docs/a.txt".into(),
+            base: Some(base.clone()),
+        };
         let v3 = vv_of(&a, "docs/a.txt").await;
-        write(&b, put("docs/a.txt", 5, Some(&v3))).await;
+        write(&a, delete(&v3)).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        write(
-            &a,
-            Change::Delete {
-                username: "alice".into(),
-                device_id: None,
-                folder_id: "f1".into(),
-                path: "docs/a.txt".into(),
-                base: Some(v3.clone()),
-            },
-        )
-        .await;
+        write(&b, put("docs/a.txt", 5, Some(&v3))).await;
         ship(&a, &b).await;
         ship(&b, &a).await;
         ship(&a, &c).await;
@@ -1849,6 +1846,21 @@ mod tests {
         let listed = files(&c).await;
         assert_eq!(listed.len(), 3, "{listed:?}");
         assert_eq!(listed[2], "docs/a.txt=05050505");
+        let v5 = vv_of(&a, "docs/a.txt").await;
+        write(&b, put("docs/a.txt", 6, Some(&v5))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&a, delete(&v5)).await;
+        for (from, to) in [(&a, &b), (&b, &a), (&a, &c), (&b, &c), (&a, &b), (&a, &c)] {
+            ship(from, to).await;
+        }
+        same(&[&a, &b, &c]).await;
+        let listed = files(&c).await;
+        assert_eq!(listed.len(), 3, "the edit, kept as a copy: {listed:?}");
+        assert!(
+            listed[2].starts_with("docs/a.conflict-dev6-") && listed[2].ends_with(".txt=06060606"),
+            "{listed:?}"
+        );
+        assert!(!listed.iter().any(|f| f.starts_with("docs/a.txt=")));
     }
 
     #[tokio::test]
@@ -1894,6 +1906,60 @@ mod tests {
         let listed = files(&b).await;
         assert_eq!(listed.len(), 3, "two copies and the file: {listed:?}");
         assert_eq!(listed[2], "x.txt=03030303");
+    }
+
+    #[tokio::test]
+    async fn two_chains_ending_in_deletes_show_one_head_whatever_order_they_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = three(dir.path());
+        let d = node(dir.path(), "d");
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        for other in [&b, &c, &d] {
+            ship(&a, other).await;
+        }
+        // a and b each create e.txt and delete it again, without hearing of
+        // each other; b's delete is the last write of the four.
+        let delete = |vv: VersionVector| Change::Delete {
+            username: "alice".into(),
+            device_id: None,
+            folder_id: "f1".into(),
+            path: "e.txt".into(),
+            base: Some(vv),
+        };
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
+        write(&a, put("e.txt", 1, None)).await;
+        pause().await;
+        write(&b, put("e.txt", 2, None)).await;
+        pause().await;
+        write(&a, delete(vv_of(&a, "e.txt").await)).await;
+        pause().await;
+        write(&b, delete(vv_of(&b, "e.txt").await)).await;
+        // c hears of a's chain first and d of b's; a and b of the other's.
+        ship(&a, &c).await;
+        ship(&b, &c).await;
+        ship(&b, &d).await;
+        ship(&a, &d).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        // Then everyone hears of everything, the copies made meanwhile too.
+        for _ in 0..2 {
+            for from in [&a, &b, &c, &d] {
+                for to in [&a, &b, &c, &d] {
+                    if !std::ptr::eq(from, to) {
+                        ship(from, to).await;
+                    }
+                }
+            }
+        }
+        same(&[&a, &b, &c, &d]).await;
+        let shown = column(
+            &c,
+            "SELECT CAST(deleted AS TEXT) || ':' || COALESCE(device_id, '') FROM entries \
+             WHERE path = 'e.txt'",
+        )
+        .await;
+        assert_eq!(shown, ["1:"], "the later delete is shown");
     }
 
     #[tokio::test]
