@@ -14,23 +14,45 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Coffer, LocalCluster, MIB, env_number, host, median, write_file};
+use support::{Coffer, LocalCluster, MIB, cpu_seconds, env_number, host, median, write_file};
 
-/// Registers, makes a folder, then puts `file` `runs` times: MB/s of each.
+/// One put: MB/s, and the processor time it took (servers, client) over
+/// its wall time — how many of the host's cores it kept busy.
+struct Put {
+    mb_per_s: f64,
+    servers_cpu: f64,
+    client_cpu: f64,
+    seconds: f64,
+}
+
+impl Put {
+    fn cores(&self) -> f64 {
+        (self.servers_cpu + self.client_cpu) / self.seconds
+    }
+}
+
+/// Registers, makes a folder, then puts `file` `runs` times.
 fn puts(
     coffer: &Coffer<'_>,
     file: &Path,
     bytes: f64,
     runs: usize,
     mut after: impl FnMut(),
-) -> Vec<f64> {
+) -> Vec<Put> {
     coffer.sign_up_with_folder();
     (0..runs)
         .map(|run| {
             let target = format!("bench:large-{run}.bin");
+            let (servers, client) = cpu_seconds();
             let (_, seconds) = coffer.run(&["put", file.to_str().unwrap(), &target], None);
+            let (servers_after, client_after) = cpu_seconds();
             after();
-            bytes / seconds / 1e6
+            Put {
+                mb_per_s: bytes / seconds / 1e6,
+                servers_cpu: servers_after - servers,
+                client_cpu: client_after - client,
+                seconds,
+            }
         })
         .collect()
 }
@@ -79,12 +101,33 @@ fn main() {
     drop(cluster);
 
     for run in 0..runs {
+        let (a, r) = (&alone[run], &replicated[run]);
         println!(
             "run {run}: single node {:.0} MB/s, 3 nodes (quorum 2) {:.0} MB/s, all 3 hold it {:.0} ms after the put",
-            alone[run], replicated[run], lags[run]
+            a.mb_per_s, r.mb_per_s, lags[run]
+        );
+        println!(
+            "  processor time: single node {:.1} s servers + {:.1} s client over {:.1} s ({:.2} cores busy); \
+             3 nodes {:.1} s servers + {:.1} s client over {:.1} s ({:.2} cores busy)",
+            a.servers_cpu,
+            a.client_cpu,
+            a.seconds,
+            a.cores(),
+            r.servers_cpu,
+            r.client_cpu,
+            r.seconds,
+            r.cores()
         );
     }
-    let (alone, replicated) = (median(alone), median(replicated));
+    let cores = |puts: &[Put]| median(puts.iter().map(Put::cores).collect());
+    println!(
+        "cores busy during a put (median): single node {:.2}, 3 nodes {:.2}, of {} on this host",
+        cores(&alone),
+        cores(&replicated),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let rate = |puts: Vec<Put>| median(puts.into_iter().map(|p| p.mb_per_s).collect());
+    let (alone, replicated) = (rate(alone), rate(replicated));
     println!("single node: {alone:.0} MB/s (median of {runs})");
     println!(
         "3 nodes, write quorum 2: {replicated:.0} MB/s (median of {runs}), {:.2}x the single node",
