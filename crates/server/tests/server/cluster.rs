@@ -825,3 +825,92 @@ async fn chunks_reach_the_followers_while_the_upload_arrives() {
     assert!(matches!(committed, Response::Entry(_)), "{committed:?}");
     cluster.converged().await;
 }
+
+/// The chunk files under a node's data directory.
+fn chunk_files(node: &Node) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(node.config.data.join("chunks")).unwrap() {
+        let shard = shard.unwrap().path();
+        if shard.file_name().is_some_and(|n| n == "tmp") || !shard.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&shard).unwrap() {
+            files.push(file.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_node_short_of_chunks_fetches_them_from_its_peers_unasked() {
+    use super::support::{Client, TestFile, content};
+
+    let mut cluster = Cluster::start(3).await;
+    let name = name_owned_by(&cluster, "node-1", "user");
+    register(&cluster, 0, &Identity::new(&name)).await;
+    let mut on_first = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new(&name)).await;
+    let (folder, key) = on_first.folder("team").await;
+    let bytes = content(3 * 65_536 + 5, 3);
+    on_first
+        .put(&TestFile::new(&folder.folder_id, "kept.bin", &bytes, &key))
+        .await
+        .unwrap();
+    cluster.converged().await;
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        held = chunk_files(&cluster.nodes[2]);
+        if held.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held.len(), 4, "the third node holds the file's chunks");
+    // The third node loses its chunks while down (a disk replaced, a
+    // restore from an old backup): its versions still refer to them.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    for file in &held {
+        std::fs::remove_file(file).unwrap();
+    }
+    let db = rusqlite::Connection::open(third.data.join("coffer.db")).unwrap();
+    assert_eq!(db.execute("DELETE FROM chunks", []).unwrap(), 4);
+    let lacking = || {
+        db.query_row(
+            "SELECT COUNT(DISTINCT r.hash) FROM chunk_refs r \
+             WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = r.hash)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(lacking(), 4);
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.linked().await;
+    // Nobody reads the file through it: it fetches what it lacks by itself.
+    for _ in 0..500 {
+        if lacking() == 0 && chunk_files(&cluster.nodes[2]) == held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lacking(), 0, "the third node still lacks chunks");
+    assert_eq!(chunk_files(&cluster.nodes[2]), held);
+    // And serves the file alone.
+    let mut on_third = Client {
+        conn: cluster.client(2).await,
+        user: None,
+    };
+    on_third.login(Identity::new(&name)).await;
+    for node in cluster.nodes.drain(..2) {
+        node.stop().await;
+    }
+    let back = on_third
+        .get(&folder.folder_id, "kept.bin", &key)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+}
