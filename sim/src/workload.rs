@@ -603,6 +603,7 @@ impl Device {
                     from: path.into(),
                     to: to.into(),
                     base: None,
+                    write_id: Some(self.session().write_id()),
                 });
                 self.session()
                     .call(request)
@@ -616,6 +617,7 @@ impl Device {
                     folder_id: folder.folder_id.clone(),
                     path: path.into(),
                     base: None,
+                    write_id: Some(self.session().write_id()),
                 });
                 self.session()
                     .call(request)

@@ -996,6 +996,7 @@ async fn rm(cx: &Context, target: &str) -> Result<()> {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             base: None,
+            write_id: Some(session.write_id()),
         }),
         Entry
     );
@@ -1025,6 +1026,7 @@ async fn mv(cx: &Context, source: &str, destination: &str) -> Result<()> {
             from: from.to_owned(),
             to: to.to_owned(),
             base: None,
+            write_id: Some(session.write_id()),
         }),
         Entry
     );
@@ -1111,6 +1113,7 @@ async fn restore(cx: &Context, target: &str, version: u64) -> Result<()> {
             folder_id: f.folder_id.clone(),
             path: path.to_owned(),
             version,
+            write_id: Some(session.write_id()),
         }),
         Entry
     );

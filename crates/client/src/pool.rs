@@ -52,11 +52,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a request may be sent again without changing its effect: reads,
-/// and the upload steps the server makes idempotent (a begin, when it names
-/// its upload: begun or committed again, on any server, it is the same write).
+/// the upload steps the server makes idempotent, and the writes the client
+/// named (an upload's begin, a delete, a move, a restore with its id: done
+/// again, on any server, it is the same write, answered with what it did).
 pub fn retryable(request: &Request) -> bool {
-    if let Request::UploadBegin(begin) = request {
-        return begin.upload_id.is_some();
+    match request {
+        Request::UploadBegin(r) => return r.upload_id.is_some(),
+        Request::Delete(r) => return r.write_id.is_some(),
+        Request::Move(r) => return r.write_id.is_some(),
+        Request::Restore(r) => return r.write_id.is_some(),
+        _ => {}
     }
     matches!(
         request.kind(),

@@ -10,7 +10,7 @@ use coffer_net::Net;
 use coffer_proto::request::FolderRef;
 use coffer_proto::response::FolderInfo;
 use coffer_proto::{Frame, Request, Response};
-use rand::SeedableRng;
+use rand::{RngExt as _, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::error::ClientError;
@@ -75,6 +75,14 @@ impl<N: Net> Session<N> {
     /// The session's random generator.
     pub fn rng(&self) -> MutexGuard<'_, ChaCha20Rng> {
         self.rng.lock().expect("rng lock")
+    }
+
+    /// A new name for one write (an upload, a move, a delete, a restore),
+    /// random: sent with every attempt at that write, it makes the server
+    /// answer a write done already instead of doing it again, so the write
+    /// may be retried through any server of the cluster.
+    pub fn write_id(&self) -> String {
+        coffer_proto::request::upload_id(self.rng().random())
     }
 
     /// Sends a request (retrying what may run twice) and returns the answer.

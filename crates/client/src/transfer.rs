@@ -291,7 +291,7 @@ enum Resume {
 
 /// A new upload id, random.
 fn new_upload_id<N: Net>(s: &Session<N>) -> String {
-    coffer_proto::request::upload_id(s.rng().random())
+    s.write_id()
 }
 
 /// Finds what an unchanged upload still lacks, or how it must start over.

@@ -379,6 +379,14 @@ pub struct Restore {
     pub path: String,
     /// The version to bring back.
     pub version: u64,
+    /// The write's id, chosen by the client like an upload's ([`upload_id`]:
+    /// `u` and 32 lowercase hex digits, random): it names this write on every
+    /// server of the cluster, so that sending it again — after an
+    /// `unavailable` or a lost answer, through any server — answers the
+    /// version it made instead of making another. Absent: the write has no
+    /// name, and a retry is a new write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Starts an upload.
@@ -494,6 +502,14 @@ pub struct Delete {
     /// The version the client last saw; see [`UploadBegin::base`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<VersionVector>,
+    /// The write's id, chosen by the client like an upload's ([`upload_id`]:
+    /// `u` and 32 lowercase hex digits, random): it names this delete on every
+    /// server of the cluster, so that sending it again — after an
+    /// `unavailable` or a lost answer, through any server — answers the
+    /// version it made instead of making another. Absent: the write has no
+    /// name, and a retry is a new write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Moves a path.
@@ -509,6 +525,14 @@ pub struct Move {
     /// The version of `from` the client last saw; see [`UploadBegin::base`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<VersionVector>,
+    /// The write's id, chosen by the client like an upload's ([`upload_id`]:
+    /// `u` and 32 lowercase hex digits, random): it names this move on every
+    /// server of the cluster, so that sending it again — after an
+    /// `unavailable` or a lost answer, through any server — answers the
+    /// version it made instead of making another. Absent: the write has no
+    /// name, and a retry is a new write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Shares one file.

@@ -516,6 +516,7 @@ impl<'a, N: Net> Engine<'a, N> {
                 folder_id: folder.id().to_owned(),
                 path: path.to_owned(),
                 base: Some(synced.vv),
+                write_id: Some(self.session.write_id()),
             }))
             .await;
         match answer {
@@ -562,6 +563,7 @@ impl<'a, N: Net> Engine<'a, N> {
                     from: from.to_owned(),
                     to: to.to_owned(),
                     base: Some(synced.vv),
+                    write_id: Some(self.session.write_id()),
                 }))
                 .await;
             match answer {

@@ -213,6 +213,16 @@ async fn entry_answer(server: &Server, change: Change) -> Answer {
     }
 }
 
+/// A write's id as the client named it: of an upload id's form, or refused.
+fn write_id(id: Option<String>) -> Result<Option<String>> {
+    match id {
+        Some(id) if !coffer_proto::request::is_upload_id(&id) => {
+            Err(bad_request("a write id is `u` and 32 lowercase hex digits"))
+        }
+        id => Ok(id),
+    }
+}
+
 pub(super) async fn restore(server: &Server, session: &Session, r: Restore) -> Answer {
     let change = Change::Restore {
         username: session.user()?.username.clone(),
@@ -220,6 +230,7 @@ pub(super) async fn restore(server: &Server, session: &Session, r: Restore) -> A
         folder_id: r.folder_id,
         path: path(&r.path)?,
         version: r.version,
+        write_id: write_id(r.write_id)?,
     };
     entry_answer(server, change).await
 }
@@ -231,6 +242,7 @@ pub(super) async fn delete(server: &Server, session: &Session, r: Delete) -> Ans
         folder_id: r.folder_id,
         path: path(&r.path)?,
         base: r.base,
+        write_id: write_id(r.write_id)?,
     };
     entry_answer(server, change).await
 }
@@ -243,6 +255,7 @@ pub(super) async fn move_path(server: &Server, session: &Session, r: Move) -> An
         from: path(&r.from)?,
         to: path(&r.to)?,
         base: r.base,
+        write_id: write_id(r.write_id)?,
     };
     entry_answer(server, change).await
 }

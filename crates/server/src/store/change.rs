@@ -170,13 +170,17 @@ pub(crate) enum Change {
         username: String,
         upload_id: String,
     },
+    /// A delete; its `write_id`, the client's name for it, makes sending it
+    /// again answer the tombstone it made (see [`named_write`]).
     Delete {
         username: String,
         device_id: Option<String>,
         folder_id: String,
         path: String,
         base: Option<VersionVector>,
+        write_id: Option<String>,
     },
+    /// A move, named as [`Change::Delete`] is.
     Move {
         username: String,
         device_id: Option<String>,
@@ -184,6 +188,7 @@ pub(crate) enum Change {
         from: String,
         to: String,
         base: Option<VersionVector>,
+        write_id: Option<String>,
     },
     Mkdir {
         username: String,
@@ -191,12 +196,14 @@ pub(crate) enum Change {
         folder_id: String,
         path: String,
     },
+    /// A restore, named as [`Change::Delete`] is.
     Restore {
         username: String,
         device_id: Option<String>,
         folder_id: String,
         path: String,
         version: u64,
+        write_id: Option<String>,
     },
     FileShare {
         username: String,
@@ -930,8 +937,12 @@ fn apply(
             folder_id,
             path,
             base,
+            write_id,
         } => {
             require(tx, username, folder_id, Need::Write)?;
+            if let Some(done) = named_write(tx, fx, folder_id, path, write_id)? {
+                return Ok(done);
+            }
             let current = live_entry(tx, folder_id, path)?;
             check_base(&current, base.as_ref())?;
             // A directory goes with everything below it, deepest first.
@@ -950,7 +961,8 @@ fn apply(
                     deleted: true,
                     ..entry
                 };
-                put_version(tx, ctx, &tomb, &[])?;
+                let named = write_id.as_deref();
+                put_version_of(tx, ctx, &tomb, &[], named, Slot::Latest)?;
                 file_event(fx, &tomb, FileChange::Deleted, None);
                 last = Some(tomb);
             }
@@ -963,8 +975,12 @@ fn apply(
             from,
             to,
             base,
+            write_id,
         } => {
             require(tx, username, folder_id, Need::Write)?;
+            if let Some(done) = named_write(tx, fx, folder_id, to, write_id)? {
+                return Ok(done);
+            }
             if from == to {
                 return Err(bad_request("a move needs a new path"));
             }
@@ -999,7 +1015,8 @@ fn apply(
                     device_id: device_id.clone(),
                     ..entry.clone()
                 };
-                put_version(tx, ctx, &arrived, &chunks)?;
+                let named = write_id.as_deref();
+                put_version_of(tx, ctx, &arrived, &chunks, named, Slot::Latest)?;
                 let left = FileEntry {
                     version: entry.version + 1,
                     vv: bumped(tx, ctx, &entry.vv)?,
@@ -1010,7 +1027,7 @@ fn apply(
                     deleted: true,
                     ..entry.clone()
                 };
-                put_version(tx, ctx, &left, &[])?;
+                put_version_of(tx, ctx, &left, &[], named, Slot::Latest)?;
                 file_event(fx, &arrived, FileChange::Moved, Some(entry.path.clone()));
                 moved_root.get_or_insert(arrived);
             }
@@ -1041,8 +1058,12 @@ fn apply(
             folder_id,
             path,
             version,
+            write_id,
         } => {
             require(tx, username, folder_id, Need::Write)?;
+            if let Some(done) = named_write(tx, fx, folder_id, path, write_id)? {
+                return Ok(done);
+            }
             let (old, chunks) = query::version(tx, folder_id, path, *version)?
                 .ok_or_else(|| not_found(format!("no version {version} of {path}")))?;
             if old.deleted {
@@ -1059,7 +1080,8 @@ fn apply(
                 device_id: device_id.clone(),
                 ..old
             };
-            put_version(tx, ctx, &restored, &chunks)?;
+            let named = write_id.as_deref();
+            put_version_of(tx, ctx, &restored, &chunks, named, Slot::Latest)?;
             let how = if latest.deleted {
                 FileChange::Created
             } else {
@@ -1632,6 +1654,29 @@ fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<Lost>> {
         losers.push((version, chunks, upload));
     }
     Ok(losers)
+}
+
+/// The version the write the client named `write_id` made of `path` (its
+/// tombstone, the moved entry at its new path, the restored version), when
+/// it was done already — here, or through another node whose version has
+/// arrived: the answer to the write sent again, given once the write quorum
+/// holds everything this node holds (`repeats`). The versions a named write
+/// makes carry its name, as an upload's carry the upload's id, so that one
+/// done through two nodes before either heard of the other merges as one
+/// write ([`merge_version`]).
+fn named_write(
+    tx: &Connection,
+    fx: &mut Effects,
+    folder_id: &str,
+    path: &str,
+    write_id: &Option<String>,
+) -> Result<Option<Applied>> {
+    let Some(id) = write_id else {
+        return Ok(None);
+    };
+    let done = committed_as(tx, folder_id, path, id)?;
+    fx.repeats |= done.is_some();
+    Ok(done.map(Applied::Entry))
 }
 
 /// The upload that committed `entry`'s version, if an upload did.

@@ -1833,6 +1833,7 @@ mod tests {
             folder_id: "f1".into(),
             path: "docs/a.txt".into(),
             base: Some(base.clone()),
+            write_id: None,
         };
         let v3 = vv_of(&a, "docs/a.txt").await;
         write(&a, delete(&v3)).await;
@@ -1926,6 +1927,7 @@ mod tests {
             folder_id: "f1".into(),
             path: "e.txt".into(),
             base: Some(vv),
+            write_id: None,
         };
         let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
         write(&a, put("e.txt", 1, None)).await;
@@ -1960,6 +1962,63 @@ mod tests {
         )
         .await;
         assert_eq!(shown, ["1:"], "the later delete is shown");
+    }
+
+    #[tokio::test]
+    async fn a_named_move_or_delete_sent_again_through_either_node_is_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = alice_f1_on_two(dir.path()).await;
+        write(&a, put("x.txt", 1, None)).await;
+        write(&a, put("y.txt", 2, None)).await;
+        ship(&a, &b).await;
+        let id = coffer_proto::request::upload_id([7; 16]);
+        let mv = |write_id: &Option<String>| Change::Move {
+            username: "alice".into(),
+            device_id: None,
+            folder_id: "f1".into(),
+            from: "x.txt".into(),
+            to: "z.txt".into(),
+            base: None,
+            write_id: write_id.clone(),
+        };
+        let named = Some(id.clone());
+        let first = format!("{:?}", a.write(mv(&named)).await.unwrap());
+        // Sent again through the same node (its answer was lost): the same
+        // answer, not `not_found` for a path that has moved.
+        assert_eq!(format!("{:?}", a.write(mv(&named)).await.unwrap()), first);
+        // Sent again through b before a's move reached it: b moves too, and
+        // the two moves merge as one, with no conflict copy of z.txt.
+        write(&b, mv(&named)).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        assert_eq!(files(&a).await, ["y.txt=02020202", "z.txt=01010101"]);
+        // Once both moves are everywhere, either node answers the one kept.
+        let kept = format!("{:?}", a.write(mv(&named)).await.unwrap());
+        assert!(kept.starts_with("Entry("), "{kept}");
+        assert_eq!(format!("{:?}", b.write(mv(&named)).await.unwrap()), kept);
+        // Unnamed, a move sent again is a new write, refused here.
+        assert!(a.write(mv(&None)).await.is_err());
+        // A named delete, likewise.
+        let rm = |write_id: Option<String>| Change::Delete {
+            username: "alice".into(),
+            device_id: None,
+            folder_id: "f1".into(),
+            path: "y.txt".into(),
+            base: None,
+            write_id,
+        };
+        let id = Some(coffer_proto::request::upload_id([8; 16]));
+        let gone = format!("{:?}", b.write(rm(id.clone())).await.unwrap());
+        assert_eq!(
+            format!("{:?}", b.write(rm(id.clone())).await.unwrap()),
+            gone
+        );
+        write(&a, rm(id.clone())).await;
+        ship(&a, &b).await;
+        ship(&b, &a).await;
+        same(&[&a, &b]).await;
+        assert_eq!(files(&a).await, ["z.txt=01010101"]);
     }
 
     #[tokio::test]

@@ -99,6 +99,7 @@ async fn members_see_changes_live_and_strangers_do_not() {
             from: "dir/a.txt".into(),
             to: "b.txt".into(),
             base: None,
+            write_id: None,
         }))
         .await;
     let Event::FileChanged(moved) = bob.conn.event().await else {
@@ -113,6 +114,7 @@ async fn members_see_changes_live_and_strangers_do_not() {
             folder_id: id.into(),
             path: "b.txt".into(),
             base: None,
+            write_id: None,
         }))
         .await;
     assert_eq!(

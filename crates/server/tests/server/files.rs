@@ -295,6 +295,7 @@ async fn listing_stat_history_restore_move_and_delete() {
             folder_id: id.into(),
             path: "top.txt".into(),
             version: 1,
+            write_id: None,
         }))
         .await;
     assert_eq!(alice.get(id, "top.txt", &key).await.unwrap(), b"v1");
@@ -310,6 +311,7 @@ async fn listing_stat_history_restore_move_and_delete() {
             from: "a".into(),
             to: "z/moved".into(),
             base: None,
+            write_id: None,
         }))
         .await;
     assert_eq!(
@@ -327,6 +329,7 @@ async fn listing_stat_history_restore_move_and_delete() {
                 from: "top.txt".into(),
                 to: "empty".into(),
                 base: None,
+                write_id: None,
             }),
             ErrorCode::Conflict,
         )
@@ -337,6 +340,7 @@ async fn listing_stat_history_restore_move_and_delete() {
             folder_id: id.into(),
             path: "top.txt".into(),
             base: None,
+            write_id: None,
         }))
         .await;
     assert_eq!(history(&mut alice).await[0], (4, 0, true));
@@ -351,10 +355,25 @@ async fn listing_stat_history_restore_move_and_delete() {
                 folder_id: id.into(),
                 path: "missing".into(),
                 base: None,
+                write_id: None,
             }),
             ErrorCode::NotFound,
         )
         .await;
+    // A delete the client named, sent again (its answer lost), answers the
+    // tombstone it made; a name of another form is refused.
+    let named = |write_id: &str| {
+        Request::Delete(Delete {
+            folder_id: id.into(),
+            path: "top.txt".into(),
+            base: None,
+            write_id: Some(write_id.into()),
+        })
+    };
+    let write_id = coffer_proto::request::upload_id([3; 16]);
+    let first = alice.ok(named(&write_id)).await;
+    assert_eq!(alice.ok(named(&write_id)).await, first);
+    alice.refused(named("u123"), ErrorCode::BadRequest).await;
 }
 
 #[tokio::test]
