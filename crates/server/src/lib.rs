@@ -315,6 +315,14 @@ impl Server {
         let tracker = TaskTracker::new();
         let local = listener.local_addr()?;
         info!(%local, node = %self.config.node_id, "serving");
+        // Before any link acknowledges: the records noted as lacking chunks
+        // before a restart are still unheld.
+        let notes = self
+            .store
+            .read(store::query::unheld)
+            .await
+            .map_err(io::Error::other)?;
+        self.unheld.load(notes);
         tracker.spawn(handlers::maintenance(self.clone(), shutdown.clone()));
         if !self.config.peers.is_empty() {
             tracker.spawn(

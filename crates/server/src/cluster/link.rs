@@ -208,8 +208,11 @@ impl Followers {
 /// quorum for a version it could not serve, until the chunks arrive
 /// (pushed, fetched by the repair loop or on a read).
 ///
-/// Kept in memory: a node that restarts acknowledges such records as held
-/// (see docs/ARCHITECTURE.md).
+/// Noted in the database with the records themselves (table `unheld`) and
+/// read back when the node starts ([`Unheld::load`]), so that a node that
+/// restarts still acknowledges them as unheld; held here in memory for the
+/// acknowledgements. Settled notes are dropped from the database as their
+/// chunks are stored, and by collection.
 #[derive(Debug)]
 pub(crate) struct Unheld {
     /// Origin → seq → the chunks that record still needs.
@@ -232,6 +235,13 @@ impl Default for Unheld {
 }
 
 impl Unheld {
+    /// Takes in the notes the database kept ([`crate::store::query::unheld`]).
+    pub(crate) fn load(&self, notes: Vec<(String, u64, [u8; 32])>) {
+        for (origin, seq, hash) in notes {
+            self.note(&origin, seq, hash);
+        }
+    }
+
     /// Notes that record `seq` of `origin`, applied here, needs `hash`.
     fn note(&self, origin: &str, seq: u64, hash: [u8; 32]) {
         self.records

@@ -1169,6 +1169,8 @@ fn apply(
                     params![&hash.0[..], *until as i64],
                 )?;
             }
+            // No record waits for it any more.
+            exec(tx, "DELETE FROM unheld WHERE hash = ?1", [&hash.0[..]])?;
             Ok(Applied::Done)
         }
     }
@@ -2189,6 +2191,14 @@ fn collect(tx: &Connection, ctx: &WriterContext, now: u64) -> Result<Applied> {
         tx,
         "DELETE FROM held_chunks WHERE until_ms <= ?1",
         [now as i64],
+    )?;
+    // Notes of records whose chunk is held now, or referred to by no version
+    // any more (superseded or removed since; it may never come).
+    exec(
+        tx,
+        "DELETE FROM unheld WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.hash = unheld.hash) \
+         OR NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = unheld.hash)",
+        [],
     )?;
     let garbage: Vec<Vec<u8>> = tx
         .prepare_cached(

@@ -465,6 +465,19 @@ pub(crate) fn chunks_missing(conn: &Connection, limit: usize) -> Result<Vec<[u8;
         .collect())
 }
 
+/// The records taken from peers noted as needing chunks this node lacked
+/// (origin, seq, chunk), as written with them; some may be settled since.
+pub(crate) fn unheld(conn: &Connection) -> Result<Vec<(String, u64, [u8; 32])>> {
+    let rows: Vec<(String, i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT origin, seq, hash FROM unheld ORDER BY origin, seq")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(origin, seq, hash)| Some((origin, seq as u64, hash.try_into().ok()?)))
+        .collect())
+}
+
 /// Whether a version held here refers to chunk `hash` while this node does
 /// not hold it.
 pub(crate) fn lacks(conn: &Connection, hash: &[u8; 32]) -> rusqlite::Result<bool> {

@@ -985,9 +985,15 @@ pub(crate) fn apply_records(
         if !copies.is_empty() {
             keep_copies(&sp, ctx, &mut clock, now_ms, copies, &mut out)?;
         }
-        // What a version kept here refers to but this node lacks.
+        // What a version kept here refers to but this node lacks: noted
+        // with the record, so that the note outlives a restart.
         for hash in referenced {
             if super::query::lacks(&sp, &hash)? {
+                exec(
+                    &sp,
+                    "INSERT OR IGNORE INTO unheld (origin, seq, hash) VALUES (?1, ?2, ?3)",
+                    params![record.origin, record.seq as i64, &hash[..]],
+                )?;
                 out.chunks_needed
                     .entry(hash)
                     .or_default()
@@ -2019,6 +2025,51 @@ mod tests {
         ship(&b, &a).await;
         same(&[&a, &b]).await;
         assert_eq!(files(&a).await, ["z.txt=01010101"]);
+    }
+
+    #[tokio::test]
+    async fn a_record_taken_without_its_chunks_stays_noted_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = alice_f1_on_two(dir.path()).await;
+        write(&a, put("x.txt", 1, None)).await;
+        ship(&a, &b).await;
+        let noted = |store: Store| async move {
+            let notes = store.read(super::super::query::unheld).await.unwrap();
+            (store, notes)
+        };
+        let (b, notes) = noted(b).await;
+        let seq = a.cursors().await.unwrap()["a"];
+        assert_eq!(notes, [("a".to_owned(), seq, [1; 32])]);
+        // b restarts before the chunk comes: the note is still there, for
+        // its links to acknowledge the record as unheld.
+        drop(b);
+        let (b, notes) = noted(node(dir.path(), "b")).await;
+        assert_eq!(notes.len(), 1);
+        b.write(Change::ChunkFetched {
+            hash: coffer_proto::types::Sha256([1; 32]),
+            size: 100,
+            hold_until: None,
+        })
+        .await
+        .unwrap();
+        let (b, notes) = noted(b).await;
+        assert!(notes.is_empty(), "{notes:?}");
+        // A note whose chunk no version refers to any more goes with
+        // collection: the version was superseded, the chunk may never come.
+        write(&a, put("y.txt", 2, None)).await;
+        ship(&a, &b).await;
+        let v = vv_of(&a, "y.txt").await;
+        for n in 3..=13 {
+            write(&a, put("y.txt", n, Some(&vv_of(&a, "y.txt").await))).await;
+        }
+        assert_ne!(v, vv_of(&a, "y.txt").await);
+        ship(&a, &b).await;
+        b.write(Change::Collect).await.unwrap();
+        let (_, notes) = noted(b).await;
+        assert!(
+            notes.iter().all(|(_, _, hash)| *hash != [2; 32]),
+            "{notes:?}"
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 4;
+pub(crate) const CURRENT: i64 = 5;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -270,6 +270,17 @@ CREATE TABLE held_chunks (
     // conflict copy.
     r#"
 CREATE INDEX versions_by_upload ON versions(upload_id) WHERE upload_id IS NOT NULL;
+"#,
+    // 4 → 5: the records taken from peers whose versions refer to chunks this
+    // node lacks, written with the records themselves, so that a node that
+    // restarts still acknowledges them as unheld until the chunks come.
+    r#"
+CREATE TABLE unheld (
+    origin TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (origin, seq, hash)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
