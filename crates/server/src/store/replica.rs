@@ -1593,6 +1593,26 @@ mod tests {
     }
 
     /// Three empty nodes a, b and c.
+    /// `store` now holds the chunk whose address is `byte` repeated, fetched
+    /// from a peer.
+    async fn fetched(store: &Store, byte: u8) {
+        store
+            .write(Change::ChunkFetched {
+                hash: coffer_proto::types::Sha256([byte; 32]),
+                size: 100,
+                hold_until: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Ships a's records to b and b's to a, then asserts they agree.
+    async fn both_ways(a: &Store, b: &Store) {
+        ship(a, b).await;
+        ship(b, a).await;
+        same(&[a, b]).await;
+    }
+
     /// Nodes a and b, both holding alice and her folder f1.
     async fn alice_f1_on_two(dir: &Path) -> (Store, Store) {
         let (a, b) = (node(dir, "a"), node(dir, "b"));
@@ -1995,9 +2015,7 @@ mod tests {
         // Sent again through b before a's move reached it: b moves too, and
         // the two moves merge as one, with no conflict copy of z.txt.
         write(&b, mv(&named)).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         assert_eq!(files(&a).await, ["y.txt=02020202", "z.txt=01010101"]);
         // Once both moves are everywhere, either node answers the one kept.
         let kept = format!("{:?}", a.write(mv(&named)).await.unwrap());
@@ -2021,9 +2039,7 @@ mod tests {
             gone
         );
         write(&a, rm(id.clone())).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         assert_eq!(files(&a).await, ["z.txt=01010101"]);
     }
 
@@ -2045,13 +2061,7 @@ mod tests {
         drop(b);
         let (b, notes) = noted(node(dir.path(), "b")).await;
         assert_eq!(notes.len(), 1);
-        b.write(Change::ChunkFetched {
-            hash: coffer_proto::types::Sha256([1; 32]),
-            size: 100,
-            hold_until: None,
-        })
-        .await
-        .unwrap();
+        fetched(&b, 1).await;
         let (b, notes) = noted(b).await;
         assert!(notes.is_empty(), "{notes:?}");
         // A note whose chunk no version refers to any more goes with
@@ -2144,9 +2154,7 @@ mod tests {
         // The client heard nothing and began the write again through b,
         // sealed anew, before a's version reached b.
         write(&b, put_as("a.txt", 2, None, id)).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         let listed = files(&a).await;
         assert_eq!(listed.len(), 1, "one version, no conflict copy: {listed:?}");
         // Begun once more through either node, it answers that version.
@@ -2161,9 +2169,7 @@ mod tests {
         let v = vv_of(&a, "a.txt").await;
         write(&a, put("a.txt", 5, Some(&v))).await;
         write(&b, put("a.txt", 6, Some(&v))).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         assert_eq!(files(&a).await.len(), 2);
     }
 
@@ -2194,13 +2200,7 @@ mod tests {
             "a chunk no version refers to is not missing"
         );
         // One comes: it is no longer missing.
-        b.write(Change::ChunkFetched {
-            hash: coffer_proto::types::Sha256([1; 32]),
-            size: 100,
-            hold_until: None,
-        })
-        .await
-        .unwrap();
+        fetched(&b, 1).await;
         assert_eq!(
             settled(vec![[1; 32], [2; 32]]).await.unwrap(),
             [[1; 32]].into()
@@ -2217,9 +2217,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         // Concurrent and later: a's takes the path, b's becomes a copy.
         write(&a, put("a.txt", 1, None)).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         let listed = files(&b).await;
         assert_eq!(listed.len(), 2, "{listed:?}");
         assert_eq!(listed[1], "a.txt=01010101");
@@ -2261,9 +2259,7 @@ mod tests {
         };
         write(&a, mkdir()).await;
         write(&b, mkdir()).await;
-        ship(&a, &b).await;
-        ship(&b, &a).await;
-        same(&[&a, &b]).await;
+        both_ways(&a, &b).await;
         assert_eq!(files(&a).await, ["photos="]);
     }
 

@@ -567,21 +567,37 @@ async fn a_write_is_acknowledged_only_once_on_two_nodes() {
     cluster.converged().await;
 }
 
+/// An account the node `owner` owns (so that it outlives any other node),
+/// registered and signed in through the first node, with a folder "team":
+/// its name, the client, the folder and the folder's key.
+async fn team_on_first(
+    cluster: &Cluster,
+    owner: &str,
+) -> (
+    String,
+    super::support::Client,
+    coffer_proto::response::FolderInfo,
+    coffer_crypto::FolderKey,
+) {
+    let name = name_owned_by(cluster, owner, "user");
+    register(cluster, 0, &Identity::new(&name)).await;
+    cluster.converged().await;
+    let mut on_first = super::support::Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new(&name)).await;
+    let (folder, key) = on_first.folder("team").await;
+    (name, on_first, folder, key)
+}
+
 #[tokio::test]
 async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
     use super::support::{Client, TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
     // An account the first node does not own, so that it is not lost with it.
-    let name = name_owned_by(&cluster, "node-2", "user");
-    register(&cluster, 0, &Identity::new(&name)).await;
-    cluster.converged().await;
-    let mut on_first = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new(&name)).await;
-    let (folder, key) = on_first.folder("team").await;
+    let (name, mut on_first, folder, key) = team_on_first(&cluster, "node-2").await;
     let bytes = content(2 * 65_536 + 7, 9);
     on_first
         .put(&TestFile::new(&folder.folder_id, "kept.bin", &bytes, &key))
@@ -611,14 +627,7 @@ async fn an_upload_begun_again_through_another_node_makes_one_version() {
     use super::support::{Client, TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
-    let name = name_owned_by(&cluster, "node-1", "user");
-    register(&cluster, 0, &Identity::new(&name)).await;
-    let mut on_first = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new(&name)).await;
-    let (folder, key) = on_first.folder("team").await;
+    let (name, mut on_first, folder, key) = team_on_first(&cluster, "node-1").await;
     cluster.converged().await;
     // Alone, the first node takes the upload but cannot say it is safe.
     let third = cluster.nodes.pop().unwrap().stop().await;
@@ -847,14 +856,7 @@ async fn a_node_short_of_chunks_fetches_them_from_its_peers_unasked() {
     use super::support::{Client, TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
-    let name = name_owned_by(&cluster, "node-1", "user");
-    register(&cluster, 0, &Identity::new(&name)).await;
-    let mut on_first = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new(&name)).await;
-    let (folder, key) = on_first.folder("team").await;
+    let (name, mut on_first, folder, key) = team_on_first(&cluster, "node-1").await;
     let bytes = content(3 * 65_536 + 5, 3);
     on_first
         .put(&TestFile::new(&folder.folder_id, "kept.bin", &bytes, &key))
