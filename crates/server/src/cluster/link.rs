@@ -831,11 +831,17 @@ async fn follow_once<N: Net>(
                 // every node while its chunks, on the node that wrote it
                 // alone, died with that node (seed 192 of the simulation).
                 let applied = server.store.cursors().await?;
-                let ahead = crate::store::replica::chunks_of(&records, &applied)
-                    .into_iter()
-                    .filter(|hash| !server.chunks.has(hash))
-                    .map(Sha256)
-                    .collect();
+                let wanted = crate::store::replica::chunks_of(&records, &applied);
+                // A look at the disk per chunk: off the async threads.
+                let chunks = server.chunks.clone();
+                let ahead = coffer_net::blocking(move || {
+                    wanted
+                        .into_iter()
+                        .filter(|hash| !chunks.has(hash))
+                        .map(Sha256)
+                        .collect()
+                })
+                .await;
                 fetch_from_peer(server, &mut conn, peer, ahead, &mut next_id, &mut parked).await?;
                 let done = server.store.replicate(records).await?;
                 if let Some(stopped) = done.stopped {
