@@ -79,11 +79,13 @@ fn a_block_of_seeds_holds_every_invariant() {
 /// (129), two versions under one vector (147), a wiped node never ready
 /// behind a link that went silent (168), an upload acknowledged with
 /// another upload's version (323), nodes showing different versions of a
-/// path after two delete-ended chains (1260, 2074). A code change moves
-/// their schedules, so they guard loosely; `just sim` sweeps thousands.
+/// path after two delete-ended chains (1260, 2074), and one the sweep's
+/// oracle once wrongly failed: an upload committed through two nodes whose
+/// kept twin was superseded and pruned (4101). A code change moves their
+/// schedules, so they guard loosely; `just sim` sweeps thousands.
 #[test]
 fn seeds_that_once_failed_still_hold_every_invariant() {
-    for seed in [129, 147, 168, 323, 1260, 2074] {
+    for seed in [129, 147, 168, 323, 1260, 2074, 4101] {
         passing(seed, &Options::service());
     }
 }
