@@ -57,37 +57,36 @@ const QUIET: Duration = Duration::from_secs(1);
 /// again, on any server, it is the same write, answered with what it did).
 pub fn retryable(request: &Request) -> bool {
     match request {
-        Request::UploadBegin(r) => return r.upload_id.is_some(),
-        Request::Delete(r) => return r.write_id.is_some(),
-        Request::Move(r) => return r.write_id.is_some(),
-        Request::Restore(r) => return r.write_id.is_some(),
-        _ => {}
+        Request::UploadBegin(r) => r.upload_id.is_some(),
+        Request::Delete(r) => r.write_id.is_some(),
+        Request::Move(r) => r.write_id.is_some(),
+        Request::Restore(r) => r.write_id.is_some(),
+        other => matches!(
+            other.kind(),
+            "ping"
+                | "auth"
+                | "whoami"
+                | "session_list"
+                | "user_list"
+                | "public_key_get"
+                | "private_key_get"
+                | "device_list"
+                | "folder_list"
+                | "folder_info"
+                | "folder_keys"
+                | "invite_list"
+                | "list"
+                | "stat"
+                | "history"
+                | "download"
+                | "chunk_get"
+                | "shared_list"
+                | "shared_download"
+                | "upload_resume"
+                | "upload_chunk"
+                | "upload_commit"
+        ),
     }
-    matches!(
-        request.kind(),
-        "ping"
-            | "auth"
-            | "whoami"
-            | "session_list"
-            | "user_list"
-            | "public_key_get"
-            | "private_key_get"
-            | "device_list"
-            | "folder_list"
-            | "folder_info"
-            | "folder_keys"
-            | "invite_list"
-            | "list"
-            | "stat"
-            | "history"
-            | "download"
-            | "chunk_get"
-            | "shared_list"
-            | "shared_download"
-            | "upload_resume"
-            | "upload_chunk"
-            | "upload_commit"
-    )
 }
 
 /// Connections to one server, signed in with one token.

@@ -86,13 +86,27 @@ fn config() -> Config {
     }
 }
 
-/// Runs `test` on a thread with a 16 MiB stack: in a debug build, running
+/// Runs `test` `cases` times over a request, a frame id and a body of up to
+/// `body` bytes, on a thread with a 16 MiB stack: in a debug build, running
 /// the derived strategy of every request kind takes more than the 2 MiB of a
-/// test thread.
-fn on_big_stack(test: impl FnOnce() + Send + 'static) {
+/// test thread. A failure panics with the smallest failing input.
+fn for_requests(
+    cases: u32,
+    body: usize,
+    test: impl Fn(u64, Request, Vec<u8>) -> Result<(), TestCaseError> + Send + 'static,
+) {
     let ran = std::thread::Builder::new()
         .stack_size(16 << 20)
-        .spawn(test)
+        .spawn(move || {
+            let strategy = (
+                1u64..,
+                any::<Request>(),
+                proptest::collection::vec(any::<u8>(), 0..body),
+            );
+            TestRunner::new(Config { cases, ..config() })
+                .run(&strategy, |(id, msg, bytes)| test(id, msg, bytes))
+                .unwrap();
+        })
         .expect("a test thread")
         .join();
     if let Err(panic) = ran {
@@ -102,49 +116,28 @@ fn on_big_stack(test: impl FnOnce() + Send + 'static) {
 
 #[test]
 fn requests_round_trip() {
-    on_big_stack(|| {
-        let strategy = (
-            1u64..,
-            any::<Request>(),
-            proptest::collection::vec(any::<u8>(), 0..64),
-        );
-        TestRunner::new(config())
-            .run(&strategy, |(id, msg, body)| round_trip(id, msg, body))
-            .unwrap();
-    });
+    for_requests(config().cases, 64, round_trip);
 }
 
 /// A typed frame fed to the stream decoder in two pieces, split at every
 /// byte, comes out whole, exactly once, leaving what follows.
 #[test]
 fn typed_frames_survive_every_split() {
-    on_big_stack(|| {
-        let strategy = (
-            1u64..,
-            any::<Request>(),
-            proptest::collection::vec(any::<u8>(), 0..32),
-        );
+    for_requests(64, 32, |id, msg, body| {
         let limits = Limits::default();
-        TestRunner::new(Config {
-            cases: 64,
-            ..Config::default()
-        })
-        .run(&strategy, |(id, msg, body)| {
-            let frame = Frame::with_body(id, msg.clone(), body_for(&msg, body));
-            let encoded = frame.encode().unwrap().to_vec();
-            for split in 0..encoded.len() {
-                let mut buf = BytesMut::from(&encoded[..split]);
-                prop_assert!(frame::decode_buf(&mut buf, &limits)?.is_none());
-                prop_assert_eq!(buf.len(), split);
-                buf.extend_from_slice(&encoded[split..]);
-                buf.extend_from_slice(b"\0\0\0");
-                let raw = frame::decode_buf(&mut buf, &limits)?.unwrap();
-                prop_assert_eq!(Frame::<Request>::decode(&raw)?, frame.clone());
-                prop_assert_eq!(&buf[..], b"\0\0\0");
-            }
-            Ok(())
-        })
-        .unwrap();
+        let frame = Frame::with_body(id, msg.clone(), body_for(&msg, body));
+        let encoded = frame.encode().unwrap().to_vec();
+        for split in 0..encoded.len() {
+            let mut buf = BytesMut::from(&encoded[..split]);
+            prop_assert!(frame::decode_buf(&mut buf, &limits)?.is_none());
+            prop_assert_eq!(buf.len(), split);
+            buf.extend_from_slice(&encoded[split..]);
+            buf.extend_from_slice(b"\0\0\0");
+            let raw = frame::decode_buf(&mut buf, &limits)?.unwrap();
+            prop_assert_eq!(Frame::<Request>::decode(&raw)?, frame.clone());
+            prop_assert_eq!(&buf[..], b"\0\0\0");
+        }
+        Ok(())
     });
 }
 
