@@ -108,84 +108,58 @@ fn referenced(data: &Path) -> Result<BTreeSet<[u8; 32]>, Box<dyn std::error::Err
     Ok(set)
 }
 
-/// Whether the write of `path` acknowledged with the vector `acked` is seen,
-/// on the node with data directory `data`, through its twin: the same upload
-/// committed through another node as well (retried there after
-/// `unavailable`), a version under another vector that every node keeps in
-/// its stead (`change::merge_version`). A version the node holds at `path`
-/// that has seen the twin has seen the write; without this, once the twin is
-/// superseded and pruned from the history, nothing the node holds has the
-/// acknowledged vector in its past (simulation seed 4101 of the files world).
-///
-/// The twin is found in the node's log of changes, which keeps every version
-/// row as it was written: the versions of `path` committed by the upload
-/// that made `acked`. A row is read as the log stores it (`RowOp` JSON: the
-/// path the second cell, the vector the sixth, the upload id the last);
-/// should that form change, no twin is found and the write counts as lost,
-/// never the other way round.
-pub(crate) fn seen_through_twin(
-    data: &Path,
-    path: &str,
-    acked: &VersionVector,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("coffer.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    db.busy_timeout(Duration::from_secs(10))?;
-    // Every version of `path` in the log: its vector and its upload.
-    let mut written: Vec<(VersionVector, Option<String>)> = Vec::new();
-    let mut statement = db.prepare("SELECT rows FROM changes")?;
-    let mut rows = statement.query([])?;
-    while let Some(row) = rows.next()? {
-        let text: String = row.get(0)?;
-        let Ok(serde_json::Value::Array(changed)) = serde_json::from_str(&text) else {
-            continue;
-        };
-        for change in changed {
-            if change["table"] != "versions" {
-                continue;
-            }
-            let Some(cells) = change["op"]["inserted"].as_array() else {
-                continue;
-            };
-            let text_at = |i: usize| cells.get(i).and_then(|c| c["text"].as_str());
-            if text_at(1) != Some(path) {
-                continue;
-            }
-            let Some(vv) = text_at(5).and_then(|vv| serde_json::from_str(vv).ok()) else {
-                continue;
-            };
-            let upload = cells
-                .last()
-                .and_then(|c| c["text"].as_str())
-                .map(str::to_owned);
-            written.push((vv, upload));
-        }
-    }
-    let uploads: BTreeSet<&String> = written
-        .iter()
-        .filter(|(vv, _)| vv == acked)
-        .filter_map(|(_, upload)| upload.as_ref())
-        .collect();
-    let twins: Vec<&VersionVector> = written
-        .iter()
-        .filter(|(vv, upload)| vv != acked && upload.as_ref().is_some_and(|u| uploads.contains(u)))
-        .map(|(vv, _)| vv)
-        .collect();
-    if twins.is_empty() {
-        return Ok(false);
-    }
-    let mut statement = db.prepare("SELECT vv FROM versions WHERE path = ?1")?;
-    let held: Vec<VersionVector> = statement
-        .query_map([path], |r| r.get::<_, String>(0))?
-        .filter_map(|vv| serde_json::from_str(&vv.ok()?).ok())
-        .collect();
-    Ok(held.iter().any(|h| {
-        twins
+impl Replicas {
+    /// Whether the write of `path` acknowledged with the vector `acked` is
+    /// seen, on server `node`, through its twin: the same upload committed
+    /// through another node as well (retried there after `unavailable`), a
+    /// version under another vector that every node keeps in its stead
+    /// (`change::merge_version`). A version the node holds at `path` that
+    /// has seen the twin has seen the write; without this, once the twin is
+    /// superseded and pruned from the history, nothing the node holds has
+    /// the acknowledged vector in its past (simulation seed 4101 of the
+    /// files world). The twin is found in the node's log of changes
+    /// (`Server::logged_versions`), which keeps every version as written.
+    pub(crate) async fn seen_through_twin(
+        &self,
+        node: usize,
+        path: &str,
+        acked: &VersionVector,
+    ) -> Result<bool, Box<dyn std::error::Error>> {
+        let server = self.nodes.borrow()[node]
+            .upgrade()
+            .ok_or("the server is not running")?;
+        let logged = server.logged_versions(path).await?;
+        let uploads: BTreeSet<&String> = logged
             .iter()
-            .any(|t| matches!(t.compare(h), Causality::Before | Causality::Equal))
-    }))
+            .filter(|(vv, _)| vv == acked)
+            .filter_map(|(_, upload)| upload.as_ref())
+            .collect();
+        let twins: Vec<&VersionVector> = logged
+            .iter()
+            .filter(|(vv, upload)| {
+                vv != acked && upload.as_ref().is_some_and(|u| uploads.contains(u))
+            })
+            .map(|(vv, _)| vv)
+            .collect();
+        if twins.is_empty() {
+            return Ok(false);
+        }
+        let db = rusqlite::Connection::open_with_flags(
+            self.data[node].join("coffer.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        let mut statement = db.prepare("SELECT vv FROM versions WHERE path = ?1")?;
+        let held: Vec<VersionVector> = statement
+            .query_map([path], |r| r.get::<_, String>(0))?
+            .filter_map(|vv| serde_json::from_str(&vv.ok()?).ok())
+            .collect();
+        Ok(held.iter().any(|h| {
+            twins
+                .iter()
+                .any(|t| matches!(t.compare(h), Causality::Before | Causality::Equal))
+        }))
+    }
 }
 
 /// The chunks a node's store holds: `chunks/ab/cdef…`, named by address.

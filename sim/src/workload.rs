@@ -710,13 +710,17 @@ impl Device {
     /// and file id — and reads back with its SHA-256; or a version the node
     /// holds there (the path's newest, the one at its number, a copy) has
     /// seen it, which is how a superseded version may leave the history.
-    pub(crate) async fn sweep(&mut self, ledger: &RefCell<Ledger>, data: &[PathBuf]) -> Done {
+    pub(crate) async fn sweep(
+        &mut self,
+        ledger: &RefCell<Ledger>,
+        replicas: &crate::replicas::Replicas,
+    ) -> Done {
         let Some(folder) = ledger.borrow().folder.clone() else {
             return Ok("no folder".into());
         };
         let acked = ledger.borrow().untouched();
         let (mut found, mut superseded) = (0, 0);
-        for (node, data) in data.iter().enumerate().take(self.direct.len()) {
+        for node in 0..self.direct.len() {
             let Some(s) = self.direct_session(ledger, node, self.user()) else {
                 return Ok("no token".into());
             };
@@ -772,7 +776,7 @@ impl Device {
                                 continue;
                             }
                             // Or that one, superseded since, has been seen.
-                            match crate::replicas::seen_through_twin(data, path, &w.vv) {
+                            match replicas.seen_through_twin(node, path, &w.vv).await {
                                 Ok(true) => {
                                     superseded += 1;
                                     continue;
@@ -780,7 +784,7 @@ impl Device {
                                 Ok(false) => "neither under its path nor as a conflict copy, \
                                               and nothing there has seen it"
                                     .to_owned(),
-                                Err(e) => format!("its data directory is unreadable: {e}"),
+                                Err(e) => format!("its log and versions could not be read: {e}"),
                             }
                         }
                     };

@@ -687,9 +687,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
                     // Once no device writes any more: every node must come
                     // to hold the same, and every check sees the final state.
                     recorder.op(true, replicas.converged(&ledger)).await;
-                    recorder
-                        .op(true, device.sweep(&ledger, &replicas.data))
-                        .await;
+                    recorder.op(true, device.sweep(&ledger, &replicas)).await;
                     recorder.op(true, device.check_race(&ledger)).await;
                     recorder.op(true, device.check_unshare(&ledger)).await;
                 }
