@@ -52,9 +52,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a request may be sent again without changing its effect: reads,
-/// the upload steps the server makes idempotent, and the writes the client
+/// the upload steps the server makes idempotent, the writes the client
 /// named (an upload's begin, a delete, a move, a restore with its id: done
-/// again, on any server, it is the same write, answered with what it did).
+/// again, on any server, it is the same write, answered with what it did),
+/// and the writes the server knows again by what they carry (a device by
+/// its name and MAC, a folder, an invitation or a rotation by its folder
+/// keys, wrapped at random; an acceptance by the membership it made).
 pub fn retryable(request: &Request) -> bool {
     match request {
         Request::UploadBegin(r) => r.upload_id.is_some(),
@@ -85,6 +88,11 @@ pub fn retryable(request: &Request) -> bool {
                 | "upload_resume"
                 | "upload_chunk"
                 | "upload_commit"
+                | "device_register"
+                | "folder_create"
+                | "folder_share"
+                | "folder_unshare"
+                | "invite_accept"
         ),
     }
 }

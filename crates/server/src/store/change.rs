@@ -550,6 +550,26 @@ fn apply(
             name,
             mac,
         } => {
+            // Registered already under this name and MAC — the same machine,
+            // the request sent again (after `unavailable`, through any node
+            // its device has reached): that device, the session bound to it.
+            let same: Option<(String, i64)> = one(
+                tx,
+                "SELECT device_id, created_ms FROM devices WHERE username = ?1 AND name = ?2 AND mac = ?3",
+                params![username, name, mac],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+            if let Some((device_id, created_ms)) = same {
+                bind_session(tx, session_id, &device_id)?;
+                fx.repeats = true;
+                return Ok(Applied::Device(DeviceInfo {
+                    device_id,
+                    name: name.clone(),
+                    mac: mac.clone(),
+                    created_ms: created_ms as u64,
+                }));
+            }
             let taken: Option<String> = one(
                 tx,
                 "SELECT CASE WHEN name = ?2 THEN 'name' ELSE 'MAC address' END FROM devices \
@@ -568,11 +588,7 @@ fn apply(
                 "INSERT INTO devices (device_id, username, name, mac, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![device_id, username, name, mac, now as i64],
             )?;
-            exec(
-                tx,
-                "UPDATE sessions SET device_id = ?2 WHERE session_id = ?1 AND device_id IS NULL",
-                params![session_id, device_id],
-            )?;
+            bind_session(tx, session_id, device_id)?;
             Ok(Applied::Device(DeviceInfo {
                 device_id: device_id.clone(),
                 name: name.clone(),
@@ -632,6 +648,22 @@ fn apply(
             label,
             wrapped_key,
         } => {
+            // The folder this request made, sent again: its epoch-1 key,
+            // wrapped at random, is the request's own.
+            let made: Option<String> = one(
+                tx,
+                "SELECT f.folder_id FROM folders f JOIN folder_keys k \
+                 ON k.folder_id = f.folder_id AND k.username = f.owner AND k.epoch = 1 \
+                 WHERE f.owner = ?1 AND f.label = ?2 AND k.wrapped_key = ?3",
+                params![username, label, wrapped_key.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?;
+            if let Some(made) = made {
+                fx.repeats = true;
+                let folder = query::folder(tx, &made)?.expect("just found");
+                return Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)));
+            }
             let clash: bool = one(
                 tx,
                 "SELECT EXISTS (SELECT 1 FROM folders WHERE owner = ?1 AND label = ?2)",
@@ -690,6 +722,17 @@ fn apply(
                 return Err(forbidden(format!("the account {invitee} is disabled")));
             }
             if query::membership(tx, folder_id, invitee)?.is_some() {
+                // This invitation, sent again: the keys, wrapped at random,
+                // are the ones it left.
+                if holds_keys(
+                    tx,
+                    folder_id,
+                    keys.iter()
+                        .map(|k| (invitee.as_str(), k.epoch, &k.wrapped_key)),
+                )? {
+                    fx.repeats = true;
+                    return Ok(Applied::Done);
+                }
                 return Err(conflict(format!(
                     "{invitee} is already a member of or invited to \"{}\"",
                     folder.label
@@ -739,9 +782,15 @@ fn apply(
             username,
             folder_id,
         } => {
-            let Some((role, MemberStatus::Invited)) = query::membership(tx, folder_id, username)?
-            else {
-                return Err(not_found(format!("no invitation to folder {folder_id}")));
+            let role = match query::membership(tx, folder_id, username)? {
+                Some((role, MemberStatus::Invited)) => role,
+                // Accepted already: the request sent again.
+                Some((role, MemberStatus::Active)) => {
+                    fx.repeats = true;
+                    let folder = query::folder(tx, folder_id)?.expect("a membership has a folder");
+                    return Ok(Applied::Folder(query::folder_info(&folder, role)));
+                }
+                None => return Err(not_found(format!("no invitation to folder {folder_id}"))),
             };
             exec(
                 tx,
@@ -771,6 +820,20 @@ fn apply(
             keys,
         } => {
             let (folder, _) = require(tx, username, folder_id, Need::Manage)?;
+            // This rotation, sent again: the member is gone and the epoch's
+            // keys, wrapped at random, are the ones it left.
+            if folder.epoch == *epoch
+                && query::membership(tx, folder_id, member)?.is_none()
+                && holds_keys(
+                    tx,
+                    folder_id,
+                    keys.iter()
+                        .map(|k| (k.username.as_str(), *epoch, &k.wrapped_key)),
+                )?
+            {
+                fx.repeats = true;
+                return Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)));
+            }
             let (role, _) = query::membership(tx, folder_id, member)?.ok_or_else(|| {
                 not_found(format!("{member} is not a member of \"{}\"", folder.label))
             })?;
@@ -1656,6 +1719,42 @@ fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<Lost>> {
         losers.push((version, chunks, upload));
     }
     Ok(losers)
+}
+
+/// Binds a session that runs on no device yet to `device_id`.
+fn bind_session(tx: &Connection, session_id: &str, device_id: &str) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE sessions SET device_id = ?2 WHERE session_id = ?1 AND device_id IS NULL",
+        params![session_id, device_id],
+    )?;
+    Ok(())
+}
+
+/// Whether the folder holds each `(member, epoch, wrapped key)` given, and
+/// there is at least one: folder keys are wrapped at random (RSA-OAEP), so
+/// the keys a write left name that write — a share or a rotation sent again
+/// finds its own keys, where another write's would differ.
+fn holds_keys<'a>(
+    tx: &Connection,
+    folder_id: &str,
+    keys: impl Iterator<Item = (&'a str, u64, &'a Blob)>,
+) -> Result<bool> {
+    let mut any = false;
+    for (username, epoch, wrapped) in keys {
+        let held: bool = one(
+            tx,
+            "SELECT EXISTS (SELECT 1 FROM folder_keys \
+             WHERE folder_id = ?1 AND username = ?2 AND epoch = ?3 AND wrapped_key = ?4)",
+            params![folder_id, username, epoch as i64, wrapped.as_bytes()],
+            |r| r.get(0),
+        )?;
+        if !held {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
 }
 
 /// The version the write the client named `write_id` made of `path` (its

@@ -214,6 +214,9 @@ async fn devices_are_unique_per_user_by_name_and_mac() {
         (me.device_id.as_deref(), me.device_name.as_deref()),
         (Some(laptop.as_str()), Some("laptop"))
     );
+    // Registered again with its name and MAC (the request sent again, or the
+    // machine set up anew): the same device.
+    assert_eq!(alice.device("laptop", "aa:bb:cc:dd:ee:01").await, laptop);
     for (name, mac) in [
         ("laptop", "aa:bb:cc:dd:ee:02"),
         ("phone", "aa:bb:cc:dd:ee:01"),

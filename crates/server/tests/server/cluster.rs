@@ -770,6 +770,137 @@ async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
     assert_eq!(epochs, [1, 2], "{seen:?}");
 }
 
+/// Each write a client may send again after `unavailable` — a device
+/// registered, a folder made, a member invited, a key rotated — made once
+/// by a node that cannot reach the quorum, then sent again through another
+/// node once it can: done once, answered as done.
+#[tokio::test]
+async fn writes_sent_again_through_another_node_are_done_once() {
+    use super::support::Client;
+    use coffer_proto::ErrorCode;
+    use coffer_proto::request::{DeviceRegister, FolderCreate, FolderShare, FolderUnshare};
+    use coffer_proto::types::{Blob, EpochKey, MemberKey, Role};
+
+    let mut cluster = Cluster::start(3).await;
+    // Accounts the first node owns, and a folder whose key node it is, so
+    // that it can take every write alone.
+    let alice = name_owned_by(&cluster, "node-1", "alice");
+    let bob = name_owned_by(&cluster, "node-1", "bob");
+    register(&cluster, 0, &Identity::new(&alice)).await;
+    register(&cluster, 0, &Identity::new(&bob)).await;
+    let mut on_first = Client {
+        conn: cluster.client(0).await,
+        user: None,
+    };
+    on_first.login(Identity::new(&alice)).await;
+    let membership = cluster.nodes[0].config.membership().unwrap();
+    let mut team = None;
+    for i in 0.. {
+        let (folder, _) = on_first.folder(&format!("team{i}")).await;
+        if membership.owner(&folder.folder_id) == "node-1" {
+            team = Some(folder.folder_id);
+            break;
+        }
+    }
+    let team = team.unwrap();
+    cluster.converged().await;
+
+    let device = Request::DeviceRegister(DeviceRegister {
+        name: "laptop".into(),
+        mac: "aa:bb:cc:dd:ee:01".into(),
+    });
+    let create = Request::FolderCreate(FolderCreate {
+        label: "solo".into(),
+        wrapped_key: Blob(vec![5; 256]),
+    });
+    let share = Request::FolderShare(FolderShare {
+        folder_id: team.clone(),
+        username: bob.clone(),
+        role: Role::Editor,
+        keys: vec![EpochKey {
+            epoch: 1,
+            wrapped_key: Blob(vec![6; 256]),
+        }],
+    });
+    let unshare = Request::FolderUnshare(FolderUnshare {
+        folder_id: team.clone(),
+        username: bob.clone(),
+        epoch: 2,
+        keys: vec![MemberKey {
+            username: alice.clone(),
+            wrapped_key: Blob(vec![7; 256]),
+        }],
+    });
+
+    // Alone, the first node takes each write but cannot say it is safe.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    for request in [&device, &create, &share] {
+        on_first
+            .refused(request.clone(), ErrorCode::Unavailable)
+            .await;
+    }
+    // Sent again through the second node once it is back, each is done.
+    cluster.nodes.push(Node::restart(second).await);
+    cluster.linked().await;
+    cluster.converged().await;
+    let mut on_second = Client {
+        conn: cluster.client(1).await,
+        user: None,
+    };
+    on_second.login(Identity::new(&alice)).await;
+    let Response::Device(laptop) = on_second.ok(device.clone()).await else {
+        panic!()
+    };
+    let Response::Folder(solo) = on_second.ok(create.clone()).await else {
+        panic!()
+    };
+    assert_eq!(on_second.ok(share.clone()).await, Response::Ok);
+    // Once each: one device, one folder "solo", one invitation.
+    let Response::Devices(devices) = on_second.ok(Request::DeviceList).await else {
+        panic!()
+    };
+    assert_eq!(devices.devices, [laptop]);
+    let Response::Folders(folders) = on_second.ok(Request::FolderList).await else {
+        panic!()
+    };
+    let solos: Vec<_> = folders
+        .folders
+        .iter()
+        .filter(|f| f.label == "solo")
+        .collect();
+    assert_eq!(solos, [&solo]);
+    let mut bob_client = Client {
+        conn: cluster.client(1).await,
+        user: None,
+    };
+    bob_client.login(Identity::new(&bob)).await;
+    let Response::Invites(invites) = bob_client.ok(Request::InviteList).await else {
+        panic!()
+    };
+    assert_eq!(invites.invites.len(), 1, "{invites:?}");
+
+    // A rotation likewise.
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    on_first
+        .refused(unshare.clone(), ErrorCode::Unavailable)
+        .await;
+    cluster.nodes.push(Node::restart(second).await);
+    cluster.linked().await;
+    cluster.converged().await;
+    let mut on_second = Client {
+        conn: cluster.client(1).await,
+        user: None,
+    };
+    on_second.login(Identity::new(&alice)).await;
+    let Response::Folder(rotated) = on_second.ok(unshare).await else {
+        panic!()
+    };
+    assert_eq!((rotated.folder_id, rotated.epoch), (team, 2));
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.converged().await;
+}
+
 #[tokio::test]
 async fn chunks_reach_the_followers_while_the_upload_arrives() {
     use super::support::{Client, TestFile, content, missing_list};

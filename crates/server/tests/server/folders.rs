@@ -81,8 +81,23 @@ async fn the_whole_sharing_story() {
         )
         .await;
     alice.ok(share(Role::Viewer)).await;
+    // Sent again (its answer lost, or `unavailable`), it is the same
+    // invitation, done; another invitation of bob, with keys of its own, is
+    // refused.
+    alice.ok(share(Role::Viewer)).await;
     alice
-        .refused(share(Role::Viewer), ErrorCode::Conflict)
+        .refused(
+            Request::FolderShare(FolderShare {
+                folder_id: id.into(),
+                username: "bob".into(),
+                role: Role::Viewer,
+                keys: vec![EpochKey {
+                    epoch: 1,
+                    wrapped_key: Blob(bob_id.keys.public().wrap_folder_key(&mut rng, &key)),
+                }],
+            }),
+            ErrorCode::Conflict,
+        )
         .await;
 
     // The invitation waits for bob; until he accepts he has no access.
@@ -99,6 +114,11 @@ async fn the_whole_sharing_story() {
         panic!()
     };
     assert_eq!(joined.role, Role::Viewer);
+    // Accepted again: the same answer.
+    assert_eq!(
+        bob.ok(Request::InviteAccept(folder_ref(id))).await,
+        Response::Folder(joined)
+    );
 
     // Bob reads; the key alice wrapped for him opens the file.
     let Response::FolderKeys(keys) = bob.ok(Request::FolderKeys(folder_ref(id))).await else {
@@ -184,10 +204,29 @@ async fn the_whole_sharing_story() {
             ErrorCode::BadRequest,
         )
         .await;
-    let Response::Folder(rotated) = alice.ok(rotation(2, vec![for_alice])).await else {
+    let Response::Folder(rotated) = alice.ok(rotation(2, vec![for_alice.clone()])).await else {
         panic!()
     };
     assert_eq!(rotated.epoch, 2);
+    // Sent again, the rotation is done: the same folder, still at epoch 2;
+    // another removal of bob, bringing epoch 2 under another key, finds him
+    // gone.
+    assert_eq!(
+        alice.ok(rotation(2, vec![for_alice])).await,
+        Response::Folder(rotated)
+    );
+    alice
+        .refused(
+            rotation(
+                2,
+                vec![MemberKey {
+                    username: "alice".into(),
+                    wrapped_key: Blob(alice_id.keys.public().wrap_folder_key(&mut rng, &new_key)),
+                }],
+            ),
+            ErrorCode::NotFound,
+        )
+        .await;
     bob.refused(list(id), ErrorCode::NotFound).await;
 
     // The server refuses new content under the old key…
@@ -261,14 +300,19 @@ async fn invitations_can_be_declined_and_members_can_leave() {
         )
         .await;
     // Labels are unique per owner, not across owners.
+    let create = |label: &str, key: u8| {
+        Request::FolderCreate(coffer_proto::request::FolderCreate {
+            label: label.into(),
+            wrapped_key: Blob(vec![key; 256]),
+        })
+    };
     alice
-        .refused(
-            Request::FolderCreate(coffer_proto::request::FolderCreate {
-                label: "shared".into(),
-                wrapped_key: Blob(vec![1; 256]),
-            }),
-            ErrorCode::Conflict,
-        )
+        .refused(create("shared", 1), ErrorCode::Conflict)
         .await;
     bob.folder("shared").await;
+    // A folder made, asked for again with its own key (the request sent
+    // again), is the same folder; with another key, a clash.
+    let made = alice.ok(create("again", 2)).await;
+    assert_eq!(alice.ok(create("again", 2)).await, made);
+    alice.refused(create("again", 3), ErrorCode::Conflict).await;
 }
