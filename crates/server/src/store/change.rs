@@ -1007,7 +1007,7 @@ fn apply(
                 return Ok(done);
             }
             let current = live_entry(tx, folder_id, path)?;
-            check_base(&current, base.as_ref())?;
+            check_base(tx, &current, base.as_ref())?;
             // A directory goes with everything below it, deepest first.
             let mut doomed = descendants(tx, folder_id, path)?;
             doomed.reverse();
@@ -1051,7 +1051,7 @@ fn apply(
                 return Err(bad_request("a directory cannot move inside itself"));
             }
             let current = live_entry(tx, folder_id, from)?;
-            check_base(&current, base.as_ref())?;
+            check_base(tx, &current, base.as_ref())?;
             ensure_free(tx, folder_id, to)?;
             make_parents(tx, ctx, now, folder_id, to, device_id, fx)?;
             let mut moving = vec![current];
@@ -1369,14 +1369,36 @@ fn live_entry(tx: &Connection, folder_id: &str, path: &str) -> Result<FileEntry>
 }
 
 /// Refuses when the client's base version is not the current one.
-fn check_base(current: &FileEntry, base: Option<&VersionVector>) -> Result<()> {
+fn check_base(tx: &Connection, current: &FileEntry, base: Option<&VersionVector>) -> Result<()> {
     match base {
-        Some(base) if base.compare(&current.vv) != Causality::Equal => Err(conflict(format!(
+        Some(base) if !based_on(tx, current, base)? => Err(conflict(format!(
             "{} changed since the version you started from (it is at version {})",
             current.path, current.version
         ))),
         _ => Ok(()),
     }
+}
+
+/// Whether a client that last saw `base` saw `current`: `base` is its
+/// vector, or that of its twin — the same write committed through another
+/// node too (an upload or a named write sent again after `unavailable`),
+/// which `current` stands for on every node ([`merge_version`]). The client
+/// may have been answered with either.
+fn based_on(tx: &Connection, current: &FileEntry, base: &VersionVector) -> Result<bool> {
+    if base.compare(&current.vv) == Causality::Equal {
+        return Ok(true);
+    }
+    let Some(upload) = upload_of(tx, current)? else {
+        return Ok(false);
+    };
+    let twins: Vec<String> = tx
+        .prepare_cached("SELECT vv FROM twins WHERE upload_id = ?1")?
+        .query_map([upload], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(twins.iter().any(|vv| {
+        serde_json::from_str::<VersionVector>(vv)
+            .is_ok_and(|vv| vv.compare(base) == Causality::Equal)
+    }))
 }
 
 /// Live entries strictly below `path`, in path order.
@@ -1677,6 +1699,13 @@ pub(super) fn merge_version(
         (remote, chunks, upload.map(str::to_owned))
     };
     if same {
+        // The loser's vector stays known as the winner's twin: a client
+        // answered with it edits on (see [`based_on`]).
+        exec(
+            tx,
+            "INSERT OR IGNORE INTO twins (upload_id, vv) VALUES (?1, ?2)",
+            params![loser_upload, vv_json(&loser.vv)],
+        )?;
         return Ok(copies);
     }
     // The copy keeps the upload that made it: a commit of that upload
@@ -2195,7 +2224,7 @@ fn upload_commit(
         (Some(c), _) if !c.deleted && c.kind == EntryKind::Dir => {
             return Err(conflict(format!("{path} is a directory")));
         }
-        (Some(c), Some(b)) if b.compare(&c.vv) != Causality::Equal => {
+        (Some(c), Some(b)) if !based_on(tx, c, b)? => {
             return Err(conflict(format!(
                 "{path} changed since the version the upload started from (it is at version {})",
                 c.version

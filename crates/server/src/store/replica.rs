@@ -2175,6 +2175,7 @@ mod tests {
         // The client heard nothing and began the write again through b,
         // sealed anew, before a's version reached b.
         write(&b, put_as("a.txt", 2, None, id)).await;
+        let (va, vb) = (vv_of(&a, "a.txt").await, vv_of(&b, "a.txt").await);
         both_ways(&a, &b).await;
         let listed = files(&a).await;
         assert_eq!(listed.len(), 1, "one version, no conflict copy: {listed:?}");
@@ -2186,6 +2187,15 @@ mod tests {
             format!("{:?}", a.write(put_as("a.txt", 4, None, id)).await.unwrap())
         );
         assert_eq!(files(&b).await, listed);
+        // A client answered with the vector both nodes dropped for its twin
+        // edits on, through either node, as if it had been answered with the
+        // one they kept.
+        let kept = vv_of(&a, "a.txt").await;
+        let twin = if kept == va { vb } else { va };
+        assert_ne!(twin, kept);
+        write(&a, put("a.txt", 7, Some(&twin))).await;
+        both_ways(&a, &b).await;
+        assert_eq!(files(&b).await.len(), 1);
         // Another upload made at once still keeps both.
         let v = vv_of(&a, "a.txt").await;
         write(&a, put("a.txt", 5, Some(&v))).await;

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 5;
+pub(crate) const CURRENT: i64 = 6;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -280,6 +280,17 @@ CREATE TABLE unheld (
     seq    INTEGER NOT NULL,
     hash   BLOB NOT NULL,
     PRIMARY KEY (origin, seq, hash)
+) STRICT, WITHOUT ROWID;
+"#,
+    // 5 → 6: the vector of a write committed through two nodes that every
+    // node merged into its twin (the same upload or named write, ranked
+    // higher): a client answered with it still edits on. Derived by each
+    // node as it merges, not replicated.
+    r#"
+CREATE TABLE twins (
+    upload_id TEXT NOT NULL,
+    vv        TEXT NOT NULL,
+    PRIMARY KEY (upload_id, vv)
 ) STRICT, WITHOUT ROWID;
 "#,
 ];
