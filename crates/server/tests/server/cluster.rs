@@ -1047,3 +1047,77 @@ async fn a_node_short_of_chunks_fetches_them_from_its_peers_unasked() {
         .unwrap();
     assert_eq!(back, bytes);
 }
+
+/// A follower restarted while a record it took still lacks a chunk that no
+/// node can send it goes on acknowledging that record as unheld, from the
+/// note its database kept: its peers count it behind, not caught up.
+#[tokio::test]
+async fn a_follower_restarted_before_its_chunks_came_still_acknowledges_them_unheld() {
+    use super::support::{TestFile, content};
+
+    let mut cluster = Cluster::start(3).await;
+    let (_, mut on_first, folder, key) = team_on_first(&cluster, "node-1").await;
+    on_first
+        .put(&TestFile::new(
+            &folder.folder_id,
+            "one.bin",
+            &content(1_000, 4),
+            &key,
+        ))
+        .await
+        .unwrap();
+    cluster.converged().await;
+    for _ in 0..500 {
+        if chunk_files(&cluster.nodes[2]).len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost = chunk_files(&cluster.nodes[2]);
+    assert_eq!(lost.len(), 1, "the third node holds the file's chunk");
+    // The third node, stopped, lacks the chunk and has noted the record
+    // that needs it, as if it had taken that record without it; no node
+    // can send it any more.
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    std::fs::remove_file(&lost[0]).unwrap();
+    for node in &cluster.nodes {
+        for file in chunk_files(node) {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    let db = rusqlite::Connection::open(third.data.join("coffer.db")).unwrap();
+    let hash: Vec<u8> = db
+        .query_row("SELECT hash FROM chunks", [], |r| r.get(0))
+        .unwrap();
+    db.execute("DELETE FROM chunks", []).unwrap();
+    let noted = db
+        .execute(
+            "INSERT INTO unheld (origin, seq, hash) SELECT origin, origin_seq, ?1 FROM changes \
+             WHERE kind IN ('upload_inline', 'upload_commit') ORDER BY seq DESC LIMIT 1",
+            [&hash],
+        )
+        .unwrap();
+    assert_eq!(noted, 1);
+    drop(db);
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.linked().await;
+    // The first node, whose record it is, sees the third linked and caught
+    // up with its log, yet behind: the record is not held there.
+    let mut seen = None;
+    for _ in 0..100 {
+        let lag = pong(&cluster, 0).await.peers["node-3"].clone();
+        if lag.linked && lag.behind_records > 0 {
+            seen = Some(lag);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.is_some(),
+        "the third node acknowledged the record as held"
+    );
+    // And stays so, while the chunk cannot come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lag = pong(&cluster, 0).await.peers["node-3"].clone();
+    assert!(lag.behind_records > 0, "{lag:?}");
+}
