@@ -104,6 +104,23 @@ impl Cluster {
         panic!("the nodes did not link up within 10 s");
     }
 
+    /// Brings a stopped node back and waits until the cluster is whole again.
+    async fn rejoin(&mut self, config: Config) {
+        self.nodes.push(Node::restart(config).await);
+        self.linked().await;
+        self.converged().await;
+    }
+
+    /// A client of `node`, signed in as `name`.
+    async fn signed_in(&self, node: usize, name: &str) -> super::support::Client {
+        let mut client = super::support::Client {
+            conn: self.client(node).await,
+            user: None,
+        };
+        client.login(Identity::new(name)).await;
+        client
+    }
+
     fn ca(&self) -> PathBuf {
         ca_file(self.dir.path())
     }
@@ -203,9 +220,7 @@ async fn a_node_that_was_down_or_wiped_catches_up_from_its_peers() {
     register(&cluster, 1, &Identity::new("bob")).await;
     cluster.converged().await;
     // Back with its database: it follows from where it stopped.
-    cluster.nodes.push(Node::restart(third).await);
-    cluster.linked().await;
-    cluster.converged().await;
+    cluster.rejoin(third).await;
     let mut conn = cluster.client(2).await;
     let bob = Identity::new("bob");
     assert!(matches!(login(&mut conn, &bob).await, Response::Session(_)));
@@ -213,9 +228,7 @@ async fn a_node_that_was_down_or_wiped_catches_up_from_its_peers() {
     // and refuses requests until it has.
     let third = cluster.nodes.pop().unwrap().stop().await;
     std::fs::remove_dir_all(&third.data).unwrap();
-    cluster.nodes.push(Node::restart(third).await);
-    cluster.linked().await;
-    cluster.converged().await;
+    cluster.rejoin(third).await;
     let mut conn = cluster.client(2).await;
     for who in [Identity::new("alice"), own] {
         let answer = login(&mut conn, &who).await;
@@ -422,11 +435,7 @@ async fn a_subscriber_on_one_node_hears_of_what_is_done_on_another() {
     };
     // Event numbers are each node's own: its cursor means nothing to another
     // node, which says so rather than skip or repeat events.
-    let mut bob_on_3 = Client {
-        conn: cluster.client(2).await,
-        user: None,
-    };
-    bob_on_3.login(Identity::new("bob")).await;
+    let mut bob_on_3 = cluster.signed_in(2, "bob").await;
     let refused = bob_on_3
         .refused(
             Request::Subscribe(Subscribe {
@@ -499,17 +508,13 @@ async fn a_node_is_ready_once_caught_up_and_ping_tells_how_each_peer_stands() {
 
 #[tokio::test]
 async fn a_file_uploaded_through_one_node_downloads_through_another() {
-    use super::support::{Client, TestFile, content};
+    use super::support::{TestFile, content};
 
     let cluster = Cluster::start(3).await;
     let alice = Identity::new("alice");
     register(&cluster, 0, &alice).await;
     cluster.converged().await;
-    let mut on_first = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new("alice")).await;
+    let mut on_first = cluster.signed_in(0, "alice").await;
     let (folder, key) = on_first.folder("team").await;
     // Three chunks of the smallest size, and a bit.
     let bytes = content(3 * 65_536 + 100, 7);
@@ -519,11 +524,7 @@ async fn a_file_uploaded_through_one_node_downloads_through_another() {
         .unwrap();
     cluster.converged().await;
     for node in [1, 2] {
-        let mut other = Client {
-            conn: cluster.client(node).await,
-            user: None,
-        };
-        other.login(Identity::new("alice")).await;
+        let mut other = cluster.signed_in(node, "alice").await;
         // The version is here; its chunks come from the node that has them.
         let back = other.get(&folder.folder_id, "big.bin", &key).await.unwrap();
         assert_eq!(back, bytes, "node {node}");
@@ -549,9 +550,7 @@ async fn a_write_is_acknowledged_only_once_on_two_nodes() {
         other => panic!("{other:?}"),
     }
     // Once a peer is back, the write reaches it, and new ones are acknowledged.
-    cluster.nodes.push(Node::restart(second).await);
-    cluster.linked().await;
-    cluster.converged().await;
+    cluster.rejoin(second).await;
     let mut conn = cluster.client(1).await;
     assert!(matches!(
         login(&mut conn, &alone).await,
@@ -582,18 +581,14 @@ async fn team_on_first(
     let name = name_owned_by(cluster, owner, "user");
     register(cluster, 0, &Identity::new(&name)).await;
     cluster.converged().await;
-    let mut on_first = super::support::Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new(&name)).await;
+    let mut on_first = cluster.signed_in(0, &name).await;
     let (folder, key) = on_first.folder("team").await;
     (name, on_first, folder, key)
 }
 
 #[tokio::test]
 async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
-    use super::support::{Client, TestFile, content};
+    use super::support::{TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
     // An account the first node does not own, so that it is not lost with it.
@@ -609,11 +604,7 @@ async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
     let first = cluster.nodes.remove(0).stop().await;
     std::fs::remove_dir_all(&first.data).unwrap();
     for node in 0..2 {
-        let mut other = Client {
-            conn: cluster.client(node).await,
-            user: None,
-        };
-        other.login(Identity::new(&name)).await;
+        let mut other = cluster.signed_in(node, &name).await;
         let back = other
             .get(&folder.folder_id, "kept.bin", &key)
             .await
@@ -624,7 +615,7 @@ async fn an_acknowledged_upload_survives_the_loss_of_the_node_that_took_it() {
 
 #[tokio::test]
 async fn an_upload_begun_again_through_another_node_makes_one_version() {
-    use super::support::{Client, TestFile, content};
+    use super::support::{TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
     let (name, mut on_first, folder, key) = team_on_first(&cluster, "node-1").await;
@@ -651,14 +642,8 @@ async fn an_upload_begun_again_through_another_node_makes_one_version() {
     );
     // The client tries again, under the same id, through the second node once
     // it is back; the first node's version has reached it meanwhile.
-    cluster.nodes.push(Node::restart(second).await);
-    cluster.linked().await;
-    cluster.converged().await;
-    let mut on_second = Client {
-        conn: cluster.client(1).await,
-        user: None,
-    };
-    on_second.login(Identity::new(&name)).await;
+    cluster.rejoin(second).await;
+    let mut on_second = cluster.signed_in(1, &name).await;
     let (answer, _) = on_second.begin(&file).await;
     let Response::Entry(entry) = answer.msg else {
         panic!("{:?}", answer.msg);
@@ -678,7 +663,6 @@ async fn an_upload_begun_again_through_another_node_makes_one_version() {
 
 #[tokio::test]
 async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
-    use super::support::Client;
     use coffer_proto::ErrorCode;
     use coffer_proto::request::{FolderRef, FolderShare, FolderUnshare};
     use coffer_proto::types::{Blob, EpochKey, MemberKey, Role};
@@ -689,12 +673,7 @@ async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
     }
     let mut alice = Vec::new();
     for node in 0..3 {
-        let mut client = Client {
-            conn: cluster.client(node).await,
-            user: None,
-        };
-        client.login(Identity::new("alice")).await;
-        alice.push(client);
+        alice.push(cluster.signed_in(node, "alice").await);
     }
     let (folder, _) = alice[0].folder("team").await;
     let id = folder.folder_id;
@@ -776,7 +755,6 @@ async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
 /// node once it can: done once, answered as done.
 #[tokio::test]
 async fn writes_sent_again_through_another_node_are_done_once() {
-    use super::support::Client;
     use coffer_proto::ErrorCode;
     use coffer_proto::request::{DeviceRegister, FolderCreate, FolderShare, FolderUnshare};
     use coffer_proto::types::{Blob, EpochKey, MemberKey, Role};
@@ -788,11 +766,7 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     let bob = name_owned_by(&cluster, "node-1", "bob");
     register(&cluster, 0, &Identity::new(&alice)).await;
     register(&cluster, 0, &Identity::new(&bob)).await;
-    let mut on_first = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    on_first.login(Identity::new(&alice)).await;
+    let mut on_first = cluster.signed_in(0, &alice).await;
     let membership = cluster.nodes[0].config.membership().unwrap();
     let mut team = None;
     for i in 0.. {
@@ -841,14 +815,8 @@ async fn writes_sent_again_through_another_node_are_done_once() {
             .await;
     }
     // Sent again through the second node once it is back, each is done.
-    cluster.nodes.push(Node::restart(second).await);
-    cluster.linked().await;
-    cluster.converged().await;
-    let mut on_second = Client {
-        conn: cluster.client(1).await,
-        user: None,
-    };
-    on_second.login(Identity::new(&alice)).await;
+    cluster.rejoin(second).await;
+    let mut on_second = cluster.signed_in(1, &alice).await;
     let Response::Device(laptop) = on_second.ok(device.clone()).await else {
         panic!()
     };
@@ -870,11 +838,7 @@ async fn writes_sent_again_through_another_node_are_done_once() {
         .filter(|f| f.label == "solo")
         .collect();
     assert_eq!(solos, [&solo]);
-    let mut bob_client = Client {
-        conn: cluster.client(1).await,
-        user: None,
-    };
-    bob_client.login(Identity::new(&bob)).await;
+    let mut bob_client = cluster.signed_in(1, &bob).await;
     let Response::Invites(invites) = bob_client.ok(Request::InviteList).await else {
         panic!()
     };
@@ -885,14 +849,8 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     on_first
         .refused(unshare.clone(), ErrorCode::Unavailable)
         .await;
-    cluster.nodes.push(Node::restart(second).await);
-    cluster.linked().await;
-    cluster.converged().await;
-    let mut on_second = Client {
-        conn: cluster.client(1).await,
-        user: None,
-    };
-    on_second.login(Identity::new(&alice)).await;
+    cluster.rejoin(second).await;
+    let mut on_second = cluster.signed_in(1, &alice).await;
     let Response::Folder(rotated) = on_second.ok(unshare).await else {
         panic!()
     };
@@ -903,15 +861,11 @@ async fn writes_sent_again_through_another_node_are_done_once() {
 
 #[tokio::test]
 async fn chunks_reach_the_followers_while_the_upload_arrives() {
-    use super::support::{Client, TestFile, content, missing_list};
+    use super::support::{TestFile, content, missing_list};
 
     let cluster = Cluster::start(3).await;
     register(&cluster, 0, &Identity::new("alice")).await;
-    let mut alice = Client {
-        conn: cluster.client(0).await,
-        user: None,
-    };
-    alice.login(Identity::new("alice")).await;
+    let mut alice = cluster.signed_in(0, "alice").await;
     let (folder, key) = alice.folder("team").await;
     let bytes = content(4 * 65_536, 4);
     let file = TestFile::new(&folder.folder_id, "ahead.bin", &bytes, &key);
@@ -984,7 +938,7 @@ fn chunk_files(node: &Node) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn a_node_short_of_chunks_fetches_them_from_its_peers_unasked() {
-    use super::support::{Client, TestFile, content};
+    use super::support::{TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
     let (name, mut on_first, folder, key) = team_on_first(&cluster, "node-1").await;
@@ -1033,11 +987,7 @@ async fn a_node_short_of_chunks_fetches_them_from_its_peers_unasked() {
     assert_eq!(lacking(), 0, "the third node still lacks chunks");
     assert_eq!(chunk_files(&cluster.nodes[2]), held);
     // And serves the file alone.
-    let mut on_third = Client {
-        conn: cluster.client(2).await,
-        user: None,
-    };
-    on_third.login(Identity::new(&name)).await;
+    let mut on_third = cluster.signed_in(2, &name).await;
     for node in cluster.nodes.drain(..2) {
         node.stop().await;
     }
