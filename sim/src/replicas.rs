@@ -145,40 +145,43 @@ impl Replicas {
     /// has seen the twin has seen the write; without this, once the twin is
     /// superseded and pruned from the history, nothing the node holds has
     /// the acknowledged vector in its past (simulation seed 4101 of the
-    /// files world). The twin is found in the node's log of changes
-    /// (`Server::logged_versions`), which keeps every version as written.
-    pub(crate) async fn seen_through_twin(
+    /// files world). The node notes, as it merges the two, the vector it
+    /// dropped and the one it kept (table `twins`): every vector the upload
+    /// was known under there.
+    pub(crate) fn seen_through_twin(
         &self,
         node: usize,
         path: &str,
         acked: &VersionVector,
     ) -> Result<bool, Box<dyn std::error::Error>> {
-        let server = self.nodes.borrow()[node]
-            .upgrade()
-            .ok_or("the server is not running")?;
-        let logged = server.logged_versions(path).await?;
-        let uploads: BTreeSet<&String> = logged
-            .iter()
-            .filter(|(vv, _)| vv == acked)
-            .filter_map(|(_, upload)| upload.as_ref())
-            .collect();
-        let twins: Vec<&VersionVector> = logged
-            .iter()
-            .filter(|(vv, upload)| {
-                vv != acked && upload.as_ref().is_some_and(|u| uploads.contains(u))
-            })
-            .map(|(vv, _)| vv)
-            .collect();
-        if twins.is_empty() {
-            return Ok(false);
-        }
         let db = rusqlite::Connection::open_with_flags(
             self.data[node].join("coffer.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
         db.busy_timeout(Duration::from_secs(10))?;
-        let mut statement = db.prepare("SELECT vv FROM versions WHERE path = ?1")?;
-        let held: Vec<VersionVector> = statement
+        let noted: Vec<(String, VersionVector)> = db
+            .prepare("SELECT upload_id, vv FROM twins UNION SELECT upload_id, kept FROM twins")?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(|row| {
+                let (upload, vv) = row.ok()?;
+                Some((upload, serde_json::from_str(&vv).ok()?))
+            })
+            .collect();
+        let uploads: BTreeSet<&String> = noted
+            .iter()
+            .filter(|(_, vv)| vv == acked)
+            .map(|(upload, _)| upload)
+            .collect();
+        let twins: Vec<&VersionVector> = noted
+            .iter()
+            .filter(|(upload, vv)| vv != acked && uploads.contains(upload))
+            .map(|(_, vv)| vv)
+            .collect();
+        if twins.is_empty() {
+            return Ok(false);
+        }
+        let held: Vec<VersionVector> = db
+            .prepare("SELECT vv FROM versions WHERE path = ?1")?
             .query_map([path], |r| r.get::<_, String>(0))?
             .filter_map(|vv| serde_json::from_str(&vv.ok()?).ok())
             .collect();

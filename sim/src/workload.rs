@@ -779,7 +779,7 @@ impl Device {
                                 continue;
                             }
                             // Or that one, superseded since, has been seen.
-                            match replicas.seen_through_twin(node, path, &w.vv).await {
+                            match replicas.seen_through_twin(node, path, &w.vv) {
                                 Ok(true) => {
                                     superseded += 1;
                                     continue;
@@ -787,7 +787,7 @@ impl Device {
                                 Ok(false) => "neither under its path nor as a conflict copy, \
                                               and nothing there has seen it"
                                     .to_owned(),
-                                Err(e) => format!("its log and versions could not be read: {e}"),
+                                Err(e) => format!("its twins and versions could not be read: {e}"),
                             }
                         }
                     };

@@ -255,21 +255,6 @@ impl Server {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Every version of `path` this node's log of changes holds, whatever
-    /// its history has kept since: each one's vector and the upload (or
-    /// named write) that made it, in log order. For an oracle that must
-    /// recognise an acknowledged write by what followed it.
-    pub async fn logged_versions(
-        &self,
-        path: &str,
-    ) -> io::Result<Vec<(coffer_proto::types::VersionVector, Option<String>)>> {
-        let path = path.to_owned();
-        self.store
-            .read(move |conn| Ok(store::replica::logged_versions(conn, &path)?))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))
-    }
-
     /// One round of collection now, as the periodic one does: expired
     /// uploads and the chunks nothing holds go. How many chunk files went.
     pub async fn collect_now(&self) -> io::Result<usize> {

@@ -1689,7 +1689,9 @@ pub(super) fn merge_version(
     // is copied.
     let current_upload = upload_of(tx, &current)?;
     let same = upload.is_some() && upload == current_upload.as_deref();
-    let (loser, held, loser_upload) = if as_version(&remote).outranks(&as_version(&current)) {
+    let remote_wins = as_version(&remote).outranks(&as_version(&current));
+    let kept = vv_json(if remote_wins { &remote.vv } else { &current.vv });
+    let (loser, held, loser_upload) = if remote_wins {
         let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
             .unwrap_or_default();
         copies = stranded(tx, &remote)?;
@@ -1703,8 +1705,8 @@ pub(super) fn merge_version(
         // answered with it edits on (see [`based_on`]).
         exec(
             tx,
-            "INSERT OR IGNORE INTO twins (upload_id, vv) VALUES (?1, ?2)",
-            params![loser_upload, vv_json(&loser.vv)],
+            "INSERT OR IGNORE INTO twins (upload_id, vv, kept) VALUES (?1, ?2, ?3)",
+            params![loser_upload, vv_json(&loser.vv), kept],
         )?;
         return Ok(copies);
     }

@@ -1008,34 +1008,6 @@ pub(crate) fn apply_records(
     Ok(out)
 }
 
-/// Every version of `path` this node's log of changes holds, whatever its
-/// history has kept since: each one's vector and the upload (or named write)
-/// that made it, in log order.
-pub(crate) fn logged_versions(
-    conn: &Connection,
-    path: &str,
-) -> rusqlite::Result<Vec<(coffer_proto::types::VersionVector, Option<String>)>> {
-    let logged: Vec<String> = conn
-        .prepare_cached("SELECT rows FROM changes ORDER BY seq")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut versions = Vec::new();
-    for rows in logged {
-        let rows: Vec<RowWrite> = serde_json::from_str(&rows).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })?;
-        for row in rows.iter().filter(|row| row.table == VERSIONS.name) {
-            if let RowOp::Inserted(cells) = &row.op
-                && let Some((entry, _, upload)) = version_from_cells(cells)
-                && entry.path == path
-            {
-                versions.push((entry.vv, upload));
-            }
-        }
-    }
-    Ok(versions)
-}
-
 /// The chunks the versions among `records` refer to, of the records a node
 /// holding `applied` (origin → newest record) has yet to apply: what a
 /// follower fetches before it takes them. A record that does not parse is

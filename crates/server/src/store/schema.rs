@@ -284,12 +284,13 @@ CREATE TABLE unheld (
 "#,
     // 5 → 6: the vector of a write committed through two nodes that every
     // node merged into its twin (the same upload or named write, ranked
-    // higher): a client answered with it still edits on. Derived by each
-    // node as it merges, not replicated.
+    // higher), and the vector kept in its stead: a client answered with it
+    // still edits on. Derived by each node as it merges, not replicated.
     r#"
 CREATE TABLE twins (
     upload_id TEXT NOT NULL,
     vv        TEXT NOT NULL,
+    kept      TEXT NOT NULL,
     PRIMARY KEY (upload_id, vv)
 ) STRICT, WITHOUT ROWID;
 "#,
