@@ -39,21 +39,9 @@ impl Replicas {
             differences = oracle::replicas(&holdings);
             if differences.is_empty() {
                 let chunks = holdings.first().map_or(0, |h| h.referenced.len());
-                let histories: Vec<_> = self
-                    .data
-                    .iter()
-                    .map(|data| history(data).map_err(|e| e.to_string()))
-                    .collect();
-                let differ = histories.windows(2).any(|w| w[0] != w[1]);
-                ledger.borrow_mut().histories_differ = differ;
                 return Ok(format!(
-                    "{} nodes converged ({chunks} chunks each) after {poll} polls{}",
+                    "{} nodes converged ({chunks} chunks each) after {poll} polls",
                     holdings.len(),
-                    if differ {
-                        "; their version histories differ"
-                    } else {
-                        ""
-                    }
                 ));
             }
             tokio::time::sleep(POLL).await;
@@ -96,22 +84,6 @@ impl Replicas {
         }
         all
     }
-}
-
-/// Every version a node keeps, superseded ones included, in key order: what
-/// the replica digest leaves out (docs/ARCHITECTURE.md, "Open (server)").
-fn history(data: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("coffer.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    db.busy_timeout(Duration::from_secs(10))?;
-    let mut statement = db.prepare(
-        "SELECT json_array(folder_id, path, version, vv, deleted, upload_id) FROM versions \
-         ORDER BY folder_id, path, version",
-    )?;
-    let rows = statement.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The chunks the versions a node keeps reference (each version's chunk

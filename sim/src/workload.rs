@@ -169,9 +169,6 @@ pub struct Ledger {
     pub checked_reads: u32,
     /// Reads a stranger or a connection without a session attempted.
     pub probes: u32,
-    /// The nodes converged but keep different version histories (measured,
-    /// not an invariant: see docs/ARCHITECTURE.md, "Open (server)").
-    pub histories_differ: bool,
     /// Violations of the invariants the ledger checks: acknowledged data
     /// reads back intact and is never lost, no access without a right,
     /// concurrent edits kept as one winner and one copy, replicas that

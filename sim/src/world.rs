@@ -200,9 +200,6 @@ pub struct Report {
     /// Races whose two edits were both written and were then found as one
     /// winner and one conflict copy on every node.
     pub conflicts: u32,
-    /// The nodes converged but keep different version histories (counted,
-    /// not a violation).
-    pub histories_differ: bool,
     /// Invariant violations; empty when the run passed.
     pub violations: Vec<String>,
 }
@@ -899,7 +896,6 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Box<dyn std::error::E
         checked_reads: ledger.checked_reads,
         probes: ledger.probes,
         conflicts: ledger.conflicts,
-        histories_differ: ledger.histories_differ,
         violations,
     })
 }

@@ -195,7 +195,7 @@ impl<C: Ord> Version<C> {
     /// deletes in opposite orders would show different versions for good.
     /// So a delete racing an edit is decided like any two writes, and the
     /// edit, when it loses, is kept as a conflict copy.
-    fn rank(&self, other: &Version<C>) -> Ordering {
+    pub fn rank(&self, other: &Version<C>) -> Ordering {
         self.rank_key()
             .cmp(&other.rank_key())
             .then_with(|| self.vv.iter().cmp(other.vv.iter()))

@@ -124,12 +124,12 @@ async fn find(server: &Server, r: Stat) -> Result<(FileEntry, Vec<u8>)> {
     server
         .store
         .read(move |conn| {
-            let version = match r.version {
-                Some(v) => v,
-                None => match query::entry(conn, &r.folder_id, &path)? {
-                    Some(e) if !e.deleted => e.version,
-                    _ => return Err(not_found(format!("no {path} in this folder"))),
-                },
+            let Some(version) = r.version else {
+                return match query::entry(conn, &r.folder_id, &path)? {
+                    Some(e) if !e.deleted => query::stored(conn, &r.folder_id, &path, &e.vv)?
+                        .ok_or_else(|| not_found(format!("no {path} in this folder"))),
+                    _ => Err(not_found(format!("no {path} in this folder"))),
+                };
             };
             query::version(conn, &r.folder_id, &path, version)?
                 .ok_or_else(|| not_found(format!("no version {version} of {path}")))
@@ -177,13 +177,7 @@ pub(super) async fn history(server: &Server, r: PathRef) -> Answer {
     let versions = server
         .store
         .read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {} FROM versions WHERE folder_id = ?1 AND path = ?2 ORDER BY version DESC",
-                query::ENTRY_COLUMNS
-            ))?;
-            let versions: Vec<FileEntry> = stmt
-                .query_map(params![folder_id, path], query::entry_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            let versions = query::history(conn, &folder_id, &path)?;
             if versions.is_empty() {
                 return Err(not_found(format!("no {path} in this folder")));
             }

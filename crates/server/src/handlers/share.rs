@@ -94,7 +94,7 @@ async fn shared_file(
             let entry = query::entry(conn, &folder_id, &path)?
                 .filter(|e| !e.deleted && e.file_id.0[..] == file_id[..])
                 .ok_or_else(gone)?;
-            let (entry, chunks) = query::version(conn, &folder_id, &path, entry.version)?.ok_or_else(gone)?;
+            let (entry, chunks) = query::stored(conn, &folder_id, &path, &entry.vv)?.ok_or_else(gone)?;
             Ok((entry, chunks, Blob(key)))
         })
         .await

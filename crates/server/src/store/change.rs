@@ -1059,7 +1059,7 @@ fn apply(
             let mut moved_root = None;
             for entry in moving {
                 let new_path = format!("{to}{}", &entry.path[from.len()..]);
-                let (_, chunks) = query::version(tx, folder_id, &entry.path, entry.version)?
+                let (_, chunks) = query::stored(tx, folder_id, &entry.path, &entry.vv)?
                     .ok_or_else(|| Error::Db(rusqlite::Error::QueryReturnedNoRows))?;
                 let previous = query::entry(tx, folder_id, &new_path)?;
                 // After whatever the new path held (a tombstone, say), not
@@ -1517,11 +1517,6 @@ fn put_version_of(
     upload: Option<&str>,
     slot: Slot,
 ) -> Result<()> {
-    if slot == Slot::Latest {
-        // The latest version takes its number, whatever a concurrent chain
-        // left in the history under it.
-        remove_version(tx, &entry.folder_id, &entry.path, entry.version)?;
-    }
     let values = params![
         entry.folder_id,
         entry.path,
@@ -1539,17 +1534,18 @@ fn put_version_of(
         entry.device_id,
         entry.deleted as i64,
     ];
-    exec(
+    // A version is kept once, under its vector, however often it comes.
+    let new = exec(
         tx,
         &format!(
-            "INSERT INTO versions ({ENTRY_COLUMNS}, chunks, upload_id) \
+            "INSERT OR IGNORE INTO versions ({ENTRY_COLUMNS}, chunks, upload_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ),
         rusqlite::params_from_iter(values.iter().copied().chain([
             &chunks as &dyn rusqlite::ToSql,
             &upload as &dyn rusqlite::ToSql,
         ])),
-    )?;
+    )? == 1;
     if slot == Slot::Latest {
         exec(
             tx,
@@ -1562,6 +1558,9 @@ fn put_version_of(
             ))),
         )?;
     }
+    if !new {
+        return Ok(());
+    }
     for hash in distinct(chunks) {
         exec(
             tx,
@@ -1570,67 +1569,65 @@ fn put_version_of(
             params![&hash[..], entry.folder_id],
         )?;
     }
-    // Keep the newest `keep_versions` versions; release the chunks of the rest.
-    let pruned: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2 \
-             ORDER BY version DESC LIMIT -1 OFFSET ?3",
-        )?
-        .query_map(
-            params![entry.folder_id, entry.path, ctx.keep_versions as i64],
-            |r| r.get(0),
-        )?
+    prune(tx, ctx, &entry.folder_id, &entry.path)
+}
+
+/// Keeps the `keep_versions` versions of `path` that rank highest, and
+/// releases the chunks of the rest. The rank orders the versions alike on
+/// every node, so a node that keeps the versions it met and prunes them so
+/// keeps the same ones as every other node that met the same versions, in
+/// whatever order they came: pruning again after a late version is the same
+/// as pruning once. The latest version ranks highest (it is the winner of
+/// every version met), and is kept in any case.
+fn prune(tx: &Connection, ctx: &WriterContext, folder_id: &str, path: &str) -> Result<()> {
+    let count: i64 = one(
+        tx,
+        "SELECT count(*) FROM versions WHERE folder_id = ?1 AND path = ?2",
+        params![folder_id, path],
+        |r| r.get(0),
+    )?;
+    if count <= i64::from(ctx.keep_versions) {
+        return Ok(());
+    }
+    let latest = query::entry(tx, folder_id, path)?.map(|e| e.vv);
+    let mut kept: Vec<FileEntry> = tx
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM versions WHERE folder_id = ?1 AND path = ?2"
+        ))?
+        .query_map(params![folder_id, path], query::entry_from_row)?
         .collect::<rusqlite::Result<_>>()?;
-    for version in pruned {
-        remove_version(tx, &entry.folder_id, &entry.path, version as u64)?;
+    kept.sort_by(|a, b| {
+        (Some(&b.vv) == latest.as_ref())
+            .cmp(&(Some(&a.vv) == latest.as_ref()))
+            .then_with(|| query::ranked(b).rank(&query::ranked(a)))
+    });
+    for old in kept.iter().skip(ctx.keep_versions as usize) {
+        remove_version(tx, folder_id, path, &old.vv)?;
     }
     Ok(())
 }
 
-/// A stored version as the merge rules see it ([`crate::cluster::Version`]):
-/// its vector, its commit time as its stamp (a version row keeps no other),
-/// whether it is a tombstone. The rules then rank two versions written at
-/// once alike on every node.
-fn as_version(v: &FileEntry) -> crate::cluster::Version<()> {
-    crate::cluster::Version {
-        vv: v.vv.clone(),
-        stamp: crate::cluster::Stamp {
-            hlc: coffer_proto::types::Hlc {
-                wall_ms: v.modified_ms,
-                logical: 0,
-            },
-            origin: String::new(),
-        },
-        deleted: v.deleted,
-        content: (),
-    }
-}
-
-/// Removes a version row, releasing its chunks; its chunk list, if it was there.
-fn remove_version(
-    tx: &Connection,
-    folder_id: &str,
-    path: &str,
-    version: u64,
-) -> Result<Option<Vec<u8>>> {
+/// Removes a version row, releasing its chunks.
+fn remove_version(tx: &Connection, folder_id: &str, path: &str, vv: &VersionVector) -> Result<()> {
+    let vv = vv_json(vv);
     let chunks: Option<Vec<u8>> = one(
         tx,
-        "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-        params![folder_id, path, version as i64],
+        "SELECT chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND vv = ?3",
+        params![folder_id, path, vv],
         |r| r.get(0),
     )
     .optional()?;
     if let Some(chunks) = &chunks {
         exec(
             tx,
-            "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-            params![folder_id, path, version as i64],
+            "DELETE FROM versions WHERE folder_id = ?1 AND path = ?2 AND vv = ?3",
+            params![folder_id, path, vv],
         )?;
         for hash in distinct(chunks) {
             release_chunk(tx, folder_id, &hash)?;
         }
     }
-    Ok(chunks)
+    Ok(())
 }
 
 /// A version that lost to a concurrent one, to keep as a conflict copy: its
@@ -1638,12 +1635,13 @@ fn remove_version(
 pub(super) type Lost = (FileEntry, Vec<u8>, Option<String>);
 
 /// A version of a file entry written on a peer, merged by version vector:
-/// taken when it follows the version here, ignored when this node already
-/// holds it or one that saw it. Concurrent with the version here, the one
-/// that ranks higher takes the path (and the version number both carry) on
-/// every node, and the other, unless a tombstone, is returned: the conflict
-/// copy to keep beside it — with, when the remote wins, the earlier versions
-/// of the chain it beat that are still in the history (see [`stranded`]).
+/// kept, whatever it is — every node keeps every version it meets, under its
+/// vector, so that all keep the same history ([`query::history`]) — and
+/// shown under the path when it follows the version shown there, or is
+/// concurrent with it and ranks higher (the same one on every node). The
+/// concurrent version that is no longer shown, unless a tombstone, is
+/// returned: the conflict copy to keep beside it — with, when the remote
+/// wins, the earlier versions of the history it beat (see [`stranded`]).
 pub(super) fn merge_version(
     tx: &Connection,
     ctx: &WriterContext,
@@ -1659,23 +1657,9 @@ pub(super) fn merge_version(
     match remote.vv.compare(&current.vv) {
         Causality::Equal => return Ok(copies),
         // A version the path has moved past (it came by a longer way than
-        // the one that followed it): into the history where its number is
-        // free, as on the nodes that had it in its time, so that every node
-        // keeps the same versions whatever the order they came in.
+        // the one that followed it): into the history.
         Causality::Before => {
-            let taken = one(
-                tx,
-                "SELECT 1 FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-                params![remote.folder_id, remote.path, remote.version as i64],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-            // Only below the path's number: the numbers above are the next
-            // writes' here.
-            if !taken && remote.version < current.version {
-                put_version_of(tx, ctx, &remote, &chunks, upload, Slot::History)?;
-            }
+            put_version_of(tx, ctx, &remote, &chunks, upload, Slot::History)?;
             return Ok(copies);
         }
         Causality::After => {
@@ -1689,15 +1673,17 @@ pub(super) fn merge_version(
     // is copied.
     let current_upload = upload_of(tx, &current)?;
     let same = upload.is_some() && upload == current_upload.as_deref();
-    let remote_wins = as_version(&remote).outranks(&as_version(&current));
+    let remote_wins = query::ranked(&remote).outranks(&query::ranked(&current));
     let kept = vv_json(if remote_wins { &remote.vv } else { &current.vv });
     let (loser, held, loser_upload) = if remote_wins {
-        let held = remove_version(tx, &current.folder_id, &current.path, current.version)?
+        let held = query::stored(tx, &current.folder_id, &current.path, &current.vv)?
+            .map(|(_, chunks)| chunks)
             .unwrap_or_default();
-        copies = stranded(tx, &remote)?;
+        copies = stranded(tx, &current, &remote)?;
         put_version_of(tx, ctx, &remote, &chunks, upload, Slot::Latest)?;
         (current, held, current_upload)
     } else {
+        put_version_of(tx, ctx, &remote, &chunks, upload, Slot::History)?;
         (remote, chunks, upload.map(str::to_owned))
     };
     if same {
@@ -1719,25 +1705,17 @@ pub(super) fn merge_version(
     Ok(copies)
 }
 
-/// Takes out of `winner`'s path the versions in its history that `winner`
-/// does not descend from: the earlier versions of the chain it beat, which
-/// would otherwise sit there until a later version took their number and
-/// dropped them with their chunks. A node that met each of them as the head
-/// of the path, before the one after it had arrived, kept it as a conflict
-/// copy; kept as copies here too, they are the same copies on every node,
-/// and no node lets go of chunks another's copy needs.
-fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<Lost>> {
-    let numbers: Vec<i64> = tx
-        .prepare_cached("SELECT version FROM versions WHERE folder_id = ?1 AND path = ?2")?
-        .query_map(params![winner.folder_id, winner.path], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+/// The earlier versions of `beaten`'s history that `winner` does not
+/// descend from: the chain it beat. A node that met each of them as the
+/// head of the path, before the one after it had arrived, kept it as a
+/// conflict copy; kept as copies here too, they are the same copies on
+/// every node. (They stay among the path's versions, out of its history.)
+fn stranded(tx: &Connection, beaten: &FileEntry, winner: &FileEntry) -> Result<Vec<Lost>> {
     let mut losers = Vec::new();
-    for number in numbers {
-        let Some((version, _)) =
-            query::version(tx, &winner.folder_id, &winner.path, number as u64)?
-        else {
-            continue;
-        };
+    for version in query::history(tx, &beaten.folder_id, &beaten.path)?
+        .into_iter()
+        .skip(1)
+    {
         if matches!(
             version.vv.compare(&winner.vv),
             Causality::Before | Causality::Equal
@@ -1745,7 +1723,8 @@ fn stranded(tx: &Connection, winner: &FileEntry) -> Result<Vec<Lost>> {
             continue;
         }
         let upload = upload_of(tx, &version)?;
-        let chunks = remove_version(tx, &winner.folder_id, &winner.path, version.version)?
+        let chunks = query::stored(tx, &version.folder_id, &version.path, &version.vv)?
+            .map(|(_, chunks)| chunks)
             .unwrap_or_default();
         losers.push((version, chunks, upload));
     }
@@ -1815,8 +1794,8 @@ fn named_write(
 fn upload_of(tx: &Connection, entry: &FileEntry) -> Result<Option<String>> {
     Ok(one(
         tx,
-        "SELECT upload_id FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3",
-        params![entry.folder_id, entry.path, entry.version as i64],
+        "SELECT upload_id FROM versions WHERE folder_id = ?1 AND path = ?2 AND vv = ?3",
+        params![entry.folder_id, entry.path, vv_json(&entry.vv)],
         |r| r.get(0),
     )
     .optional()?
@@ -1824,26 +1803,42 @@ fn upload_of(tx: &Connection, entry: &FileEntry) -> Result<Option<String>> {
 }
 
 /// The version `upload_id` made of `path`, committed here or — replicated
-/// since — through another node: under the path, or, once it lost to a
-/// concurrent version, as its conflict copy.
+/// since — through another node: in the history of the path, or, once it
+/// lost to a concurrent version, as its conflict copy. Of the versions kept
+/// under the upload (its twin under another vector, the copy beside the
+/// version that lost), the one a history shows, at `path` first, then the
+/// newest.
 fn committed_as(
     tx: &Connection,
     folder_id: &str,
     path: &str,
     upload_id: &str,
 ) -> Result<Option<FileEntry>> {
-    let found: Option<(String, i64)> = one(
-        tx,
-        "SELECT path, version FROM versions WHERE folder_id = ?1 AND upload_id = ?3 \
-         ORDER BY path = ?2 DESC, version DESC LIMIT 1",
-        params![folder_id, path, upload_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()?;
-    Ok(match found {
-        Some((path, v)) => query::version(tx, folder_id, &path, v as u64)?.map(|(entry, _)| entry),
-        None => None,
-    })
+    let found: Vec<FileEntry> = tx
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM versions WHERE folder_id = ?1 AND upload_id = ?2"
+        ))?
+        .query_map(params![folder_id, upload_id], query::entry_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut best: Option<((bool, bool, u64), FileEntry)> = None;
+    for version in found {
+        let shown = query::history(tx, folder_id, &version.path)?
+            .iter()
+            .any(|v| v.vv == version.vv);
+        let key = (shown, version.path == path, version.version);
+        let better = match &best {
+            None => true,
+            Some((k, b)) => {
+                key.cmp(k)
+                    .then_with(|| query::ranked(&version).rank(&query::ranked(b)))
+                    == std::cmp::Ordering::Greater
+            }
+        };
+        if better {
+            best = Some((key, version));
+        }
+    }
+    Ok(best.map(|(_, version)| version))
 }
 
 /// Keeps `loser`, a version that lost to a concurrent one, as a new entry

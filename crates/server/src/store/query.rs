@@ -117,19 +117,95 @@ pub(crate) fn entry(conn: &Connection, folder_id: &str, path: &str) -> Result<Op
     .optional()?)
 }
 
-/// One kept version of `path`, with its chunk list.
+/// The kept version of `path` written under `vv`, with its chunk list: a
+/// version is named by its vector, which no other write of the path shares.
+pub(crate) fn stored(
+    conn: &Connection,
+    folder_id: &str,
+    path: &str,
+    vv: &VersionVector,
+) -> Result<Option<(FileEntry, Vec<u8>)>> {
+    Ok(one(
+        conn,
+        &format!(
+            "SELECT {ENTRY_COLUMNS}, chunks FROM versions \
+             WHERE folder_id = ?1 AND path = ?2 AND vv = ?3"
+        ),
+        params![folder_id, path, vv_json(vv)],
+        |row| Ok((entry_from_row(row)?, row.get::<_, Vec<u8>>(15)?)),
+    )
+    .optional()?)
+}
+
+/// A version as the merge rules rank it ([`crate::cluster::Version`]): its
+/// vector, its commit time as its stamp (a version row keeps no other),
+/// whether it is a tombstone. Two versions rank alike on every node, and a
+/// version ranks above every version it saw.
+pub(crate) fn ranked(v: &FileEntry) -> crate::cluster::Version<()> {
+    crate::cluster::Version {
+        vv: v.vv.clone(),
+        stamp: crate::cluster::Stamp {
+            hlc: coffer_proto::types::Hlc {
+                wall_ms: v.modified_ms,
+                logical: 0,
+            },
+            origin: String::new(),
+        },
+        deleted: v.deleted,
+        content: (),
+    }
+}
+
+/// The history of `path`, newest first: its latest version, then, number by
+/// number, the version each came after — of the kept versions numbered one
+/// less that it saw, the one that ranks highest (the one its writer showed
+/// when it wrote, unless a stranger numbered alike is known to it too).
+/// A node keeps every version of a path it met, the losers of concurrent
+/// chains included, so two concurrent chains leave versions of the same
+/// number side by side; this picks one chain through them, from the kept
+/// set alone, and so the same one on every node that keeps the same set.
+/// Empty when the path has no entry.
+pub(crate) fn history(conn: &Connection, folder_id: &str, path: &str) -> Result<Vec<FileEntry>> {
+    let Some(head) = entry(conn, folder_id, path)? else {
+        return Ok(Vec::new());
+    };
+    let kept: Vec<FileEntry> = conn
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM versions WHERE folder_id = ?1 AND path = ?2"
+        ))?
+        .query_map(params![folder_id, path], entry_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut chain = vec![head];
+    while let Some(at) = chain.last() {
+        let before = kept
+            .iter()
+            .filter(|v| {
+                v.version + 1 == at.version
+                    && v.vv.compare(&at.vv) == coffer_proto::types::Causality::Before
+            })
+            .max_by(|a, b| ranked(a).rank(&ranked(b)));
+        match before {
+            Some(v) => chain.push(v.clone()),
+            None => break,
+        }
+    }
+    Ok(chain)
+}
+
+/// Version `number` of `path`'s [`history`], with its chunk list.
 pub(crate) fn version(
     conn: &Connection,
     folder_id: &str,
     path: &str,
-    version: u64,
+    number: u64,
 ) -> Result<Option<(FileEntry, Vec<u8>)>> {
-    Ok(one(conn,
-            &format!("SELECT {ENTRY_COLUMNS}, chunks FROM versions WHERE folder_id = ?1 AND path = ?2 AND version = ?3"),
-            params![folder_id, path, version as i64],
-            |row| Ok((entry_from_row(row)?, row.get::<_, Vec<u8>>(15)?)),
-        )
-        .optional()?)
+    match history(conn, folder_id, path)?
+        .into_iter()
+        .find(|v| v.version == number)
+    {
+        Some(v) => stored(conn, folder_id, path, &v.vv),
+        None => Ok(None),
+    }
 }
 
 /// A user's account row.

@@ -112,7 +112,7 @@ pub(crate) const TABLES: &[Table] = &[
 /// (`change::merge_version`) — not as registers; this describes their rows.
 pub(crate) const VERSIONS: Table = Table {
     name: "versions",
-    key: &["folder_id", "path", "version"],
+    key: &["folder_id", "path", "vv"],
     columns: &[
         "folder_id",
         "path",
@@ -335,7 +335,7 @@ pub(crate) fn install_capture(conn: &Connection) -> rusqlite::Result<()> {
     sql.push_str(
         "CREATE TEMP TRIGGER IF NOT EXISTS touched_versions_insert AFTER INSERT ON main.versions \
          BEGIN INSERT OR IGNORE INTO touched (tbl, key, col) \
-         VALUES ('versions', json_array(NEW.folder_id, NEW.path, NEW.version), '*'); END;\n",
+         VALUES ('versions', json_array(NEW.folder_id, NEW.path, NEW.vv), '*'); END;\n",
     );
     conn.execute_batch(&sql)
 }
@@ -1116,39 +1116,18 @@ fn keep_copies(
 pub(crate) fn digest(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    // Every replicated register table, then file entries and the version
-    // each shows, whole, each row in key order. Not the superseded versions
-    // of the history: where two nodes numbered concurrent versions of a path
-    // alike, which of them a node keeps under that number depends on the
-    // order they came in (see docs/ARCHITECTURE.md, "Cluster").
-    let current = |column: &str| format!("v.{column}");
+    // Every replicated register table, then every kept version of every
+    // path (a node keeps every version it met, pruned alike everywhere), then
+    // file entries, each row whole, in key order.
     let whole = TABLES
         .iter()
+        .chain([&VERSIONS])
         .map(|t| (t.name.to_owned(), t.columns.join(", "), t.key.join(", ")))
-        .chain([
-            (
-                "versions v JOIN entries e ON e.folder_id = v.folder_id AND e.path = v.path \
-                 AND e.version = v.version"
-                    .to_owned(),
-                VERSIONS
-                    .columns
-                    .iter()
-                    .map(|c| current(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                VERSIONS
-                    .key
-                    .iter()
-                    .map(|c| current(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            (
-                "entries".to_owned(),
-                format!("{}, parent", super::query::ENTRY_COLUMNS),
-                "folder_id, path".to_owned(),
-            ),
-        ]);
+        .chain([(
+            "entries".to_owned(),
+            format!("{}, parent", super::query::ENTRY_COLUMNS),
+            "folder_id, path".to_owned(),
+        )]);
     for (name, columns, key) in whole {
         let sql = format!("SELECT {columns} FROM {name} ORDER BY {key}");
         let mut statement = conn.prepare_cached(&sql)?;
@@ -1925,8 +1904,9 @@ mod tests {
         .await;
         assert_eq!(
             chunk_of_1,
-            ["1"],
-            "the first version's chunk is still referenced"
+            ["2"],
+            "the first version's chunk is referenced by its copy and by the \
+             version itself, kept among the path's versions"
         );
         ship(&a, &b).await;
         ship(&c, &b).await;
@@ -1937,6 +1917,50 @@ mod tests {
         let listed = files(&b).await;
         assert_eq!(listed.len(), 3, "two copies and the file: {listed:?}");
         assert_eq!(listed[2], "x.txt=03030303");
+    }
+
+    /// `path`'s history on `store`: `version:meta in hex`, newest first.
+    async fn history(store: &Store, path: &'static str) -> Vec<String> {
+        store
+            .read(move |conn| {
+                Ok(super::super::query::history(conn, "f1", path)?
+                    .iter()
+                    .map(|v| format!("{}:{}", v.version, hex::encode(v.meta.as_bytes())))
+                    .collect())
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_chain_that_won_in_the_end_has_the_same_history_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = alice_f1_on_two(dir.path()).await;
+        // a writes x.txt twice; b writes it once, between the two: b's
+        // version beats a's first and loses to a's second.
+        write(&a, put("x.txt", 1, None)).await;
+        let a1 = vv_of(&a, "x.txt").await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&b, put("x.txt", 2, None)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        write(&a, put("x.txt", 3, Some(&a1))).await;
+        // b meets a's first version while its own is shown, and keeps it as
+        // a copy; a never shows b's. Both show a's second, after its first.
+        both_ways(&a, &b).await;
+        let expected = ["2:03030303", "1:01010101"];
+        assert_eq!(history(&a, "x.txt").await, expected);
+        assert_eq!(history(&b, "x.txt").await, expected);
+        let listed = files(&b).await;
+        assert_eq!(listed.len(), 3, "the file and two copies: {listed:?}");
+        // Numbers are the history's: version 1 is a's first on both.
+        for node in [&a, &b] {
+            let first = node
+                .read(|conn| super::super::query::version(conn, "f1", "x.txt", 1))
+                .await
+                .unwrap()
+                .expect("version 1 is in the history");
+            assert_eq!(first.0.meta.as_bytes(), [1; 4]);
+        }
     }
 
     #[tokio::test]

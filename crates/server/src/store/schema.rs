@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema version this build writes.
-pub(crate) const CURRENT: i64 = 6;
+pub(crate) const CURRENT: i64 = 7;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -294,6 +294,39 @@ CREATE TABLE twins (
     PRIMARY KEY (upload_id, vv)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // 6 → 7: versions named by their vector, not by their number. Two
+    // concurrent chains of a path number their versions alike; a node now
+    // keeps every version it meets, each under its own vector, and every
+    // node derives the same history from the same set (`query::history`).
+    r#"
+CREATE TABLE versions_v7 (
+    folder_id        TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    kind             TEXT NOT NULL,
+    file_id          BLOB NOT NULL,
+    vv               TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    chunk_size       INTEGER NOT NULL,
+    chunk_count      INTEGER NOT NULL,
+    epoch            INTEGER NOT NULL,
+    wrapped_file_key BLOB NOT NULL,
+    meta             BLOB NOT NULL,
+    modified_ms      INTEGER NOT NULL,
+    device_id        TEXT,
+    deleted          INTEGER NOT NULL,
+    chunks           BLOB NOT NULL,
+    upload_id        TEXT,
+    PRIMARY KEY (folder_id, path, vv)
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO versions_v7
+    SELECT folder_id, path, version, kind, file_id, vv, size, chunk_size, chunk_count, epoch,
+           wrapped_file_key, meta, modified_ms, device_id, deleted, chunks, upload_id
+    FROM versions;
+DROP TABLE versions;
+ALTER TABLE versions_v7 RENAME TO versions;
+CREATE INDEX versions_by_upload ON versions(upload_id) WHERE upload_id IS NOT NULL;
+"#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == CURRENT);
@@ -315,4 +348,51 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERSION: &str = "INSERT INTO versions (folder_id, path, version, kind, file_id, vv, \
+        size, chunk_size, chunk_count, epoch, wrapped_file_key, meta, modified_ms, device_id, \
+        deleted, chunks, upload_id) \
+        VALUES ('f1', 'a.txt', ?1, 'file', x'00', ?2, 0, 65536, 0, 1, x'00', x'00', ?1, NULL, 0, x'', NULL)";
+
+    #[test]
+    fn versions_named_by_number_come_through_named_by_vector() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        conn.execute(VERSION, rusqlite::params![1, r#"{"a":1}"#])
+            .unwrap();
+        conn.execute(VERSION, rusqlite::params![2, r#"{"a":2}"#])
+            .unwrap();
+        // Before: one version per number.
+        assert!(
+            conn.execute(VERSION, rusqlite::params![2, r#"{"b":1}"#])
+                .is_err()
+        );
+        migrate(&mut conn).unwrap();
+        let kept: Vec<(i64, String)> = conn
+            .prepare("SELECT version, vv FROM versions ORDER BY version")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            kept,
+            [(1, r#"{"a":1}"#.to_owned()), (2, r#"{"a":2}"#.to_owned())]
+        );
+        // After: one per vector, concurrent versions numbered alike side by side.
+        conn.execute(VERSION, rusqlite::params![2, r#"{"b":1}"#])
+            .unwrap();
+        assert!(
+            conn.execute(VERSION, rusqlite::params![3, r#"{"a":2}"#])
+                .is_err()
+        );
+    }
 }
