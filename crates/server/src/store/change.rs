@@ -1862,22 +1862,42 @@ pub(super) fn keep_copy(tx: &Connection, ctx: &WriterContext, lost: Lost) -> Res
         } else {
             paths::conflict_name(&loser.path, &format!("{who}-{n}"), secs)
         };
-        match query::entry(tx, &loser.folder_id, &name)? {
+        let copy = FileEntry {
+            path: name,
+            version: 1,
+            ..loser.clone()
+        };
+        let upload = upload.as_deref();
+        let change = match query::entry(tx, &loser.folder_id, &copy.path)? {
+            None => FileChange::Created,
             Some(here) if here.vv == loser.vv => return Ok(Vec::new()),
-            Some(_) => continue,
-            None => {
-                let copy = FileEntry {
-                    path: name,
-                    version: 1,
-                    ..loser
-                };
-                let upload = upload.as_deref();
-                put_version_of(tx, ctx, &copy, &chunks, upload, Slot::Latest)?;
-                let mut fx = Effects::default();
-                file_event(&mut fx, &copy, FileChange::Created, None);
-                return Ok(fx.events);
+            // The copy of an earlier or later version of the same chain, as
+            // made (a copy is version 1; an edit of it is not): two versions
+            // of one chain that lost within one second are one copy, shown
+            // at its latest, wherever they were found first — not two names
+            // in an order that differs between nodes (seed 9612 of the files
+            // world: each name ended with both versions).
+            Some(here)
+                if here.version == 1
+                    && !here.deleted
+                    && here.file_id == loser.file_id
+                    && matches!(
+                        loser.vv.compare(&here.vv),
+                        Causality::Before | Causality::After
+                    ) =>
+            {
+                if loser.vv.compare(&here.vv) == Causality::Before {
+                    put_version_of(tx, ctx, &copy, &chunks, upload, Slot::History)?;
+                    return Ok(Vec::new());
+                }
+                FileChange::Modified
             }
-        }
+            Some(_) => continue,
+        };
+        put_version_of(tx, ctx, &copy, &chunks, upload, Slot::Latest)?;
+        let mut fx = Effects::default();
+        file_event(&mut fx, &copy, change, None);
+        return Ok(fx.events);
     }
     unreachable!("some name is free")
 }

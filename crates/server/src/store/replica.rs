@@ -1211,18 +1211,38 @@ mod tests {
     }
 
     fn node(dir: &Path, id: &str) -> Store {
+        node_on(dir, id, Arc::new(SystemClock))
+    }
+
+    fn node_on(dir: &Path, id: &str, clock: coffer_net::SharedClock) -> Store {
         let dir = dir.join(id);
         let chunks = Arc::new(ChunkStore::open(&dir.join("chunks")).unwrap());
         Store::open(
             &dir,
             WriterContext {
                 origin: id.to_owned(),
-                clock: Arc::new(SystemClock),
+                clock,
                 keep_versions: 10,
                 chunks,
             },
         )
         .unwrap()
+    }
+
+    /// A clock that shows the time it was last set to.
+    #[derive(Debug, Default)]
+    struct SetClock(std::sync::atomic::AtomicU64);
+
+    impl SetClock {
+        fn set(&self, ms: u64) {
+            self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl coffer_net::Clock for SetClock {
+        fn now(&self) -> std::time::Duration {
+            std::time::Duration::from_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
+        }
     }
 
     /// Sends `to` every record `from` holds that `to` lacks, origin by origin.
@@ -1960,6 +1980,45 @@ mod tests {
                 .unwrap()
                 .expect("version 1 is in the history");
             assert_eq!(first.0.meta.as_bytes(), [1; 4]);
+        }
+    }
+
+    #[tokio::test]
+    async fn two_versions_of_one_chain_that_lost_in_one_second_are_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(SetClock::default());
+        let (a, b) = (
+            node_on(dir.path(), "a", clock.clone()),
+            node_on(dir.path(), "b", clock.clone()),
+        );
+        let second = 1_900_000_000_000;
+        clock.set(second);
+        write(&a, register("alice")).await;
+        write(&a, folder("f1")).await;
+        ship(&a, &b).await;
+        // a writes x.txt twice within one second (one file, one file id);
+        // b writes it once after both, unaware: b's version beats both.
+        clock.set(second + 100);
+        write(&a, put("x.txt", 1, None)).await;
+        let first = vv_of(&a, "x.txt").await;
+        clock.set(second + 200);
+        let mut edit = put("x.txt", 2, Some(&first));
+        if let Change::UploadInline { upload, .. } = &mut edit {
+            upload.file_id = FileId([1; 16]);
+            upload.device_id = Some("dev1".into());
+        }
+        write(&a, edit).await;
+        clock.set(second + 300);
+        write(&b, put("x.txt", 3, None)).await;
+        // b meets a's versions first to last, each losing as it comes; a
+        // meets b's once its own second version is shown, and finds both
+        // its versions beaten at once, the second first.
+        both_ways(&a, &b).await;
+        for node in [&a, &b] {
+            let listed = files(node).await;
+            assert_eq!(listed.len(), 2, "the file and one copy: {listed:?}");
+            assert!(listed[0].ends_with("=02020202"), "{listed:?}");
+            assert_eq!(listed[1], "x.txt=03030303");
         }
     }
 
