@@ -57,7 +57,9 @@ const QUIET: Duration = Duration::from_secs(1);
 /// again, on any server, it is the same write, answered with what it did),
 /// and the writes the server knows again by what they carry (a device by
 /// its name and MAC, a folder, an invitation or a rotation by its folder
-/// keys, wrapped at random; an acceptance by the membership it made).
+/// keys, wrapped at random; an acceptance by the membership it made) or by
+/// what they left (a leave, a decline or a device's removal, by the row
+/// they deleted).
 pub fn retryable(request: &Request) -> bool {
     match request {
         Request::UploadBegin(r) => r.upload_id.is_some(),
@@ -93,6 +95,9 @@ pub fn retryable(request: &Request) -> bool {
                 | "folder_share"
                 | "folder_unshare"
                 | "invite_accept"
+                | "invite_decline"
+                | "folder_leave"
+                | "device_remove"
         ),
     }
 }

@@ -75,12 +75,15 @@ pub(crate) fn requirement(request: &Request) -> Requirement<'_> {
         | R::InviteList
         | R::InviteAccept(_)
         | R::InviteDecline(_)
+        // Leaving needs membership, which the store checks: it answers a
+        // leave sent again, by one no longer a member, as done, and refuses
+        // a leave to the owner and to anyone else.
+        | R::FolderLeave(_)
         | R::FileShareRevoke(_)
         | R::SharedList
         | R::Subscribe(_)
         | R::Unsubscribe => Requirement::Session,
-        // Leaving needs membership only; the store refuses it to the owner.
-        R::FolderInfo(f) | R::FolderKeys(f) | R::FolderLeave(f) => {
+        R::FolderInfo(f) | R::FolderKeys(f) => {
             Requirement::Folder(&f.folder_id, Need::Read)
         }
         R::FolderShare(r) => Requirement::Folder(&r.folder_id, Need::Manage),

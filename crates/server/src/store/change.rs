@@ -629,6 +629,18 @@ fn apply(
             device_id,
         } => {
             if query::device(tx, username, device_id)?.is_none() {
+                // This removal, sent again: the device is gone, and it was
+                // this user's (its sessions stay, revoked).
+                let theirs: bool = one(
+                    tx,
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE device_id = ?1 AND username = ?2)",
+                    params![device_id, username],
+                    |r| r.get(0),
+                )?;
+                if theirs && super::replica::deleted(tx, "devices", &[device_id])? {
+                    fx.repeats = true;
+                    return Ok(Applied::Done);
+                }
                 return Err(not_found(format!("no device {device_id}")));
             }
             revoke_sessions(
@@ -807,6 +819,10 @@ fn apply(
         } => {
             let Some((_, MemberStatus::Invited)) = query::membership(tx, folder_id, username)?
             else {
+                if left(tx, folder_id, username)? {
+                    fx.repeats = true;
+                    return Ok(Applied::Done);
+                }
                 return Err(not_found(format!("no invitation to folder {folder_id}")));
             };
             remove_member(tx, folder_id, username)?;
@@ -923,6 +939,10 @@ fn apply(
             username,
             folder_id,
         } => {
+            if left(tx, folder_id, username)? {
+                fx.repeats = true;
+                return Ok(Applied::Done);
+            }
             let (_, role) = require(tx, username, folder_id, Need::Read)?;
             if role == Role::Owner {
                 return Err(forbidden("the owner cannot leave their folder"));
@@ -1273,6 +1293,17 @@ fn revoke_sessions(
         end_session(fx, username, &id, reason);
     }
     Ok(())
+}
+
+/// Whether `username` was in `folder_id` (a member, or invited) and is no
+/// longer: a leave or a decline sent again finds the work done. Only one
+/// who was there is told so; anyone else is not told the folder exists.
+fn left(tx: &Connection, folder_id: &str, username: &str) -> Result<bool> {
+    Ok(super::replica::deleted(
+        tx,
+        "members",
+        &[folder_id, username],
+    )?)
 }
 
 fn remove_member(tx: &Connection, folder_id: &str, username: &str) -> Result<()> {

@@ -360,6 +360,20 @@ fn key_text(conn: &Connection, key: &[Cell]) -> rusqlite::Result<String> {
     )
 }
 
+/// Whether the row of `table` under `key` (its text columns) was here once
+/// and is gone: a deleted row's existence stamp outlives it — the row merge
+/// needs it to keep an older insert from bringing the row back. A removal
+/// sent again finds its own work by it.
+pub(crate) fn deleted(conn: &Connection, table_name: &str, key: &[&str]) -> rusqlite::Result<bool> {
+    let t = table(table_name).expect("a replicated table");
+    let cells: Vec<Cell> = key.iter().map(|k| Cell::Text((*k).to_owned())).collect();
+    if read_row(conn, t, &cells)?.is_some() {
+        return Ok(false);
+    }
+    let key = key_text(conn, &cells)?;
+    Ok(stamp_of(conn, t.name, &key, EXISTENCE)?.is_some())
+}
+
 fn where_key(t: &Table) -> String {
     t.key
         .iter()

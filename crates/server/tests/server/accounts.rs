@@ -274,15 +274,20 @@ async fn devices_are_unique_per_user_by_name_and_mac() {
     let mut phone = s.client().await;
     phone.login(Identity::new("alice")).await;
     phone.device("phone", "aa:bb:cc:dd:ee:03").await;
-    phone
-        .ok(Request::DeviceRemove(DeviceRemove { device_id: laptop }))
-        .await;
+    let remove = Request::DeviceRemove(DeviceRemove {
+        device_id: laptop.clone(),
+    });
+    phone.ok(remove.clone()).await;
     let ended = alice.conn.event().await;
     assert!(
         matches!(&ended, Event::SessionEnded(e) if e.reason == EndReason::DeviceRemoved),
         "{ended:?}"
     );
     assert!(alice.conn.inner.recv::<Response>().await.unwrap().is_none());
+    // The removal sent again (its answer lost) is done; for another user
+    // the device is still unknown.
+    phone.ok(remove.clone()).await;
+    bob.refused(remove, ErrorCode::NotFound).await;
     let Response::Devices(list) = phone.ok(Request::DeviceList).await else {
         panic!()
     };

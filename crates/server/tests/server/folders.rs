@@ -274,9 +274,15 @@ async fn invitations_can_be_declined_and_members_can_leave() {
             wrapped_key: Blob(vec![7; 256]),
         }],
     });
+    let mut carol = s.user("carol").await;
+    let decline = Request::InviteDecline(folder_ref(&f.folder_id));
+    let leave = Request::FolderLeave(folder_ref(&f.folder_id));
     alice.ok(invite.clone()).await;
-    bob.ok(Request::InviteDecline(folder_ref(&f.folder_id)))
-        .await;
+    bob.ok(decline.clone()).await;
+    // Sent again (its answer lost), a decline is done; from someone never
+    // invited it is not found, as before.
+    bob.ok(decline.clone()).await;
+    carol.refused(decline, ErrorCode::NotFound).await;
     bob.refused(
         Request::InviteAccept(folder_ref(&f.folder_id)),
         ErrorCode::NotFound,
@@ -285,8 +291,11 @@ async fn invitations_can_be_declined_and_members_can_leave() {
     alice.ok(invite).await;
     bob.ok(Request::InviteAccept(folder_ref(&f.folder_id)))
         .await;
-    bob.ok(Request::FolderLeave(folder_ref(&f.folder_id))).await;
+    bob.ok(leave.clone()).await;
     bob.refused(list(&f.folder_id), ErrorCode::NotFound).await;
+    // So is a leave.
+    bob.ok(leave.clone()).await;
+    carol.refused(leave, ErrorCode::NotFound).await;
     // Inviting someone who does not exist.
     alice
         .refused(
