@@ -2036,6 +2036,81 @@ mod tests {
         }
     }
 
+    /// Three nodes edit and delete one file at random, on a clock that
+    /// often gives two writes the same millisecond, and ship their records
+    /// to each other at random between writes; then every node hears from
+    /// every other. Whatever the order, every node keeps the same versions
+    /// (the digest covers them all), pruned alike, and shows the same
+    /// history. More writes than the kept ten, so pruning runs throughout.
+    #[tokio::test]
+    async fn versions_shipped_in_any_order_leave_the_same_history_everywhere() {
+        for seed in 1..=12u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(SetClock::default());
+            let nodes = [
+                node_on(dir.path(), "a", clock.clone()),
+                node_on(dir.path(), "b", clock.clone()),
+                node_on(dir.path(), "c", clock.clone()),
+            ];
+            let mut now = 1_900_000_000_000;
+            clock.set(now);
+            write(&nodes[0], register("alice")).await;
+            write(&nodes[0], folder("f1")).await;
+            ship(&nodes[0], &nodes[1]).await;
+            ship(&nodes[0], &nodes[2]).await;
+            // xorshift64: the test's own dice, the same every run.
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut dice = |n: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % n
+            };
+            for step in 0..40u8 {
+                now += dice(3);
+                clock.set(now);
+                let at = &nodes[dice(3) as usize];
+                if dice(3) == 0 {
+                    let to = &nodes[dice(3) as usize];
+                    ship(at, to).await;
+                    continue;
+                }
+                let shown = at
+                    .read(|conn| super::super::query::entry(conn, "f1", "x.txt"))
+                    .await
+                    .unwrap();
+                match shown {
+                    Some(e) if !e.deleted && dice(4) == 0 => {
+                        write(at, delete("x.txt", Some(e.vv), None)).await;
+                    }
+                    Some(e) if !e.deleted => {
+                        write(at, put("x.txt", step + 1, Some(&e.vv))).await;
+                    }
+                    _ => write(at, put("x.txt", step + 1, None)).await,
+                }
+            }
+            for _ in 0..2 {
+                for from in &nodes {
+                    for to in &nodes {
+                        ship(from, to).await;
+                    }
+                }
+            }
+            same(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+            let first = history(&nodes[0], "x.txt").await;
+            assert!(!first.is_empty(), "seed {seed}");
+            for node in &nodes[1..] {
+                assert_eq!(history(node, "x.txt").await, first, "seed {seed}");
+            }
+            let kept = column(
+                &nodes[0],
+                "SELECT CAST(count(*) AS TEXT) FROM versions WHERE path = 'x.txt'",
+            )
+            .await;
+            assert_eq!(kept, ["10"], "seed {seed}: pruned to the ten kept");
+        }
+    }
+
     #[tokio::test]
     async fn two_chains_ending_in_deletes_show_one_head_whatever_order_they_arrive_in() {
         let dir = tempfile::tempdir().unwrap();
