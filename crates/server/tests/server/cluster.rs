@@ -750,13 +750,16 @@ async fn two_rotations_of_one_folder_through_two_nodes_do_not_race() {
 }
 
 /// Each write a client may send again after `unavailable` — a device
-/// registered, a folder made, a member invited, a key rotated — made once
+/// registered, a folder made, a member invited, a key rotated, a device
+/// removed — made once
 /// by a node that cannot reach the quorum, then sent again through another
 /// node once it can: done once, answered as done.
 #[tokio::test]
 async fn writes_sent_again_through_another_node_are_done_once() {
     use coffer_proto::ErrorCode;
-    use coffer_proto::request::{DeviceRegister, FolderCreate, FolderShare, FolderUnshare};
+    use coffer_proto::request::{
+        DeviceRegister, DeviceRemove, FolderCreate, FolderShare, FolderUnshare,
+    };
     use coffer_proto::types::{Blob, EpochKey, MemberKey, Role};
 
     let mut cluster = Cluster::start(3).await;
@@ -828,7 +831,7 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     let Response::Devices(devices) = on_second.ok(Request::DeviceList).await else {
         panic!()
     };
-    assert_eq!(devices.devices, [laptop]);
+    assert_eq!(devices.devices, [laptop.clone()]);
     let Response::Folders(folders) = on_second.ok(Request::FolderList).await else {
         panic!()
     };
@@ -855,6 +858,25 @@ async fn writes_sent_again_through_another_node_are_done_once() {
         panic!()
     };
     assert_eq!((rotated.folder_id, rotated.epoch), (team, 2));
+
+    // And a removal: the device, removed by the first node alone, then
+    // through the second, which has its record by then (a node rejoins once
+    // caught up) — known by the row it deleted, not `not_found`.
+    let remove = Request::DeviceRemove(DeviceRemove {
+        device_id: laptop.device_id.clone(),
+    });
+    let mut on_first = cluster.signed_in(0, &alice).await;
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    on_first
+        .refused(remove.clone(), ErrorCode::Unavailable)
+        .await;
+    cluster.rejoin(second).await;
+    let mut on_second = cluster.signed_in(1, &alice).await;
+    assert_eq!(on_second.ok(remove).await, Response::Ok);
+    let Response::Devices(devices) = on_second.ok(Request::DeviceList).await else {
+        panic!()
+    };
+    assert!(devices.devices.is_empty(), "{devices:?}");
     cluster.nodes.push(Node::restart(third).await);
     cluster.converged().await;
 }
