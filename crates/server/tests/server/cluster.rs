@@ -831,7 +831,7 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     let Response::Devices(devices) = on_second.ok(Request::DeviceList).await else {
         panic!()
     };
-    assert_eq!(devices.devices, [laptop.clone()]);
+    assert_eq!(devices.devices, std::slice::from_ref(&laptop));
     let Response::Folders(folders) = on_second.ok(Request::FolderList).await else {
         panic!()
     };
