@@ -19,7 +19,7 @@ use coffer_client::account::{self, Credentials};
 use coffer_client::transfer::{self, NoJournal, PutOptions, Quiet, Source};
 use coffer_client::{Client, ClientError, Endpoint, Pool, Session, folders};
 use coffer_crypto::{KdfParams, UserKeys};
-use coffer_proto::request::{Delete, List, Move, Stat};
+use coffer_proto::request::{Delete, List, Move, PathRef, Restore, Stat};
 use coffer_proto::response::FolderInfo;
 use coffer_proto::types::{Causality, EntryKind, FileEntry, FileId, Role, Token, VersionVector};
 use coffer_proto::{ErrorCode, Request, Response};
@@ -624,6 +624,11 @@ impl Device {
                     .await
                     .map(|_| format!("rm {path}"))
             }
+            93..96 => {
+                let path = PATHS[self.rng.random_range(CHURNED..PATHS.len())];
+                ledger.borrow_mut().touched.insert(path.to_owned());
+                self.restore(folder, path).await
+            }
             _ => {
                 self.session().pool().reset().await;
                 Ok("reconnected".into())
@@ -632,6 +637,60 @@ impl Device {
         match done {
             Err(e) if expected(&e) => Ok(format!("{path}: {}", e.code())),
             other => other,
+        }
+    }
+
+    /// `history` of `path`, then one of its earlier versions that is not a
+    /// deletion made the newest again, by its number — as `coffer restore`
+    /// does. The history a node lists is derived from the versions it
+    /// keeps, so every node lists the same once they have converged (the
+    /// replica digest covers every kept version).
+    async fn restore(&mut self, folder: &FolderInfo, path: &str) -> Done {
+        let request = Request::History(PathRef {
+            folder_id: folder.folder_id.clone(),
+            path: path.to_owned(),
+        });
+        let versions = match self.session().call(request).await? {
+            Response::History(history) => history.versions,
+            other => return Err(unexpected("history", &other)),
+        };
+        // Newest first, numbered one apart.
+        if versions
+            .windows(2)
+            .any(|w| w[1].version + 1 != w[0].version)
+        {
+            return Err(ClientError::Protocol(format!(
+                "the history of {path} skips a number: {:?}",
+                versions.iter().map(|v| v.version).collect::<Vec<_>>()
+            )));
+        }
+        let earlier: Vec<u64> = versions
+            .iter()
+            .skip(1)
+            .filter(|v| !v.deleted)
+            .map(|v| v.version)
+            .collect();
+        if earlier.is_empty() {
+            return Ok(format!("history {path}: nothing to restore"));
+        }
+        let version = earlier[self.rng.random_range(0..earlier.len())];
+        let request = Request::Restore(Restore {
+            folder_id: folder.folder_id.clone(),
+            path: path.to_owned(),
+            version,
+            write_id: Some(self.session().write_id()),
+        });
+        match self.session().call(request).await {
+            Ok(Response::Entry(e)) => Ok(format!("restore {path} v{version} as v{}", e.version)),
+            Ok(other) => Err(unexpected("restore", &other)),
+            // Another device's write came between: the number now names a
+            // deletion.
+            Err(ClientError::Server(e))
+                if e.code == ErrorCode::BadRequest && e.message.contains("is a deletion") =>
+            {
+                Ok(format!("restore {path} v{version}: now a deletion"))
+            }
+            Err(e) => Err(e),
         }
     }
 
