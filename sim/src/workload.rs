@@ -627,7 +627,7 @@ impl Device {
             93..96 => {
                 let path = PATHS[self.rng.random_range(CHURNED..PATHS.len())];
                 ledger.borrow_mut().touched.insert(path.to_owned());
-                self.restore(folder, path).await
+                self.restore(ledger, folder, path).await
             }
             _ => {
                 self.session().pool().reset().await;
@@ -645,7 +645,7 @@ impl Device {
     /// does. The history a node lists is derived from the versions it
     /// keeps, so every node lists the same once they have converged (the
     /// replica digest covers every kept version).
-    async fn restore(&mut self, folder: &FolderInfo, path: &str) -> Done {
+    async fn restore(&mut self, ledger: &RefCell<Ledger>, folder: &FolderInfo, path: &str) -> Done {
         let request = Request::History(PathRef {
             folder_id: folder.folder_id.clone(),
             path: path.to_owned(),
@@ -654,15 +654,17 @@ impl Device {
             Response::History(history) => history.versions,
             other => return Err(unexpected("history", &other)),
         };
-        // Newest first, numbered one apart.
+        // Newest first, numbered one apart, whenever it is asked.
         if versions
             .windows(2)
             .any(|w| w[1].version + 1 != w[0].version)
         {
-            return Err(ClientError::Protocol(format!(
-                "the history of {path} skips a number: {:?}",
+            let why = format!(
+                "the history of {path} is not numbered one apart: {:?}",
                 versions.iter().map(|v| v.version).collect::<Vec<_>>()
-            )));
+            );
+            ledger.borrow_mut().violations.push(why.clone());
+            return Err(ClientError::Protocol(why));
         }
         let earlier: Vec<u64> = versions
             .iter()
