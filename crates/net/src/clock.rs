@@ -6,6 +6,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::UnixTime;
@@ -36,6 +37,37 @@ impl Clock for SystemClock {
 
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A clock that shows the time it was last set to, for tests that decide
+/// when things happen (token expiry, two writes in one millisecond).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `ms` milliseconds since the Unix epoch.
+    pub fn at_ms(ms: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(ms))
+    }
+
+    /// Shows `ms` milliseconds since the Unix epoch from now on.
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+
+    /// Moves the time shown on by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(
+            u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
 
 /// Lets rustls read certificate validity against a [`Clock`] — the simulated
 /// one in the simulation.

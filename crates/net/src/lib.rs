@@ -28,6 +28,6 @@ pub mod tickets;
 pub mod tls;
 
 pub use blocking::blocking;
-pub use clock::{Clock, SharedClock, SystemClock};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use conn::{ConnError, Connection, FrameReader, FrameWriter, Timeouts};
 pub use net::{Listener, Net, Stream, TokioListener, TokioNet};

@@ -141,29 +141,19 @@ impl rustls::server::ProducesTickets for SharedTickets {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use rustls::server::ProducesTickets;
 
     use super::*;
-    use crate::clock::Clock;
+    use crate::clock::ManualClock;
 
-    #[derive(Debug, Default)]
-    struct Fixed(AtomicU64);
-
-    impl Clock for Fixed {
-        fn now(&self) -> Duration {
-            Duration::from_secs(self.0.load(Ordering::Relaxed))
-        }
-    }
-
-    fn tickets(secret: &[u8], clock: &Arc<Fixed>) -> SharedTickets {
+    fn tickets(secret: &[u8], clock: &Arc<ManualClock>) -> SharedTickets {
         SharedTickets::new(secret, clock.clone())
     }
 
     #[test]
     fn another_server_with_the_secret_opens_a_ticket_and_no_one_else_does() {
-        let clock = Arc::new(Fixed::default());
+        let clock = Arc::new(ManualClock::default());
         let a = tickets(&[1; 32], &clock);
         let b = tickets(&[1; 32], &clock);
         let stranger = tickets(&[2; 32], &clock);
@@ -176,7 +166,7 @@ mod tests {
 
     #[test]
     fn an_altered_ticket_is_refused() {
-        let clock = Arc::new(Fixed::default());
+        let clock = Arc::new(ManualClock::default());
         let a = tickets(&[1; 32], &clock);
         let ticket = a.encrypt(b"session state").unwrap();
         for i in 0..ticket.len() {
@@ -191,17 +181,17 @@ mod tests {
 
     #[test]
     fn a_ticket_lives_through_the_next_period_and_not_beyond() {
-        let clock = Arc::new(Fixed::default());
+        let clock = Arc::new(ManualClock::default());
         let a = tickets(&[1; 32], &clock);
         let period = PERIOD.as_secs();
-        clock.0.store(10 * period + period - 1, Ordering::Relaxed);
+        clock.set_ms((10 * period + period - 1) * 1000);
         let ticket = a.encrypt(b"state").unwrap();
-        clock.0.store(11 * period, Ordering::Relaxed);
+        clock.set_ms(11 * period * 1000);
         assert!(a.decrypt(&ticket).is_some(), "in the next period");
         assert!(a.encrypt(b"state").unwrap()[..PERIOD_LEN] != ticket[..PERIOD_LEN]);
-        clock.0.store(12 * period, Ordering::Relaxed);
+        clock.set_ms(12 * period * 1000);
         assert_eq!(a.decrypt(&ticket), None, "two periods on");
-        clock.0.store(9 * period, Ordering::Relaxed);
+        clock.set_ms(9 * period * 1000);
         assert_eq!(a.decrypt(&ticket), None, "from the future");
     }
 }

@@ -1243,22 +1243,6 @@ mod tests {
         .unwrap()
     }
 
-    /// A clock that shows the time it was last set to.
-    #[derive(Debug, Default)]
-    struct SetClock(std::sync::atomic::AtomicU64);
-
-    impl SetClock {
-        fn set(&self, ms: u64) {
-            self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl coffer_net::Clock for SetClock {
-        fn now(&self) -> std::time::Duration {
-            std::time::Duration::from_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
-        }
-    }
-
     /// Sends `to` every record `from` holds that `to` lacks, origin by origin.
     async fn ship(from: &Store, to: &Store) -> Replicated {
         let mut total = Replicated::default();
@@ -2000,29 +1984,29 @@ mod tests {
     #[tokio::test]
     async fn two_versions_of_one_chain_that_lost_in_one_second_are_one_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(SetClock::default());
+        let clock = Arc::new(coffer_net::ManualClock::default());
         let (a, b) = (
             node_on(dir.path(), "a", clock.clone()),
             node_on(dir.path(), "b", clock.clone()),
         );
         let second = 1_900_000_000_000;
-        clock.set(second);
+        clock.set_ms(second);
         write(&a, register("alice")).await;
         write(&a, folder("f1")).await;
         ship(&a, &b).await;
         // a writes x.txt twice within one second (one file, one file id);
         // b writes it once after both, unaware: b's version beats both.
-        clock.set(second + 100);
+        clock.set_ms(second + 100);
         write(&a, put("x.txt", 1, None)).await;
         let first = vv_of(&a, "x.txt").await;
-        clock.set(second + 200);
+        clock.set_ms(second + 200);
         let mut edit = put("x.txt", 2, Some(&first));
         if let Change::UploadInline { upload, .. } = &mut edit {
             upload.file_id = FileId([1; 16]);
             upload.device_id = Some("dev1".into());
         }
         write(&a, edit).await;
-        clock.set(second + 300);
+        clock.set_ms(second + 300);
         write(&b, put("x.txt", 3, None)).await;
         // b meets a's versions first to last, each losing as it comes; a
         // meets b's once its own second version is shown, and finds both
@@ -2046,14 +2030,14 @@ mod tests {
     async fn versions_shipped_in_any_order_leave_the_same_history_everywhere() {
         for seed in 1..=12u64 {
             let dir = tempfile::tempdir().unwrap();
-            let clock = Arc::new(SetClock::default());
+            let clock = Arc::new(coffer_net::ManualClock::default());
             let nodes = [
                 node_on(dir.path(), "a", clock.clone()),
                 node_on(dir.path(), "b", clock.clone()),
                 node_on(dir.path(), "c", clock.clone()),
             ];
             let mut now = 1_900_000_000_000;
-            clock.set(now);
+            clock.set_ms(now);
             write(&nodes[0], register("alice")).await;
             write(&nodes[0], folder("f1")).await;
             ship(&nodes[0], &nodes[1]).await;
@@ -2068,7 +2052,7 @@ mod tests {
             };
             for step in 0..40u8 {
                 now += dice(3);
-                clock.set(now);
+                clock.set_ms(now);
                 let at = &nodes[dice(3) as usize];
                 if dice(3) == 0 {
                     let to = &nodes[dice(3) as usize];

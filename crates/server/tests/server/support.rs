@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +11,7 @@ use coffer_crypto::{
     ChunkCipher, FileKey, FileKeyContext, FileMeta, FolderKey, KdfParams, UserKeys,
 };
 use coffer_net::conn::{Connection, Timeouts};
-use coffer_net::{Clock, Net, SystemClock, TokioNet, tls};
+use coffer_net::{Clock, ManualClock, Net, SystemClock, TokioNet, tls};
 use coffer_proto::request::{
     DeviceRegister, FolderCreate, Hello, Login, PathRef, Register, Stat, UploadBegin, UploadChunk,
     UploadCommit,
@@ -27,22 +26,6 @@ use rustls_pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
 pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// A clock the test sets; starts at the real time.
-#[derive(Debug)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::SeqCst))
-    }
-}
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -73,7 +56,8 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let clock = Arc::new(ManualClock(AtomicU64::new(SystemClock.now_ms())));
+        // Starts at the real time; the test moves it on.
+        let clock = Arc::new(ManualClock::at_ms(SystemClock.now_ms()));
         Self::start_in(config, clock, Some(dir)).await
     }
 
