@@ -191,7 +191,7 @@ fn main() -> ExitCode {
         t.checked,
         t.probes,
         t.faults.total(),
-        t.faults,
+        t.faults
     );
     // Each world's share of the run, as the seeds per second it would make
     // alone on these threads: the balancer world is the default topology.

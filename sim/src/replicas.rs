@@ -41,7 +41,7 @@ impl Replicas {
                 let chunks = holdings.first().map_or(0, |h| h.referenced.len());
                 return Ok(format!(
                     "{} nodes converged ({chunks} chunks each) after {poll} polls",
-                    holdings.len(),
+                    holdings.len()
                 ));
             }
             tokio::time::sleep(POLL).await;

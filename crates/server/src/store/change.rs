@@ -1532,9 +1532,10 @@ fn put_version(
 /// What [`put_version_of`] puts where.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    /// The path's latest version: its history and its entry.
+    /// The path's latest version: kept, and shown as its entry.
     Latest,
-    /// A version the entry has moved past already: its history only.
+    /// Kept among the path's versions only: one the entry has moved past,
+    /// or one that lost to the version shown.
     History,
 }
 
@@ -1851,25 +1852,20 @@ fn committed_as(
         ))?
         .query_map(params![folder_id, upload_id], query::entry_from_row)?
         .collect::<rusqlite::Result<_>>()?;
-    let mut best: Option<((bool, bool, u64), FileEntry)> = None;
+    let mut keyed = Vec::with_capacity(found.len());
     for version in found {
         let shown = query::history(tx, folder_id, &version.path)?
             .iter()
             .any(|v| v.vv == version.vv);
-        let key = (shown, version.path == path, version.version);
-        let better = match &best {
-            None => true,
-            Some((k, b)) => {
-                key.cmp(k)
-                    .then_with(|| query::ranked(&version).rank(&query::ranked(b)))
-                    == std::cmp::Ordering::Greater
-            }
-        };
-        if better {
-            best = Some((key, version));
-        }
+        keyed.push(((shown, version.path == path, version.version), version));
     }
-    Ok(best.map(|(_, version)| version))
+    Ok(keyed
+        .into_iter()
+        .max_by(|(k, a), (l, b)| {
+            k.cmp(l)
+                .then_with(|| query::ranked(a).rank(&query::ranked(b)))
+        })
+        .map(|(_, version)| version))
 }
 
 /// Keeps `loser`, a version that lost to a concurrent one, as a new entry
@@ -1893,41 +1889,39 @@ pub(super) fn keep_copy(tx: &Connection, ctx: &WriterContext, lost: Lost) -> Res
         } else {
             paths::conflict_name(&loser.path, &format!("{who}-{n}"), secs)
         };
+        // The copy of an earlier or later version of the same chain, as made
+        // (a copy is version 1; an edit of it is not): two versions of one
+        // chain that lost within one second are one copy, shown at its
+        // latest, wherever they were found first — not two names in an order
+        // that differs between nodes (seed 9612 of the files world: each
+        // name ended with both versions). `None`: kept, not shown.
+        let told = match query::entry(tx, &loser.folder_id, &name)? {
+            None => Some(FileChange::Created),
+            Some(here) => {
+                let as_made = here.version == 1 && !here.deleted && here.file_id == loser.file_id;
+                match loser.vv.compare(&here.vv) {
+                    Causality::Equal => return Ok(Vec::new()),
+                    Causality::Before if as_made => None,
+                    Causality::After if as_made => Some(FileChange::Modified),
+                    _ => continue,
+                }
+            }
+        };
         let copy = FileEntry {
             path: name,
             version: 1,
-            ..loser.clone()
+            ..loser
         };
-        let upload = upload.as_deref();
-        let change = match query::entry(tx, &loser.folder_id, &copy.path)? {
-            None => FileChange::Created,
-            Some(here) if here.vv == loser.vv => return Ok(Vec::new()),
-            // The copy of an earlier or later version of the same chain, as
-            // made (a copy is version 1; an edit of it is not): two versions
-            // of one chain that lost within one second are one copy, shown
-            // at its latest, wherever they were found first — not two names
-            // in an order that differs between nodes (seed 9612 of the files
-            // world: each name ended with both versions).
-            Some(here)
-                if here.version == 1
-                    && !here.deleted
-                    && here.file_id == loser.file_id
-                    && matches!(
-                        loser.vv.compare(&here.vv),
-                        Causality::Before | Causality::After
-                    ) =>
-            {
-                if loser.vv.compare(&here.vv) == Causality::Before {
-                    put_version_of(tx, ctx, &copy, &chunks, upload, Slot::History)?;
-                    return Ok(Vec::new());
-                }
-                FileChange::Modified
-            }
-            Some(_) => continue,
+        let slot = if told.is_some() {
+            Slot::Latest
+        } else {
+            Slot::History
         };
-        put_version_of(tx, ctx, &copy, &chunks, upload, Slot::Latest)?;
+        put_version_of(tx, ctx, &copy, &chunks, upload.as_deref(), slot)?;
         let mut fx = Effects::default();
-        file_event(&mut fx, &copy, change, None);
+        if let Some(change) = told {
+            file_event(&mut fx, &copy, change, None);
+        }
         return Ok(fx.events);
     }
     unreachable!("some name is free")
