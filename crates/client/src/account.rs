@@ -157,6 +157,7 @@ pub async fn register_device<N: Net>(
     let request = Request::DeviceRegister(DeviceRegister {
         name: name.into(),
         mac: mac.into(),
+        write_id: Some(session.write_id()),
     });
     match session.call(request).await? {
         Response::Device(d) => Ok(d),

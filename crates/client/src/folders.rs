@@ -22,6 +22,7 @@ pub async fn create<N: Net>(s: &Session<N>, label: String) -> Result<FolderInfo,
     let request = Request::FolderCreate(FolderCreate {
         label,
         wrapped_key: Blob(wrapped),
+        write_id: Some(s.write_id()),
     });
     match s.call(request).await? {
         Response::Folder(f) => Ok(f),

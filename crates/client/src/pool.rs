@@ -53,11 +53,12 @@ const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a request may be sent again without changing its effect: reads,
 /// the upload steps the server makes idempotent, the writes the client
-/// named (an upload's begin, a delete, a move, a restore with its id: done
-/// again, on any server, it is the same write, answered with what it did),
-/// and the writes the server knows again by what they carry (a device by
-/// its name and MAC, a folder, an invitation or a rotation by its folder
-/// keys, wrapped at random; an acceptance by the membership it made) or by
+/// named (an upload's begin, a delete, a move, a restore, a device
+/// registered or a folder made with its id: done again, on any server, it
+/// is the same write, answered with what it did), and the writes the server
+/// knows again by what they carry (a device by its name and MAC, a folder,
+/// an invitation or a rotation by its folder keys, wrapped at random; an
+/// acceptance by the membership it made) or by
 /// what they left (a leave, a decline or a device's removal, by the row
 /// they deleted).
 pub fn retryable(request: &Request) -> bool {

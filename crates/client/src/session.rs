@@ -77,7 +77,8 @@ impl<N: Net> Session<N> {
         self.rng.lock().expect("rng lock")
     }
 
-    /// A new name for one write (an upload, a move, a delete, a restore),
+    /// A new name for one write (an upload, a move, a delete, a restore, a
+    /// folder made, a device registered),
     /// random: sent with every attempt at that write, it makes the server
     /// answer a write done already instead of doing it again, so the write
     /// may be retried through any server of the cluster.

@@ -239,6 +239,15 @@ pub struct DeviceRegister {
     pub name: String,
     /// Hardware address `aa:bb:cc:dd:ee:ff`, unique among the caller's devices.
     pub mac: String,
+    /// The write's id, chosen by the client like an upload's ([`upload_id`]:
+    /// `u` and 32 lowercase hex digits, random). The device's id is derived
+    /// from it and the caller's name, so every server of the cluster that
+    /// does this registration — sent again after an `unavailable` or a lost
+    /// answer — makes the same device, and the servers merge what they made
+    /// into one. Absent: the server picks the id, and a registration sent
+    /// again is known only by its name and MAC on a server that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Renames a device.
@@ -267,6 +276,15 @@ pub struct FolderCreate {
     pub label: String,
     /// The epoch-1 folder key wrapped with the caller's public key.
     pub wrapped_key: Blob,
+    /// The write's id, chosen by the client like an upload's ([`upload_id`]:
+    /// `u` and 32 lowercase hex digits, random). The folder's id is derived
+    /// from it and the caller's name, so every server of the cluster that
+    /// does this creation — sent again after an `unavailable` or a lost
+    /// answer — makes the same folder, and the servers merge what they made
+    /// into one. Absent: the server picks the id, and a creation sent again
+    /// is known only by its label and key on a server that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Names a folder.

@@ -355,6 +355,7 @@ fn main() {
             Request::FolderCreate(FolderCreate {
                 label: "bench".into(),
                 wrapped_key: Blob(vec![5; 256]),
+                write_id: None,
             }),
             Bytes::new(),
         )

@@ -19,10 +19,12 @@ pub(super) async fn register(server: &Server, session: &mut Session, r: DeviceRe
     let me = session.user()?.clone();
     let name = device_name(&r.name)?;
     let mac = name::normalize_mac(&r.mac).map_err(|e| bad_request(e.to_string()))?;
+    let (device_id, named) = super::creation_id(server, "d", &me.username, r.write_id)?;
     let change = Change::DeviceRegister {
         username: me.username,
         session_id: me.session_id,
-        device_id: server.new_id("d"),
+        device_id,
+        named,
         name,
         mac,
     };

@@ -20,7 +20,7 @@ use md5::Md5;
 use rusqlite::{OptionalExtension, params};
 use sha2::Digest;
 
-use super::{Answer, answer, unexpected};
+use super::{Answer, answer, unexpected, write_id};
 use crate::Server;
 use crate::chunks::ReadError;
 use crate::dispatch::{Session, UploadInUse};
@@ -204,16 +204,6 @@ async fn entry_answer(server: &Server, change: Change) -> Answer {
     match server.store.write(change).await? {
         Applied::Entry(entry) => answer(Response::Entry(entry)),
         other => Err(unexpected(other)),
-    }
-}
-
-/// A write's id as the client named it: of an upload id's form, or refused.
-fn write_id(id: Option<String>) -> Result<Option<String>> {
-    match id {
-        Some(id) if !coffer_proto::request::is_upload_id(&id) => {
-            Err(bad_request("a write id is `u` and 32 lowercase hex digits"))
-        }
-        id => Ok(id),
     }
 }
 

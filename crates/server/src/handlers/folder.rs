@@ -50,9 +50,11 @@ pub(super) async fn create(server: &Server, session: &Session, r: FolderCreate) 
     let me = session.user()?.username.clone();
     name::validate_label("folder label", &r.label).map_err(|e| bad_request(e.to_string()))?;
     wrapped_key(&r.wrapped_key)?;
+    let (folder_id, named) = super::creation_id(server, "f", &me, r.write_id)?;
     let change = Change::FolderCreate {
         username: me,
-        folder_id: server.new_id("f"),
+        folder_id,
+        named,
         label: r.label,
         wrapped_key: r.wrapped_key,
     };

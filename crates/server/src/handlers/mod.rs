@@ -32,6 +32,49 @@ fn answer(response: Response) -> Answer {
     Ok((response, Bytes::new()))
 }
 
+/// A write's id as the client named it: of an upload id's form, or refused.
+fn write_id(id: Option<String>) -> Result<Option<String>> {
+    match id {
+        Some(id) if !coffer_proto::request::is_upload_id(&id) => Err(crate::error::bad_request(
+            "a write id is `u` and 32 lowercase hex digits",
+        )),
+        id => Ok(id),
+    }
+}
+
+/// The id of what a named creation makes (`prefix` and 32 hex digits, like
+/// [`Server::new_id`]'s): the same wherever the creation is done, so a
+/// creation sent again through another node makes the same row, which the
+/// row merge keeps as one (`replica::NAMED`). It is derived from the
+/// creator's name as well as the client's id: no one can name a row into
+/// another user's folder or device, even where that row has not arrived yet.
+fn named_id(prefix: &str, username: &str, write_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"coffer named creation\0")
+        .chain_update(prefix.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(username.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(write_id.as_bytes())
+        .finalize();
+    format!("{prefix}{}", hex::encode(&digest[..16]))
+}
+
+/// The id of a row a creation makes, and whether the creation is named:
+/// derived from the client's write id, or picked at random.
+fn creation_id(
+    server: &Server,
+    prefix: &str,
+    username: &str,
+    write_id: Option<String>,
+) -> Result<(String, bool)> {
+    Ok(match self::write_id(write_id)? {
+        Some(id) => (named_id(prefix, username, &id), true),
+        None => (server.new_id(prefix), false),
+    })
+}
+
 /// An [`Applied`] other than the one a change produces: a bug.
 fn unexpected(applied: Applied) -> Error {
     Error::Io(std::io::Error::other(format!(

@@ -94,6 +94,9 @@ pub(crate) enum Change {
         username: String,
         session_id: String,
         device_id: String,
+        /// The id is derived from the client's write id (see [`Effects::named`]).
+        #[serde(default)]
+        named: bool,
         name: String,
         mac: String,
     },
@@ -109,6 +112,9 @@ pub(crate) enum Change {
     FolderCreate {
         username: String,
         folder_id: String,
+        /// The id is derived from the client's write id (see [`Effects::named`]).
+        #[serde(default)]
+        named: bool,
         label: String,
         wrapped_key: Blob,
     },
@@ -306,6 +312,11 @@ struct Effects {
     /// logged all the same, so that it is acknowledged only once the quorum
     /// holds everything this node held, that write included.
     repeats: bool,
+    /// The rows the change inserted are a named creation's (a folder or a
+    /// device whose id the client's write id decided): every node that does
+    /// the creation inserts them under one stamp, [`replica::NAMED`], so that
+    /// the row merge takes them for one incarnation, not two.
+    named: bool,
 }
 
 impl Effects {
@@ -354,7 +365,7 @@ pub(crate) fn apply_batch(
                 let rows = if change.is_local() {
                     Vec::new()
                 } else {
-                    replica::take_written(&sp, &stamp)?
+                    replica::take_written(&sp, &stamp, effects.named)?
                 };
                 // A change that wrote no replicated row and tells no one
                 // (an upload begun, a chunk received) is this node's alone:
@@ -547,9 +558,21 @@ fn apply(
             username,
             session_id,
             device_id,
+            named,
             name,
             mac,
         } => {
+            if *named {
+                // This registration, done here before (or through another
+                // node, and arrived): the device it made, the session bound.
+                if let Some(device) = query::device(tx, username, device_id)? {
+                    bind_session(tx, session_id, device_id)?;
+                    fx.repeats = true;
+                    return Ok(Applied::Device(device));
+                }
+                named_creation_free(tx, ("devices", "device_id"), device_id, "device")?;
+                fx.named = true;
+            }
             // Registered already under this name and MAC — the same machine,
             // the request sent again (after `unavailable`, through any node
             // its device has reached): that device, the session bound to it.
@@ -657,9 +680,22 @@ fn apply(
         Change::FolderCreate {
             username,
             folder_id,
+            named,
             label,
             wrapped_key,
         } => {
+            if *named {
+                // This creation, done here before (or through another node,
+                // and arrived): the folder it made, as it is now.
+                if let Some(folder) = query::folder(tx, folder_id)?
+                    && folder.owner == *username
+                {
+                    fx.repeats = true;
+                    return Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)));
+                }
+                named_creation_free(tx, ("folders", "folder_id"), folder_id, "folder")?;
+                fx.named = true;
+            }
             // The folder this request made, sent again: its epoch-1 key,
             // wrapped at random, is the request's own.
             let made: Option<String> = one(
@@ -1764,6 +1800,30 @@ fn stranded(tx: &Connection, beaten: &FileEntry, winner: &FileEntry) -> Result<V
 }
 
 /// Binds a session that runs on no device yet to `device_id`.
+/// Refuses a named creation whose row, `key` = `id` in `table`, is here
+/// under another owner (an id derived alike from two names: not to be met)
+/// or was made and deleted since: the creation, sent again late, does not
+/// bring it back.
+fn named_creation_free(
+    tx: &Connection,
+    (table, key): (&str, &str),
+    id: &str,
+    what: &str,
+) -> Result<()> {
+    let held: bool = one(
+        tx,
+        &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?1)"),
+        [id],
+        |r| r.get(0),
+    )?;
+    if held || replica::deleted(tx, table, &[id])? {
+        return Err(conflict(format!(
+            "the {what} this request names was made and is gone, or is not yours"
+        )));
+    }
+    Ok(())
+}
+
 fn bind_session(tx: &Connection, session_id: &str, device_id: &str) -> Result<()> {
     exec(
         tx,

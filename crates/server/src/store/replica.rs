@@ -273,7 +273,31 @@ pub(crate) struct RowWrite {
     /// The key columns' values.
     pub(crate) key: Vec<Cell>,
     pub(crate) op: RowOp,
+    /// Inserted by a named creation: stamped [`NAMED`], not with its record's
+    /// stamp.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) named: bool,
 }
+
+/// The stamp of every row a named creation inserts (a folder or a device
+/// whose id derives from the client's write id, and the rows made with it).
+/// Each node that does the creation — the client sent it again through
+/// another node after `unavailable`, before either heard of the other —
+/// inserts the same rows under the same stamp, so the row merge meets one
+/// incarnation, not two: updates made to it on either node apply on every
+/// node, where two incarnations would have the later one reset the row and
+/// drop the earlier one's updates (a key rotation, a rename). It is the
+/// lowest stamp there is, so every update and every deletion is newer than
+/// the creation, and a creation sent again after its row was deleted does
+/// not bring it back. What the nodes' inserts differ in (the time each
+/// made it) is settled column by column, the least value kept.
+pub(crate) const NAMED: Stamp = Stamp {
+    hlc: Hlc {
+        wall_ms: 0,
+        logical: 0,
+    },
+    origin: String::new(),
+};
 
 /// Why a peer's row was refused.
 #[derive(Debug, thiserror::Error)]
@@ -451,7 +475,14 @@ fn key_error(e: serde_json::Error) -> rusqlite::Error {
 
 /// What the current change did to each row it touched, every write now
 /// stamped with `stamp`; clears the capture for the next change.
-pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result<Vec<RowWrite>> {
+///
+/// `named`: the change is a named creation, and the rows it inserted are
+/// stamped [`NAMED`].
+pub(crate) fn take_written(
+    conn: &Connection,
+    stamp: &Stamp,
+    named: bool,
+) -> rusqlite::Result<Vec<RowWrite>> {
     // Rows in the order they were first written, which the origin's foreign
     // keys allowed (a folder before its members); a row's columns together.
     let touched: Vec<(String, String, String)> = conn
@@ -475,18 +506,22 @@ pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result
                     table: VERSIONS.name.to_owned(),
                     key,
                     op: RowOp::Inserted(row),
+                    named: false,
                 });
             }
             continue;
         }
         let t = table(name).expect("triggers exist only on replicated tables");
         let inserted = group.iter().any(|(_, _, col)| col == "*");
-        let op = match read_row(conn, t, &key)? {
+        let row = read_row(conn, t, &key)?;
+        let named = named && inserted && row.is_some();
+        let op = match row {
             None => {
                 set_stamp(conn, t.name, key_json, EXISTENCE, stamp)?;
                 RowOp::Deleted
             }
             Some(row) if inserted => {
+                let stamp = if named { &NAMED } else { stamp };
                 set_stamp(conn, t.name, key_json, EXISTENCE, stamp)?;
                 for column in &t.columns[t.key.len()..] {
                     set_stamp(conn, t.name, key_json, column, stamp)?;
@@ -512,6 +547,7 @@ pub(crate) fn take_written(conn: &Connection, stamp: &Stamp) -> rusqlite::Result
             table: t.name.to_owned(),
             key,
             op,
+            named,
         });
     }
     clear_touched(conn)?;
@@ -561,6 +597,11 @@ pub(crate) fn merge_row(
         return Err(RowError::Shape(t.name));
     }
     let key = key_text(conn, &write.key)?;
+    let stamp = match (&write.op, write.named) {
+        (_, false) => stamp,
+        (RowOp::Inserted(_), true) => &NAMED,
+        (_, true) => return Err(RowError::Shape(t.name)),
+    };
     let existence = stamp_of(conn, t.name, &key, EXISTENCE)?;
     match &write.op {
         RowOp::Deleted => {
@@ -574,6 +615,9 @@ pub(crate) fn merge_row(
         RowOp::Inserted(row) => {
             if row.len() != t.columns.len() || row[..t.key.len()] != write.key[..] {
                 return Err(RowError::Shape(t.name));
+            }
+            if existence.as_ref() == Some(stamp) {
+                return same_creation(conn, t, &key, row, stamp);
             }
             if existence.as_ref().is_some_and(|held| held >= stamp) {
                 return Ok(Merged::Older);
@@ -629,6 +673,53 @@ pub(crate) fn merge_row(
             upsert(conn, t, &row)?;
             Ok(Merged::Taken)
         }
+    }
+}
+
+/// A named creation done on another node too, met where its row is: each
+/// column no update has written since keeps the least of the two values,
+/// whichever came first. A row deleted since stays deleted.
+fn same_creation(
+    conn: &Connection,
+    t: &Table,
+    key: &str,
+    incoming: &[Cell],
+    stamp: &Stamp,
+) -> Result<Merged, RowError> {
+    let Some(mut row) = read_row(conn, t, &incoming[..t.key.len()])? else {
+        return Ok(Merged::Older);
+    };
+    let mut taken = false;
+    for (i, column) in t.columns.iter().enumerate().skip(t.key.len()) {
+        let created = stamp_of(conn, t.name, key, column)?.as_ref() == Some(stamp);
+        if created && least(&incoming[i], &row[i]) {
+            row[i] = incoming[i].clone();
+            taken = true;
+        }
+    }
+    if !taken {
+        return Ok(Merged::Older);
+    }
+    upsert(conn, t, &row)?;
+    Ok(Merged::Taken)
+}
+
+/// Whether `a` sorts before `b`: a total order on cells, the same on every
+/// node (SQLite's: null, integers, text, blobs).
+fn least(a: &Cell, b: &Cell) -> bool {
+    fn rank(c: &Cell) -> u8 {
+        match c {
+            Cell::Null => 0,
+            Cell::Int(_) => 1,
+            Cell::Text(_) => 2,
+            Cell::Blob(_) => 3,
+        }
+    }
+    match (a, b) {
+        (Cell::Int(x), Cell::Int(y)) => x < y,
+        (Cell::Text(x), Cell::Text(y)) => x < y,
+        (Cell::Blob(x), Cell::Blob(y)) => x.as_bytes() < y.as_bytes(),
+        _ => rank(a) < rank(b),
     }
 }
 
@@ -1102,7 +1193,7 @@ fn keep_copies(
         hlc: clock.tick(now_ms),
         origin: ctx.origin.clone(),
     };
-    let rows = take_written(conn, &stamp)?;
+    let rows = take_written(conn, &stamp, false)?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -1298,6 +1389,7 @@ mod tests {
             username: username.to_owned(),
             session_id: session_id.to_owned(),
             device_id: device_id.to_owned(),
+            named: false,
             name: name.to_owned(),
             mac: mac.to_owned(),
         }
@@ -1495,6 +1587,114 @@ mod tests {
         same(&[&a, &b]).await;
     }
 
+    /// A creation sent through a node that could tell no one (its answer
+    /// `unavailable`), then through another before either heard of the
+    /// other, made the same rows twice. Named, they are one incarnation:
+    /// what is done to the folder and the device through the second node
+    /// holds on every node, though the first node's creation, its clock
+    /// ahead, carries the later stamp.
+    #[tokio::test]
+    async fn a_creation_sent_again_through_another_node_makes_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = Arc::new(coffer_net::ManualClock::at_ms(1_000_000));
+        let behind = Arc::new(coffer_net::ManualClock::at_ms(1_000_000));
+        let a = node_on(dir.path(), "a", ahead.clone());
+        let b = node_on(dir.path(), "b", behind.clone());
+        let c = node_on(dir.path(), "c", behind);
+        write(&a, register("alice")).await;
+        write(&a, register("bob")).await;
+        write(&a, session("alice", "s1")).await;
+        ship(&a, &b).await;
+        ship(&a, &c).await;
+        ahead.advance(std::time::Duration::from_secs(30));
+        let named = |change: Change| match change {
+            Change::FolderCreate {
+                username,
+                folder_id,
+                label,
+                wrapped_key,
+                ..
+            } => Change::FolderCreate {
+                username,
+                folder_id,
+                named: true,
+                label,
+                wrapped_key,
+            },
+            Change::DeviceRegister {
+                username,
+                session_id,
+                device_id,
+                name,
+                mac,
+                ..
+            } => Change::DeviceRegister {
+                username,
+                session_id,
+                device_id,
+                named: true,
+                name,
+                mac,
+            },
+            other => other,
+        };
+        let laptop = || named(device("alice", "s1", "dn", "laptop", "02:00:00:00:00:01"));
+        for node in [&a, &b] {
+            write(node, named(folder("fn"))).await;
+            write(node, laptop()).await;
+        }
+        // Sent a third time through b: b's own, answered again.
+        write(&b, laptop()).await;
+        // Through b: bob invited and removed (the key rotated to epoch 2),
+        // the device renamed.
+        write(&b, share("fn", "bob", 1)).await;
+        write(&b, unshare_bob("fn")).await;
+        write(
+            &b,
+            Change::DeviceRename {
+                username: "alice".into(),
+                device_id: "dn".into(),
+                name: "desk".into(),
+            },
+        )
+        .await;
+        both_ways(&a, &b).await;
+        for node in [&a, &b] {
+            assert_eq!(
+                column(
+                    node,
+                    "SELECT folder_id || ':' || epoch || ':' || created_ms FROM folders"
+                )
+                .await,
+                ["fn:2:1000000"],
+                "the rotation made through b holds, and b's creation time"
+            );
+            assert_eq!(
+                column(node, "SELECT device_id || ':' || name FROM devices").await,
+                ["dn:desk"]
+            );
+            assert_eq!(members(node).await, ["alice:active"]);
+        }
+        // Removed through a; then made again through c, which had heard of
+        // none of it: the removal wins there too once c hears of it, and c's
+        // late creation brings nothing back anywhere.
+        write(
+            &a,
+            Change::DeviceRemove {
+                username: "alice".into(),
+                device_id: "dn".into(),
+            },
+        )
+        .await;
+        write(&c, laptop()).await;
+        both_ways(&a, &c).await;
+        both_ways(&a, &b).await;
+        same(&[&a, &b, &c]).await;
+        assert!(column(&c, "SELECT device_id FROM devices").await.is_empty());
+        // Sent once more now, the registration is refused: its device is gone.
+        assert!(b.write(laptop()).await.is_err());
+    }
+
     #[tokio::test]
     async fn a_record_that_needs_another_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1546,6 +1746,7 @@ mod tests {
         Change::FolderCreate {
             username: "alice".into(),
             folder_id: folder_id.into(),
+            named: false,
             label: "docs".into(),
             wrapped_key: Blob(vec![4; 8]),
         }
@@ -2426,7 +2627,7 @@ mod tests {
     async fn a_peer_row_of_the_wrong_shape_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let a = node(dir.path(), "a");
-        let bad = |table: &str, key: Vec<Cell>, op: RowOp| Record {
+        let bad_named = |table: &str, key: Vec<Cell>, op: RowOp, named: bool| Record {
             origin: "b".into(),
             seq: 1,
             hlc: Hlc {
@@ -2439,12 +2640,16 @@ mod tests {
                     table: table.into(),
                     key,
                     op,
+                    named,
                 }],
                 events: vec![],
             })
             .unwrap(),
         };
+        let bad = |table: &str, key: Vec<Cell>, op: RowOp| bad_named(table, key, op, false);
         for record in [
+            // Only an insert is a named creation's.
+            bad_named("users", vec![Cell::Text("x".into())], RowOp::Deleted, true),
             bad("changes", vec![Cell::Int(1)], RowOp::Deleted),
             bad("users", vec![], RowOp::Deleted),
             bad(

@@ -202,6 +202,70 @@ async fn sessions_expire_and_refresh_extends_them() {
     assert_eq!(e.code, ErrorCode::Unauthorized);
 }
 
+/// A registration and a creation named by the client's write id: sent
+/// again, the device or folder made the first time; the same id from
+/// another user names another device; a write id of the wrong form is
+/// refused; sent again once the device is removed, refused.
+#[tokio::test]
+async fn named_creations_sent_again_answer_what_they_made() {
+    use coffer_proto::request::{FolderCreate, upload_id};
+    use coffer_proto::types::Blob;
+
+    let s = Harness::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let device = |write_id: String| {
+        Request::DeviceRegister(DeviceRegister {
+            name: "laptop".into(),
+            mac: "aa:bb:cc:dd:ee:01".into(),
+            write_id: Some(write_id),
+        })
+    };
+    let named = upload_id([9; 16]);
+    let Response::Device(first) = alice.ok(device(named.clone())).await else {
+        panic!()
+    };
+    // Renamed, then sent again: the device, as it is now.
+    alice
+        .ok(Request::DeviceRename(DeviceRename {
+            device_id: first.device_id.clone(),
+            name: "desk".into(),
+        }))
+        .await;
+    let Response::Device(again) = alice.ok(device(named.clone())).await else {
+        panic!()
+    };
+    assert_eq!(
+        (&again.device_id, again.name.as_str()),
+        (&first.device_id, "desk")
+    );
+    let Response::Device(bobs) = bob.ok(device(named.clone())).await else {
+        panic!()
+    };
+    assert_ne!(bobs.device_id, first.device_id);
+    alice
+        .refused(device("u123".into()), ErrorCode::BadRequest)
+        .await;
+    let create = Request::FolderCreate(FolderCreate {
+        label: "docs".into(),
+        wrapped_key: Blob(vec![3; 256]),
+        write_id: Some(upload_id([8; 16])),
+    });
+    let Response::Folder(made) = alice.ok(create.clone()).await else {
+        panic!()
+    };
+    assert_eq!(alice.ok(create).await, Response::Folder(made));
+    alice
+        .ok(Request::DeviceRemove(DeviceRemove {
+            device_id: first.device_id.clone(),
+        }))
+        .await;
+    // The removal ended the session on that device: a new one.
+    let mut alice = s.client().await;
+    alice.login(Identity::new("alice")).await;
+    alice.refused(device(named), ErrorCode::Conflict).await;
+}
+
 #[tokio::test]
 async fn devices_are_unique_per_user_by_name_and_mac() {
     let s = Harness::start().await;
@@ -226,6 +290,7 @@ async fn devices_are_unique_per_user_by_name_and_mac() {
                 Request::DeviceRegister(DeviceRegister {
                     name: name.into(),
                     mac: mac.into(),
+                    write_id: None,
                 }),
                 ErrorCode::Conflict,
             )
@@ -236,6 +301,7 @@ async fn devices_are_unique_per_user_by_name_and_mac() {
             Request::DeviceRegister(DeviceRegister {
                 name: "x".into(),
                 mac: "not-a-mac".into(),
+                write_id: None,
             }),
             ErrorCode::BadRequest,
         )

@@ -785,10 +785,12 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     let device = Request::DeviceRegister(DeviceRegister {
         name: "laptop".into(),
         mac: "aa:bb:cc:dd:ee:01".into(),
+        write_id: None,
     });
     let create = Request::FolderCreate(FolderCreate {
         label: "solo".into(),
         wrapped_key: Blob(vec![5; 256]),
+        write_id: None,
     });
     let share = Request::FolderShare(FolderShare {
         folder_id: team.clone(),
@@ -879,6 +881,79 @@ async fn writes_sent_again_through_another_node_are_done_once() {
     assert!(devices.devices.is_empty(), "{devices:?}");
     cluster.nodes.push(Node::restart(third).await);
     cluster.converged().await;
+}
+
+/// A device registered and a folder made by a node cut off from everyone
+/// (answered `unavailable`, heard by no peer), then sent again with the same
+/// write ids through another node while the first is down: once the first
+/// is back, every node holds one device and one folder — the ones the
+/// second node answered, with what was done to them since.
+#[tokio::test]
+async fn a_creation_no_peer_heard_of_sent_again_elsewhere_is_one_row() {
+    use coffer_proto::ErrorCode;
+    use coffer_proto::request::{DeviceRegister, DeviceRename, FolderCreate, upload_id};
+    use coffer_proto::types::Blob;
+
+    let mut cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    cluster.converged().await;
+    let device = Request::DeviceRegister(DeviceRegister {
+        name: "laptop".into(),
+        mac: "aa:bb:cc:dd:ee:01".into(),
+        write_id: Some(upload_id([1; 16])),
+    });
+    let create = Request::FolderCreate(FolderCreate {
+        label: "solo".into(),
+        wrapped_key: Blob(vec![5; 256]),
+        write_id: Some(upload_id([2; 16])),
+    });
+    let mut on_first = cluster.signed_in(0, "alice").await;
+    let third = cluster.nodes.pop().unwrap().stop().await;
+    let second = cluster.nodes.pop().unwrap().stop().await;
+    for request in [&device, &create] {
+        on_first
+            .refused(request.clone(), ErrorCode::Unavailable)
+            .await;
+    }
+    let first = cluster.nodes.pop().unwrap().stop().await;
+    cluster.nodes.push(Node::restart(second).await);
+    cluster.nodes.push(Node::restart(third).await);
+    cluster.linked().await;
+    let mut on_second = cluster.signed_in(0, "alice").await;
+    let Response::Device(laptop) = on_second.ok(device).await else {
+        panic!()
+    };
+    let Response::Folder(solo) = on_second.ok(create).await else {
+        panic!()
+    };
+    let Response::Device(desk) = on_second
+        .ok(Request::DeviceRename(DeviceRename {
+            device_id: laptop.device_id.clone(),
+            name: "desk".into(),
+        }))
+        .await
+    else {
+        panic!()
+    };
+    cluster.rejoin(first).await;
+    for node in 0..3 {
+        let mut alice = cluster.signed_in(node, "alice").await;
+        let Response::Devices(devices) = alice.ok(Request::DeviceList).await else {
+            panic!()
+        };
+        // The time it was made is the first node's, the earlier.
+        let names: Vec<_> = devices
+            .devices
+            .iter()
+            .map(|d| (&d.device_id, &d.name, d.created_ms <= desk.created_ms))
+            .collect();
+        assert_eq!(names, [(&desk.device_id, &desk.name, true)], "node {node}");
+        let Response::Folders(folders) = alice.ok(Request::FolderList).await else {
+            panic!()
+        };
+        let ids: Vec<_> = folders.folders.iter().map(|f| &f.folder_id).collect();
+        assert_eq!(ids, [&solo.folder_id], "node {node}");
+    }
 }
 
 #[tokio::test]

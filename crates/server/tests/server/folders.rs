@@ -313,6 +313,7 @@ async fn invitations_can_be_declined_and_members_can_leave() {
         Request::FolderCreate(coffer_proto::request::FolderCreate {
             label: label.into(),
             wrapped_key: Blob(vec![key; 256]),
+            write_id: None,
         })
     };
     alice

@@ -308,6 +308,7 @@ impl Client {
             .ok(Request::DeviceRegister(DeviceRegister {
                 name: name.into(),
                 mac: mac.into(),
+                write_id: None,
             }))
             .await;
         let Response::Device(d) = answer else {
@@ -332,6 +333,7 @@ impl Client {
             .ok(Request::FolderCreate(FolderCreate {
                 label: label.into(),
                 wrapped_key: Blob(wrapped),
+                write_id: None,
             }))
             .await;
         let Response::Folder(f) = answer else {
