@@ -1799,7 +1799,6 @@ fn stranded(tx: &Connection, beaten: &FileEntry, winner: &FileEntry) -> Result<V
     Ok(losers)
 }
 
-/// Binds a session that runs on no device yet to `device_id`.
 /// Refuses a named creation whose row, `key` = `id` in `table`, is here
 /// under another owner (an id derived alike from two names: not to be met)
 /// or was made and deleted since: the creation, sent again late, does not
@@ -1824,6 +1823,7 @@ fn named_creation_free(
     Ok(())
 }
 
+/// Binds a session that runs on no device yet to `device_id`.
 fn bind_session(tx: &Connection, session_id: &str, device_id: &str) -> Result<()> {
     exec(
         tx,
