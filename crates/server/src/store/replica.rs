@@ -2190,6 +2190,30 @@ mod tests {
         }
     }
 
+    /// xorshift64: a test's own dice, the same every run of `seed`; `n`
+    /// faces.
+    fn dice(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
+    /// Every node hears from every other, and again (what one heard
+    /// second-hand reaches the rest).
+    async fn ship_everywhere(nodes: &[Store]) {
+        for _ in 0..2 {
+            for from in nodes {
+                for to in nodes {
+                    ship(from, to).await;
+                }
+            }
+        }
+    }
+
     /// Three nodes edit and delete one file at random, on a clock that
     /// often gives two writes the same millisecond, and ship their records
     /// to each other at random between writes; then every node hears from
@@ -2212,14 +2236,7 @@ mod tests {
             write(&nodes[0], folder("f1")).await;
             ship(&nodes[0], &nodes[1]).await;
             ship(&nodes[0], &nodes[2]).await;
-            // xorshift64: the test's own dice, the same every run.
-            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut dice = |n: u64| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state % n
-            };
+            let mut dice = dice(seed);
             for step in 0..40u8 {
                 now += dice(3);
                 clock.set_ms(now);
@@ -2243,13 +2260,7 @@ mod tests {
                     _ => write(at, put("x.txt", step + 1, None)).await,
                 }
             }
-            for _ in 0..2 {
-                for from in &nodes {
-                    for to in &nodes {
-                        ship(from, to).await;
-                    }
-                }
-            }
+            ship_everywhere(&nodes).await;
             same(&[&nodes[0], &nodes[1], &nodes[2]]).await;
             let first = history(&nodes[0], "x.txt").await;
             assert!(!first.is_empty(), "seed {seed}");
@@ -2291,13 +2302,7 @@ mod tests {
             }
             ship(&nodes[0], &nodes[1]).await;
             ship(&nodes[0], &nodes[2]).await;
-            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut dice = |n: u64| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state % n
-            };
+            let mut dice = dice(seed);
             for _ in 0..60 {
                 let n = dice(3) as usize;
                 clocks[n].advance(std::time::Duration::from_millis(dice(2_000)));
@@ -2345,13 +2350,7 @@ mod tests {
                     }
                 };
             }
-            for _ in 0..2 {
-                for from in &nodes {
-                    for to in &nodes {
-                        ship(from, to).await;
-                    }
-                }
-            }
+            ship_everywhere(&nodes).await;
             same(&[&nodes[0], &nodes[1], &nodes[2]]).await;
             for node in &nodes {
                 let epochs = column(
