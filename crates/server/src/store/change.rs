@@ -94,7 +94,7 @@ pub(crate) enum Change {
         username: String,
         session_id: String,
         device_id: String,
-        /// The id is derived from the client's write id (see [`Effects::named`]).
+        /// The id is derived from the client's write id (see [`Change::named`]).
         #[serde(default)]
         named: bool,
         name: String,
@@ -112,7 +112,7 @@ pub(crate) enum Change {
     FolderCreate {
         username: String,
         folder_id: String,
-        /// The id is derived from the client's write id (see [`Effects::named`]).
+        /// The id is derived from the client's write id (see [`Change::named`]).
         #[serde(default)]
         named: bool,
         label: String,
@@ -242,6 +242,17 @@ impl Change {
         matches!(self, Change::Collect | Change::ChunkFetched { .. })
     }
 
+    /// Whether the change is a named creation (a folder or a device whose id
+    /// the client's write id decided): every node that does it inserts its
+    /// rows under one stamp, [`replica::NAMED`], so that the row merge takes
+    /// them for one incarnation, not two.
+    fn named(&self) -> bool {
+        matches!(
+            self,
+            Change::DeviceRegister { named: true, .. } | Change::FolderCreate { named: true, .. }
+        )
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Change::Register { .. } => "register",
@@ -312,11 +323,6 @@ struct Effects {
     /// logged all the same, so that it is acknowledged only once the quorum
     /// holds everything this node held, that write included.
     repeats: bool,
-    /// The rows the change inserted are a named creation's (a folder or a
-    /// device whose id the client's write id decided): every node that does
-    /// the creation inserts them under one stamp, [`replica::NAMED`], so that
-    /// the row merge takes them for one incarnation, not two.
-    named: bool,
 }
 
 impl Effects {
@@ -365,7 +371,7 @@ pub(crate) fn apply_batch(
                 let rows = if change.is_local() {
                     Vec::new()
                 } else {
-                    replica::take_written(&sp, &stamp, effects.named)?
+                    replica::take_written(&sp, &stamp, change.named())?
                 };
                 // A change that wrote no replicated row and tells no one
                 // (an upload begun, a chunk received) is this node's alone:
@@ -570,8 +576,7 @@ fn apply(
                     fx.repeats = true;
                     return Ok(Applied::Device(device));
                 }
-                named_creation_free(tx, ("devices", "device_id"), device_id, "device")?;
-                fx.named = true;
+                named_creation_free(tx, "devices", device_id, "device")?;
             }
             // Registered already under this name and MAC — the same machine,
             // the request sent again (after `unavailable`, through any node
@@ -693,8 +698,7 @@ fn apply(
                     fx.repeats = true;
                     return Ok(Applied::Folder(query::folder_info(&folder, Role::Owner)));
                 }
-                named_creation_free(tx, ("folders", "folder_id"), folder_id, "folder")?;
-                fx.named = true;
+                named_creation_free(tx, "folders", folder_id, "folder")?;
             }
             // The folder this request made, sent again: its epoch-1 key,
             // wrapped at random, is the request's own.
@@ -1799,23 +1803,12 @@ fn stranded(tx: &Connection, beaten: &FileEntry, winner: &FileEntry) -> Result<V
     Ok(losers)
 }
 
-/// Refuses a named creation whose row, `key` = `id` in `table`, is here
-/// under another owner (an id derived alike from two names: not to be met)
-/// or was made and deleted since: the creation, sent again late, does not
-/// bring it back.
-fn named_creation_free(
-    tx: &Connection,
-    (table, key): (&str, &str),
-    id: &str,
-    what: &str,
-) -> Result<()> {
-    let held: bool = one(
-        tx,
-        &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?1)"),
-        [id],
-        |r| r.get(0),
-    )?;
-    if held || replica::deleted(tx, table, &[id])? {
+/// Refuses a named creation whose row `id` in `table` the caller does not
+/// hold but this node knows: here under another owner (an id derived alike
+/// from two names: not to be met), or made and deleted since — the
+/// creation, sent again late, does not bring it back.
+fn named_creation_free(tx: &Connection, table: &str, id: &str, what: &str) -> Result<()> {
+    if replica::known(tx, table, &[id])? {
         return Err(conflict(format!(
             "the {what} this request names was made and is gone, or is not yours"
         )));

@@ -391,11 +391,15 @@ fn key_text(conn: &Connection, key: &[Cell]) -> rusqlite::Result<String> {
 pub(crate) fn deleted(conn: &Connection, table_name: &str, key: &[&str]) -> rusqlite::Result<bool> {
     let t = table(table_name).expect("a replicated table");
     let cells: Vec<Cell> = key.iter().map(|k| Cell::Text((*k).to_owned())).collect();
-    if read_row(conn, t, &cells)?.is_some() {
-        return Ok(false);
-    }
+    Ok(read_row(conn, t, &cells)?.is_none() && known(conn, table_name, key)?)
+}
+
+/// Whether the row of `table` under `key` (its text columns) is here or
+/// was here once: it has an existence stamp, which outlives the row.
+pub(crate) fn known(conn: &Connection, table_name: &str, key: &[&str]) -> rusqlite::Result<bool> {
+    let cells: Vec<Cell> = key.iter().map(|k| Cell::Text((*k).to_owned())).collect();
     let key = key_text(conn, &cells)?;
-    Ok(stamp_of(conn, t.name, &key, EXISTENCE)?.is_some())
+    Ok(stamp_of(conn, table_name, &key, EXISTENCE)?.is_some())
 }
 
 fn where_key(t: &Table) -> String {
@@ -2373,22 +2377,11 @@ mod tests {
 
     /// alice's folder `folder_id`, made by a named creation.
     fn named_folder(folder_id: &str) -> Change {
-        match folder(folder_id) {
-            Change::FolderCreate {
-                username,
-                folder_id,
-                label,
-                wrapped_key,
-                ..
-            } => Change::FolderCreate {
-                username,
-                folder_id,
-                named: true,
-                label,
-                wrapped_key,
-            },
-            _ => unreachable!(),
+        let mut change = folder(folder_id);
+        if let Change::FolderCreate { named, .. } = &mut change {
+            *named = true;
         }
+        change
     }
 
     /// alice's laptop `dn`, registered by a named creation on `session_id`.

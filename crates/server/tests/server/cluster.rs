@@ -945,7 +945,7 @@ async fn a_creation_no_peer_heard_of_sent_again_elsewhere_is_one_row() {
         let names: Vec<_> = devices
             .devices
             .iter()
-            .map(|d| (&d.device_id, &d.name, d.created_ms <= desk.created_ms))
+            .map(|d| (&d.device_id, &d.name, d.created_ms < desk.created_ms))
             .collect();
         assert_eq!(names, [(&desk.device_id, &desk.name, true)], "node {node}");
         let Response::Folders(folders) = alice.ok(Request::FolderList).await else {
