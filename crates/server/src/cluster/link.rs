@@ -30,7 +30,7 @@ use coffer_proto::request::Register;
 use coffer_proto::response::{ErrorBody, Registered};
 use coffer_proto::types::Sha256;
 use coffer_proto::{DecodeError, ErrorCode, Frame, Limits, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,6 +50,10 @@ const FETCH_WINDOW: usize = 8;
 /// Chunks waiting to be pushed to followers; a follower further behind
 /// misses the oldest.
 const PUSH_QUEUE: usize = 16;
+/// Chunks a follower stores at once (pushed or fetched): as many as the
+/// chunks of one upload the writer stores at once, or it would fall behind
+/// the pushes and fetch what it missed again.
+const STORING: usize = 8;
 /// How long a follower keeps a pushed chunk that no version holds yet.
 const PUSH_HOLD: Duration = Duration::from_secs(3600);
 /// Longest wait for a peer to answer a forwarded request.
@@ -359,7 +363,7 @@ pub(crate) struct Outbox {
     caught_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Chunks of uploads as they arrive, for the links that serve followers
     /// to push ahead of the commit ([`Outbox::push_chunk`]).
-    pushes: tokio::sync::broadcast::Sender<(Sha256, Bytes)>,
+    pushes: broadcast::Sender<(Sha256, Bytes)>,
 }
 
 impl Default for Outbox {
@@ -367,7 +371,7 @@ impl Default for Outbox {
         Outbox {
             links: Default::default(),
             caught_up: Default::default(),
-            pushes: tokio::sync::broadcast::channel(PUSH_QUEUE).0,
+            pushes: broadcast::channel(PUSH_QUEUE).0,
         }
     }
 }
@@ -568,7 +572,7 @@ async fn fetch_chunk_except(
     }
     while let Some(answered) = asked.join_next().await {
         if let Ok(Some((peer, bytes))) = answered
-            && keep_chunk(server, &peer, hash, &bytes, false).await
+            && keep_chunk(server, &peer, hash, bytes.clone(), false).await
         {
             return Some(bytes.to_vec());
         }
@@ -580,18 +584,28 @@ async fn fetch_chunk_except(
 /// durably, and records it for collection; one that came `ahead` of its
 /// version (pushed, or fetched before its record is taken) is kept from
 /// collection meanwhile. Whether it is now held.
-async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: &[u8], ahead: bool) -> bool {
-    if <sha2::Sha256 as sha2::Digest>::digest(bytes)[..] != hash.0 {
-        warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
-        return false;
-    }
-    let chunks = server.chunks.clone();
-    let owned = bytes.to_vec();
-    if let Err(e) = coffer_net::blocking(move || chunks.put(&hash.0, &owned)).await {
-        warn!(%hash, error = %e, "a chunk from a peer could not be stored");
-        return false;
-    }
+async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: Bytes, ahead: bool) -> bool {
     let size = bytes.len() as u64;
+    let chunks = server.chunks.clone();
+    // Hashed and written off the async threads, as an upload's chunks are.
+    let kept = coffer_net::blocking(move || {
+        if <sha2::Sha256 as sha2::Digest>::digest(&bytes)[..] != hash.0 {
+            return Ok(false);
+        }
+        chunks.put(&hash.0, &bytes).map(|()| true)
+    })
+    .await;
+    match kept {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(%peer, %hash, "a peer sent a chunk that does not match its address");
+            return false;
+        }
+        Err(e) => {
+            warn!(%hash, error = %e, "a chunk from a peer could not be stored");
+            return false;
+        }
+    }
     if let Err(e) = server
         .store
         .write(crate::store::Change::ChunkFetched {
@@ -755,6 +769,7 @@ async fn follow_once<N: Net>(
     // Frames that came while this loop waited for chunks, in order.
     let mut parked: std::collections::VecDeque<Frame<PeerMessage>> = Default::default();
     let mut settled = server.unheld.settled.subscribe();
+    let mut storing = Storing::default();
     // The peer pings an idle link: silence for three pings means it is gone.
     // Kept here, not left to the reader's idle timeout, which starts afresh
     // each time a request going out wins the select below: a node that keeps
@@ -804,9 +819,10 @@ async fn follow_once<N: Net>(
                     let _ = reply.send(Ok(registered));
                 }
             }
-            // Pushed unasked while an upload arrives there.
+            // Pushed unasked while an upload arrives there: stored
+            // alongside the chunks before and after it, as the writer does.
             PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
-                keep_chunk(server, peer, hash, &frame.body, true).await;
+                storing.keep(server, peer, hash, frame.body).await?;
             }
             PeerMessage::ChunkData(_) => {
                 if let Some(Waiter::Chunk(reply)) = waiting.remove(&frame.id) {
@@ -825,6 +841,9 @@ async fn follow_once<N: Net>(
             }
             PeerMessage::Records(Records { count, more }) => {
                 let records = decode_records(&frame.body, count)?;
+                // The chunks pushed before these records are on disk first,
+                // so that those of their versions are not fetched again.
+                storing.all().await?;
                 // The chunks of the versions among them first, from the
                 // peer, which holds them unless it took the version without
                 // them itself. Taken before them, a version could reach
@@ -842,7 +861,16 @@ async fn follow_once<N: Net>(
                         .collect()
                 })
                 .await;
-                fetch_from_peer(server, &mut conn, peer, ahead, &mut next_id, &mut parked).await?;
+                fetch_from_peer(
+                    server,
+                    &mut conn,
+                    peer,
+                    ahead,
+                    &mut next_id,
+                    &mut parked,
+                    &mut storing,
+                )
+                .await?;
                 let done = server.store.replicate(records).await?;
                 if let Some(stopped) = done.stopped {
                     // Nothing after it can be applied either: say so loudly,
@@ -905,6 +933,54 @@ fn pong(server: &Server) -> PeerMessage {
     })
 }
 
+/// Chunks a follower link is storing. Left to finish if the link ends
+/// meanwhile: a chunk written but not yet recorded would be a file that
+/// collection does not know of.
+#[derive(Default)]
+struct Storing(JoinSet<()>);
+
+impl Storing {
+    /// Stores a chunk `peer` sent ahead of its records, alongside the others
+    /// in flight, once fewer than [`STORING`] are.
+    async fn keep(
+        &mut self,
+        server: &Arc<Server>,
+        peer: &str,
+        hash: Sha256,
+        bytes: Bytes,
+    ) -> Result<(), LinkError> {
+        while self.0.len() >= STORING {
+            self.next().await?;
+        }
+        let (server, peer) = (server.clone(), peer.to_owned());
+        self.0.spawn(async move {
+            keep_chunk(&server, &peer, hash, bytes, true).await;
+        });
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<(), LinkError> {
+        match self.0.join_next().await {
+            Some(Err(e)) => Err(LinkError::Apply(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until every chunk in flight is stored (or found unsound).
+    async fn all(&mut self) -> Result<(), LinkError> {
+        while !self.0.is_empty() {
+            self.next().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Storing {
+    fn drop(&mut self) {
+        self.0.detach_all();
+    }
+}
+
 /// Fetches `needed` chunks from `peer`, the node this link follows, several
 /// at once, each stored as it comes (kept from collection until its record
 /// is taken); frames that arrive meanwhile are parked for the link's loop.
@@ -919,10 +995,10 @@ async fn fetch_from_peer<S: Stream>(
     needed: std::collections::VecDeque<Sha256>,
     next_id: &mut u64,
     parked: &mut std::collections::VecDeque<Frame<PeerMessage>>,
+    storing: &mut Storing,
 ) -> Result<(), LinkError> {
     let mut queue = needed;
     let mut asked: BTreeMap<u64, Sha256> = BTreeMap::new();
-    let mut storing: JoinSet<()> = JoinSet::new();
     // When the peer last answered a request for a chunk.
     let mut progress = tokio::time::Instant::now();
     loop {
@@ -955,19 +1031,11 @@ async fn fetch_from_peer<S: Stream>(
             PeerMessage::ChunkData(_) if asked.contains_key(&frame.id) => {
                 progress = tokio::time::Instant::now();
                 let hash = asked.remove(&frame.id).expect("asked");
-                let (server, peer) = (server.clone(), peer.to_owned());
-                let bytes = frame.body;
-                storing.spawn(async move {
-                    keep_chunk(&server, &peer, hash, &bytes, true).await;
-                });
+                storing.keep(server, peer, hash, frame.body).await?;
             }
             // A chunk pushed meanwhile: kept, and nobody waits for it.
             PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
-                let (server, peer) = (server.clone(), peer.to_owned());
-                let bytes = frame.body;
-                storing.spawn(async move {
-                    keep_chunk(&server, &peer, hash, &bytes, true).await;
-                });
+                storing.keep(server, peer, hash, frame.body).await?;
             }
             PeerMessage::PeerError(e) if asked.contains_key(&frame.id) => {
                 let hash = asked.remove(&frame.id).expect("asked");
@@ -983,10 +1051,7 @@ async fn fetch_from_peer<S: Stream>(
             msg => parked.push_back(Frame { msg, ..frame }),
         }
     }
-    while let Some(stored) = storing.join_next().await {
-        stored.map_err(|e| LinkError::Apply(e.to_string()))?;
-    }
-    Ok(())
+    storing.all().await
 }
 
 /// Fetches the chunks `lacking` (versions taken from `peer` refer to them,
@@ -1121,6 +1186,11 @@ async fn serve_inner<S: Stream>(
         // Seen before reading, so that a commit landing meanwhile wakes the
         // next round instead of waiting for a ping.
         committed.borrow_and_update();
+        // The chunks pushed so far go first. An upload's chunk is pushed
+        // before it is acknowledged, so before the commit naming it: sent
+        // ahead of the log, the follower holds a version's chunks when its
+        // record comes, rather than fetching those still queued here.
+        send_pushed(conn, &mut pushes, &peer).await?;
         // Everything the follower lacks, in the order it was applied here.
         loop {
             let batch = server.store.log_after(position, BATCH_RECORDS).await?;
@@ -1153,14 +1223,9 @@ async fn serve_inner<S: Stream>(
                 }
             }
             pushed = pushes.recv() => match pushed {
-                Ok((hash, bytes)) => {
-                    let push = PeerMessage::ChunkData(ChunkFetch { hash });
-                    conn.send(&Frame::with_body(0, push, bytes)).await?;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    debug!(%peer, missed, "the peer took too long for some pushed chunks");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                Ok((hash, bytes)) => push(conn, hash, bytes).await?,
+                Err(broadcast::error::RecvError::Lagged(missed)) => lagged(&peer, missed),
+                Err(broadcast::error::RecvError::Closed) => {}
             },
             frame = conn.recv::<PeerMessage>() => {
                 let frame = frame?.ok_or(LinkError::Closed)?;
@@ -1240,6 +1305,35 @@ async fn serve_inner<S: Stream>(
                 }
                 conn.send(&Frame::new(1, PeerMessage::PeerPing)).await?;
             }
+        }
+    }
+}
+
+/// Sends a chunk an upload stored here to the follower, unasked.
+async fn push<S: Stream>(
+    conn: &mut Connection<S>,
+    hash: Sha256,
+    bytes: Bytes,
+) -> Result<(), LinkError> {
+    let msg = PeerMessage::ChunkData(ChunkFetch { hash });
+    Ok(conn.send(&Frame::with_body(0, msg, bytes)).await?)
+}
+
+fn lagged(peer: &str, missed: u64) {
+    debug!(%peer, missed, "the peer took too long for some pushed chunks");
+}
+
+/// Sends the follower every chunk pushed and not yet sent.
+async fn send_pushed<S: Stream>(
+    conn: &mut Connection<S>,
+    pushes: &mut broadcast::Receiver<(Sha256, Bytes)>,
+    peer: &str,
+) -> Result<(), LinkError> {
+    loop {
+        match pushes.try_recv() {
+            Ok((hash, bytes)) => push(conn, hash, bytes).await?,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => lagged(peer, missed),
+            Err(_) => return Ok(()),
         }
     }
 }

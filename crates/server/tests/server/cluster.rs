@@ -241,9 +241,12 @@ async fn a_node_that_was_down_or_wiped_catches_up_from_its_peers() {
     cluster.converged().await;
 }
 
-/// Opens a TLS connection presenting `identity` (a chain and key written
-/// under the cluster's directory) and says `peer_hello` as `claims`.
-async fn peer_hello(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &str) -> Vec<u8> {
+type Link = coffer_net::conn::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens a TLS connection to the first node presenting `identity` (a chain
+/// and key written under the cluster's directory) and says `peer_hello` as
+/// `claims`, holding nothing.
+async fn open_link(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &str) -> Link {
     use coffer_net::tls;
     let roots = tls::load_roots(&cluster.ca()).unwrap();
     let id = match identity {
@@ -289,6 +292,12 @@ async fn peer_hello(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &
     ))
     .await
     .unwrap();
+    conn
+}
+
+/// The header of the first node's answer to [`open_link`].
+async fn peer_hello(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &str) -> Vec<u8> {
+    let mut conn = open_link(cluster, identity, claims).await;
     let raw = conn.read_frame().await.unwrap().unwrap();
     raw.header.to_vec()
 }
@@ -1015,6 +1024,81 @@ async fn chunks_reach_the_followers_while_the_upload_arrives() {
         .await;
     assert!(matches!(committed, Response::Entry(_)), "{committed:?}");
     cluster.converged().await;
+}
+
+#[tokio::test]
+async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
+    use super::support::{TestFile, content, missing_list};
+
+    let mut cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    let mut alice = cluster.signed_in(0, "alice").await;
+    let (folder, key) = alice.folder("team").await;
+    // The third node goes down; this test follows the first in its place.
+    cluster.converged().await;
+    cluster.nodes.pop().unwrap().stop().await;
+    let mut link = open_link(&cluster, Some(("node-3", Kind::Peer)), "node-3").await;
+    loop {
+        let frame = link.recv::<PeerMessage>().await.unwrap().unwrap();
+        match frame.msg {
+            PeerMessage::Records(records) if !records.more => break,
+            _ => {}
+        }
+    }
+    // More chunks than the connection buffers while this link is not read:
+    // most are still queued at the first node when the upload commits.
+    let bytes = content(16 << 20, 9);
+    let file = TestFile {
+        chunk_size: 1 << 20,
+        ..TestFile::new(&folder.folder_id, "large.bin", &bytes, &key)
+    };
+    let (answer, chunks) = alice.begin(&file).await;
+    let Response::Upload(upload) = answer.msg else {
+        panic!("{:?}", answer.msg)
+    };
+    for i in missing_list(upload.chunk_count, &answer.body) {
+        let sent = alice
+            .send_chunk(&upload.upload_id, i, &chunks[i as usize])
+            .await;
+        assert!(matches!(sent, Response::ChunkAck(_)), "{sent:?}");
+    }
+    let committed = alice
+        .conn
+        .call(Request::UploadCommit(coffer_proto::request::UploadCommit {
+            upload_id: upload.upload_id,
+            meta: None,
+        }))
+        .await;
+    assert!(matches!(committed, Response::Entry(_)), "{committed:?}");
+    // Every chunk comes pushed before the record of the version naming
+    // them: the follower need not ask for any of them again.
+    let mut pushed = std::collections::BTreeSet::new();
+    loop {
+        let frame = link.recv::<PeerMessage>().await.unwrap().unwrap();
+        match frame.msg {
+            PeerMessage::ChunkData(chunk) if frame.id == 0 => {
+                pushed.insert(chunk.hash.0);
+            }
+            PeerMessage::Records(records) => {
+                let records =
+                    coffer_proto::peer::decode_records(&frame.body, records.count).unwrap();
+                let version = records.iter().any(|record| {
+                    record.payload["rows"]
+                        .as_array()
+                        .is_some_and(|rows| rows.iter().any(|row| row["table"] == "versions"))
+                });
+                if version {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let missed = chunks
+        .iter()
+        .filter(|chunk| !pushed.contains(&coffer_crypto::content_address(chunk)))
+        .count();
+    assert_eq!(missed, 0, "chunks of the version came after its record");
 }
 
 /// The chunk files under a node's data directory.
