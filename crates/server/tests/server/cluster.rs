@@ -1028,7 +1028,7 @@ async fn chunks_reach_the_followers_while_the_upload_arrives() {
 
 #[tokio::test]
 async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
-    use super::support::{TestFile, content, missing_list};
+    use super::support::{TestFile, content};
 
     let mut cluster = Cluster::start(3).await;
     register(&cluster, 0, &Identity::new("alice")).await;
@@ -1052,24 +1052,9 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
         chunk_size: 1 << 20,
         ..TestFile::new(&folder.folder_id, "large.bin", &bytes, &key)
     };
-    let (answer, chunks) = alice.begin(&file).await;
-    let Response::Upload(upload) = answer.msg else {
-        panic!("{:?}", answer.msg)
-    };
-    for i in missing_list(upload.chunk_count, &answer.body) {
-        let sent = alice
-            .send_chunk(&upload.upload_id, i, &chunks[i as usize])
-            .await;
-        assert!(matches!(sent, Response::ChunkAck(_)), "{sent:?}");
-    }
-    let committed = alice
-        .conn
-        .call(Request::UploadCommit(coffer_proto::request::UploadCommit {
-            upload_id: upload.upload_id,
-            meta: None,
-        }))
-        .await;
-    assert!(matches!(committed, Response::Entry(_)), "{committed:?}");
+    let committed = alice.put(&file).await;
+    assert!(committed.is_ok(), "{committed:?}");
+    let (_, chunks) = file.upload_request();
     // Every chunk comes pushed before the record of the version naming
     // them: the follower need not ask for any of them again.
     let mut pushed = std::collections::BTreeSet::new();
