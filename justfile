@@ -36,6 +36,11 @@ bench: bench-balancer
 bench-sync:
     cargo bench -p coffer-client --bench sync
 
+# `coffer put` of a 256 MiB file into three replicated nodes (write quorum 2)
+# against one node, straight and through a balancer; replication lag.
+bench-cluster:
+    cargo bench -p coffer-client --bench cluster
+
 # The balancer against a direct connection and HAProxy 2.6 (`mode tcp`, from
 # Debian's packages, installed here if missing): throughput, p50/p99 round
 # trips, memory per idle connection.

@@ -297,3 +297,56 @@ impl Drop for LocalCluster {
         }
     }
 }
+
+/// A balancer in this process in front of `backends`, as a deployment puts
+/// one in front of its servers (health checks verified against `ca`, the
+/// default round-robin), stopped when dropped.
+pub(crate) struct Front {
+    pub(crate) addr: String,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Front {
+    pub(crate) fn start(backends: &[String], ca: &Path) -> Front {
+        use coffer_balancer::{BackendSpec, Balancer, Config, Verifier};
+        use coffer_net::{Listener as _, Net as _, TokioNet, tls};
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let shutdown = CancellationToken::new();
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = Config {
+            listen: any,
+            backends: backends
+                .iter()
+                .map(|addr| BackendSpec {
+                    addr: addr.parse().unwrap(),
+                    name: None,
+                })
+                .collect(),
+            ..Config::default()
+        };
+        let verifier = Verifier::new(tls::load_roots(ca).unwrap(), Arc::new(SystemClock)).unwrap();
+        let balancer = Arc::new(Balancer::new(config, Some(verifier), 1).unwrap());
+        let addr = runtime.block_on(async {
+            let listener = TokioNet.bind(any).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(balancer.run(TokioNet, listener, shutdown.clone()));
+            addr
+        });
+        Front {
+            addr: addr.to_string(),
+            shutdown,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
