@@ -62,8 +62,8 @@ fn puts(
         .collect()
 }
 
-/// Whether every peer of the node `coffer` talks to (directly) has
-/// acknowledged all it holds (what `ping --json` reports under `peers`).
+/// Whether every peer of the node `coffer` talks to has acknowledged all it
+/// holds (what `ping --json` reports under `peers`).
 fn caught_up(coffer: &Coffer<'_>) -> bool {
     let (pong, _) = coffer.run(&["ping"], None);
     pong["peers"]
@@ -79,10 +79,11 @@ enum Route {
 }
 
 impl Route {
-    fn name(self) -> &'static str {
+    /// As reported, and as the scratch directories are named.
+    fn name(self) -> (&'static str, &'static str) {
         match self {
-            Route::Direct => "direct",
-            Route::Balancer => "through the balancer",
+            Route::Direct => ("direct", "direct"),
+            Route::Balancer => ("through the balancer", "balanced"),
         }
     }
 
@@ -101,10 +102,7 @@ struct Compared {
 }
 
 fn compare(route: Route, dir: &Path, file: &Path, bytes: f64, runs: usize) -> Compared {
-    let tag = match route {
-        Route::Direct => "direct",
-        Route::Balancer => "balanced",
-    };
+    let (_, tag) = route.name();
     let single = Local::start(&dir.join(format!("single-{tag}")));
     let front = route.front(std::slice::from_ref(&single.addr), &single.ca);
     let home = dir.join(format!("home-single-{tag}"));
@@ -160,7 +158,7 @@ fn report(route: Route, compared: Compared) {
         replicated,
         lags,
     } = compared;
-    println!("{}:", route.name());
+    println!("{}:", route.name().0);
     for run in 0..alone.len() {
         let (a, r) = (&alone[run], &replicated[run]);
         println!(

@@ -56,8 +56,8 @@ enum Next {
 /// Bytes of one connection's chunks being stored at once (16 chunks of the
 /// default size): hashing and fsyncs overlap, and the writer commits their
 /// receipts together. It bounds what a connection holds in memory beyond its
-/// read buffer.
-const CHUNK_BYTES_IN_FLIGHT: usize = 16 << 20;
+/// read buffer. A peer link stores the chunks it is sent under the same bound.
+pub(crate) const CHUNK_BYTES_IN_FLIGHT: usize = 16 << 20;
 
 pub(crate) async fn serve<S: Stream>(
     server: Arc<Server>,

@@ -159,12 +159,27 @@ pub(crate) fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// What runs in this process on a runtime of its own: told to stop, then
+/// given five seconds to, when dropped.
+struct Running {
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
 /// A server in this process, stopped when dropped.
 pub(crate) struct Local {
     pub(crate) addr: String,
     pub(crate) ca: PathBuf,
-    shutdown: CancellationToken,
-    runtime: Option<tokio::runtime::Runtime>,
+    _running: Running,
 }
 
 impl Local {
@@ -186,8 +201,10 @@ impl Local {
         Local {
             addr: addr.to_string(),
             ca,
-            shutdown,
-            runtime: Some(runtime),
+            _running: Running {
+                shutdown,
+                runtime: Some(runtime),
+            },
         }
     }
 
@@ -201,21 +218,13 @@ impl Local {
     }
 }
 
-impl Drop for Local {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        drop(self.runtime.take());
-    }
-}
-
 /// Servers in this process that make one replicated cluster (peer
 /// certificates from one CA, the default write quorum of two), stopped when
 /// dropped.
 pub(crate) struct LocalCluster {
     pub(crate) addrs: Vec<String>,
     pub(crate) ca: PathBuf,
-    shutdown: CancellationToken,
-    runtime: Option<tokio::runtime::Runtime>,
+    _running: Running,
 }
 
 impl LocalCluster {
@@ -274,8 +283,10 @@ impl LocalCluster {
         LocalCluster {
             addrs: addrs.iter().map(ToString::to_string).collect(),
             ca: ca_file,
-            shutdown,
-            runtime: Some(runtime),
+            _running: Running {
+                shutdown,
+                runtime: Some(runtime),
+            },
         }
     }
 
@@ -289,22 +300,12 @@ impl LocalCluster {
     }
 }
 
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        }
-    }
-}
-
 /// A balancer in this process in front of `backends`, as a deployment puts
 /// one in front of its servers (health checks verified against `ca`, the
 /// default round-robin), stopped when dropped.
 pub(crate) struct Front {
     pub(crate) addr: String,
-    shutdown: CancellationToken,
-    runtime: Option<tokio::runtime::Runtime>,
+    _running: Running,
 }
 
 impl Front {
@@ -336,17 +337,10 @@ impl Front {
         });
         Front {
             addr: addr.to_string(),
-            shutdown,
-            runtime: Some(runtime),
-        }
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            _running: Running {
+                shutdown,
+                runtime: Some(runtime),
+            },
         }
     }
 }

@@ -54,10 +54,6 @@ const FETCH_WINDOW: usize = 8;
 /// 128 MiB at the largest. With 16, the followers of three 256 MiB puts on
 /// one 2-core host missed 52 and 60 of their 768 chunks; with 32, 10 and 0.
 const PUSH_QUEUE: usize = 32;
-/// Chunks a follower stores at once (pushed or fetched): as many as the
-/// chunks of one upload the writer stores at once, or it would fall behind
-/// the pushes and fetch what it missed again.
-const STORING: usize = 8;
 /// How long a follower keeps a pushed chunk that no version holds yet.
 const PUSH_HOLD: Duration = Duration::from_secs(3600);
 /// Longest wait for a peer to answer a forwarded request.
@@ -937,15 +933,21 @@ fn pong(server: &Server) -> PeerMessage {
     })
 }
 
-/// Chunks a follower link is storing. Left to finish if the link ends
-/// meanwhile: a chunk written but not yet recorded would be a file that
-/// collection does not know of.
+/// Chunks a follower link is storing, and their bytes. Left to finish if
+/// the link ends meanwhile: a chunk written but not yet recorded would be a
+/// file that collection does not know of.
 #[derive(Default)]
-struct Storing(JoinSet<()>);
+struct Storing {
+    tasks: JoinSet<usize>,
+    bytes: usize,
+}
 
 impl Storing {
-    /// Stores a chunk `peer` sent ahead of its records, alongside the others
-    /// in flight, once fewer than [`STORING`] are.
+    /// Stores a chunk `peer` sent ahead of its records alongside the others
+    /// in flight, under the bound a client connection's chunks have: a
+    /// follower storing them one at a time falls behind the writer, which
+    /// stores an upload's chunks at once, and misses pushes it must then
+    /// fetch again.
     async fn keep(
         &mut self,
         server: &Arc<Server>,
@@ -953,26 +955,33 @@ impl Storing {
         hash: Sha256,
         bytes: Bytes,
     ) -> Result<(), LinkError> {
-        while self.0.len() >= STORING {
+        while self.bytes >= crate::conn::CHUNK_BYTES_IN_FLIGHT {
             self.next().await?;
         }
+        self.bytes += bytes.len();
         let (server, peer) = (server.clone(), peer.to_owned());
-        self.0.spawn(async move {
+        self.tasks.spawn(async move {
+            let len = bytes.len();
             keep_chunk(&server, &peer, hash, bytes, true).await;
+            len
         });
         Ok(())
     }
 
     async fn next(&mut self) -> Result<(), LinkError> {
-        match self.0.join_next().await {
+        match self.tasks.join_next().await {
+            Some(Ok(len)) => {
+                self.bytes -= len;
+                Ok(())
+            }
             Some(Err(e)) => Err(LinkError::Apply(e.to_string())),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
     /// Waits until every chunk in flight is stored (or found unsound).
     async fn all(&mut self) -> Result<(), LinkError> {
-        while !self.0.is_empty() {
+        while !self.tasks.is_empty() {
             self.next().await?;
         }
         Ok(())
@@ -981,7 +990,7 @@ impl Storing {
 
 impl Drop for Storing {
     fn drop(&mut self) {
-        self.0.detach_all();
+        self.tasks.detach_all();
     }
 }
 
