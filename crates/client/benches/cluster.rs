@@ -15,10 +15,12 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    Coffer, Front, Local, LocalCluster, MIB, cpu_seconds, env_number, host, median, write_file,
+    Coffer, CpuBudget, Front, Local, LocalCluster, MIB, cpu_seconds, env_number, host, median,
+    write_file,
 };
 
 /// One put: MB/s, and the processor time it took (servers, client) over
@@ -93,17 +95,66 @@ impl Route {
     }
 }
 
-/// The puts into one node, the puts into three, and how long after each of
-/// the latter every node held it (ms).
+/// The puts into one node, the puts into three, how long after each of
+/// the latter every node held it (ms), and, when the nodes had processor
+/// budgets, what each used and how long it was held back, over all its
+/// puts (s).
 struct Compared {
     alone: Vec<Put>,
     replicated: Vec<Put>,
     lags: Vec<f64>,
+    budgets: Vec<(String, Spent)>,
 }
 
-fn compare(route: Route, dir: &Path, file: &Path, bytes: f64, runs: usize) -> Compared {
-    let (_, tag) = route.name();
-    let single = Local::start(&dir.join(format!("single-{tag}")));
+/// What a node on a budget used of it.
+struct Spent {
+    used: f64,
+    throttled: f64,
+}
+
+impl Spent {
+    fn of(budget: &CpuBudget) -> Spent {
+        Spent {
+            used: budget.used_seconds(),
+            throttled: budget.throttled_seconds(),
+        }
+    }
+}
+
+/// Processor budgets of `cores` for the single node and each of `nodes`,
+/// or none without `cores`.
+type Budgets = (Option<Arc<CpuBudget>>, Vec<Arc<CpuBudget>>);
+
+fn budgets(tag: &str, cores: Option<f64>, nodes: usize) -> Result<Budgets, String> {
+    let Some(cores) = cores else {
+        return Ok((None, Vec::new()));
+    };
+    let single = CpuBudget::new(&format!("single-{tag}"), cores)?;
+    let each = (1..=nodes)
+        .map(|n| CpuBudget::new(&format!("node-{n}-{tag}"), cores))
+        .collect::<Result<_, _>>()?;
+    Ok((Some(single), each))
+}
+
+fn compare(
+    route: Route,
+    (single_budget, node_budgets): Budgets,
+    dir: &Path,
+    file: &Path,
+    bytes: f64,
+    runs: usize,
+) -> Compared {
+    let tag = format!(
+        "{}{}",
+        route.name().1,
+        if single_budget.is_some() {
+            "-capped"
+        } else {
+            ""
+        }
+    );
+    let mut spent = Vec::new();
+    let single = Local::start_on(&dir.join(format!("single-{tag}")), single_budget.clone());
     let front = route.front(std::slice::from_ref(&single.addr), &single.ca);
     let home = dir.join(format!("home-single-{tag}"));
     let coffer = Coffer {
@@ -114,8 +165,11 @@ fn compare(route: Route, dir: &Path, file: &Path, bytes: f64, runs: usize) -> Co
     let alone = puts(&coffer, file, bytes, runs, || {});
     drop(front);
     drop(single);
+    if let Some(budget) = single_budget {
+        spent.push(("single node".to_owned(), Spent::of(&budget)));
+    }
 
-    let cluster = LocalCluster::start(&dir.join(format!("cluster-{tag}")), 3);
+    let cluster = LocalCluster::start(&dir.join(format!("cluster-{tag}")), 3, node_budgets.clone());
     let front = route.front(&cluster.addrs, &cluster.ca);
     let home = dir.join(format!("home-cluster-{tag}"));
     let coffer = Coffer {
@@ -145,20 +199,25 @@ fn compare(route: Route, dir: &Path, file: &Path, bytes: f64, runs: usize) -> Co
     });
     drop(front);
     drop(cluster);
+    for (n, budget) in node_budgets.iter().enumerate() {
+        spent.push((format!("node-{}", n + 1), Spent::of(budget)));
+    }
     Compared {
         alone,
         replicated,
         lags,
+        budgets: spent,
     }
 }
 
-fn report(route: Route, compared: Compared) {
+fn report(heading: &str, compared: Compared) {
     let Compared {
         alone,
         replicated,
         lags,
+        budgets,
     } = compared;
-    println!("{}:", route.name().0);
+    println!("{heading}:");
     for run in 0..alone.len() {
         let (a, r) = (&alone[run], &replicated[run]);
         println!(
@@ -197,7 +256,22 @@ fn report(route: Route, compared: Compared) {
         "  replication lag after an acknowledged put: {:.0} ms (median; time until every node has acknowledged every record and chunk)",
         median(lags)
     );
+    if !budgets.is_empty() {
+        let spent: Vec<String> = budgets
+            .iter()
+            .map(|(node, s)| format!("{node} {:.1} s ({:.1} s)", s.used, s.throttled))
+            .collect();
+        println!(
+            "  processor time over all its puts (of which held back by the budget): {}",
+            spent.join(", ")
+        );
+    }
 }
+
+/// Each node's processor budget when `BENCH_NODE_CORES` does not set one:
+/// three nodes, the balancer and the client must fit in this host's two
+/// cores with room to spare, or the host, not the budget, sets the pace.
+const DEFAULT_NODE_CORES: f64 = 0.4;
 
 fn main() {
     let size_mib = env_number("BENCH_MIB", 256);
@@ -211,7 +285,22 @@ fn main() {
         host()
     );
     for route in [Route::Direct, Route::Balancer] {
-        let compared = compare(route, dir.path(), &file, bytes, runs);
-        report(route, compared);
+        let compared = compare(route, (None, Vec::new()), dir.path(), &file, bytes, runs);
+        report(route.name().0, compared);
+    }
+    // Each node on a machine of its own, as deployed: on this host, a
+    // processor budget of its own, the same for the single node and for
+    // each of the three.
+    let cores = std::env::var("BENCH_NODE_CORES")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(DEFAULT_NODE_CORES);
+    let heading = format!("through the balancer, each node on a budget of {cores} cores");
+    match budgets("balanced", Some(cores), 3) {
+        Ok(budgets) => {
+            let compared = compare(Route::Balancer, budgets, dir.path(), &file, bytes, runs);
+            report(&heading, compared);
+        }
+        Err(why) => println!("{heading}: skipped ({why})"),
     }
 }

@@ -164,6 +164,37 @@ pub(crate) fn scratch() -> tempfile::TempDir {
 struct Running {
     shutdown: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Dropped after the runtime has stopped, so with none of its threads
+    /// left in it.
+    _budget: Option<Arc<CpuBudget>>,
+}
+
+impl Running {
+    /// A runtime whose threads, when `budget` is given, all run under it
+    /// (each joins as it starts: the workers, and the blocking threads
+    /// that store chunks, started later).
+    /// Its threads are named `name` (as a profiler shows them).
+    fn new(name: &str, shutdown: CancellationToken, budget: Option<Arc<CpuBudget>>) -> Running {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name(name);
+        if let Some(budget) = &budget {
+            let budget = budget.clone();
+            builder.on_thread_start(move || {
+                if let Err(e) = budget.join() {
+                    eprintln!("a thread stays off its processor budget: {e}");
+                }
+            });
+        }
+        Running {
+            shutdown,
+            runtime: Some(builder.build().unwrap()),
+            _budget: budget,
+        }
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("set until dropped")
+    }
 }
 
 impl Drop for Running {
@@ -171,6 +202,113 @@ impl Drop for Running {
         self.shutdown.cancel();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// A share of the host's processor time, as a machine of its own would
+/// have: a control group of Linux's `cpu` controller whose threads may run
+/// `cores` cores' worth of time per 100 ms period between them, and are
+/// held back for the rest of the period once they have; and one of the
+/// `cpuacct` controller, which counts the time they ran. Version 1 of the
+/// controllers (mounted at `/sys/fs/cgroup/cpu` and `…/cpuacct`), which
+/// take single threads: the servers here are threads of this process. The
+/// groups are removed when dropped.
+pub(crate) struct CpuBudget {
+    /// The group under `cpu`, then the one under `cpuacct`.
+    groups: [PathBuf; 2],
+}
+
+/// Where the hierarchies of the two controllers are mounted (version 1).
+const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"];
+/// Microseconds in a period of the budget (the kernel's default).
+const PERIOD_US: u64 = 100_000;
+
+impl CpuBudget {
+    /// A budget of `cores`, or why this host cannot give one.
+    pub(crate) fn new(name: &str, cores: f64) -> Result<Arc<CpuBudget>, String> {
+        for (root, file) in CGROUP_ROOTS
+            .iter()
+            .zip(["cpu.cfs_quota_us", "cpuacct.usage"])
+        {
+            if !Path::new(root).join(file).is_file() {
+                return Err(format!("no {file} under {root} (cgroup version 1)"));
+            }
+        }
+        let group = format!("coffer-bench-{}-{name}", std::process::id());
+        let groups = CGROUP_ROOTS.map(|root| Path::new(root).join(&group));
+        let mut made = Vec::new();
+        for dir in &groups {
+            if let Err(e) = std::fs::create_dir(dir) {
+                made.into_iter().for_each(|d| drop(std::fs::remove_dir(d)));
+                return Err(format!("creating {}: {e}", dir.display()));
+            }
+            made.push(dir);
+        }
+        let budget = Arc::new(CpuBudget { groups });
+        let quota = (cores * PERIOD_US as f64).round() as u64;
+        for (file, value) in [
+            ("cpu.cfs_period_us", PERIOD_US),
+            ("cpu.cfs_quota_us", quota),
+        ] {
+            std::fs::write(budget.groups[0].join(file), value.to_string())
+                .map_err(|e| format!("setting {file}: {e}"))?;
+        }
+        // A thread that joins and ends: whether threads may be moved here.
+        let probe = budget.clone();
+        std::thread::spawn(move || probe.join())
+            .join()
+            .map_err(|_| "the probe thread panicked".to_owned())??;
+        Ok(budget)
+    }
+
+    /// Puts the calling thread under this budget.
+    fn join(&self) -> Result<(), String> {
+        // `/proc/thread-self` links to `PID/task/TID`.
+        let link = std::fs::read_link("/proc/thread-self").map_err(|e| e.to_string())?;
+        let tid = link
+            .file_name()
+            .and_then(|t| t.to_str())
+            .ok_or("no thread id")?;
+        for group in &self.groups {
+            std::fs::write(group.join("tasks"), tid)
+                .map_err(|e| format!("joining {}: {e}", group.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Processor time its threads have used, in seconds.
+    pub(crate) fn used_seconds(&self) -> f64 {
+        std::fs::read_to_string(self.groups[1].join("cpuacct.usage"))
+            .ok()
+            .and_then(|ns| ns.trim().parse::<f64>().ok())
+            .map_or(0.0, |ns| ns / 1e9)
+    }
+
+    /// How long, in all, its threads were held back for having used their
+    /// share, in seconds: zero when the budget never bound.
+    pub(crate) fn throttled_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(self.groups[0].join("cpu.stat")).unwrap_or_default();
+        stat.lines()
+            .find_map(|line| line.strip_prefix("throttled_time "))
+            .and_then(|ns| ns.trim().parse::<f64>().ok())
+            .map_or(0.0, |ns| ns / 1e9)
+    }
+}
+
+impl Drop for CpuBudget {
+    fn drop(&mut self) {
+        for (group, root) in self.groups.iter().zip(CGROUP_ROOTS) {
+            // Threads still in it (a blocking thread the runtime left
+            // running) go back to the root group: only an empty group can
+            // be removed.
+            let tasks = std::fs::read_to_string(group.join("tasks")).unwrap_or_default();
+            for tid in tasks.lines() {
+                let _ = std::fs::write(Path::new(root).join("tasks"), tid);
+            }
+            if let Err(e) = std::fs::remove_dir(group) {
+                eprintln!("could not remove {}: {e}", group.display());
+            }
         }
     }
 }
@@ -185,9 +323,13 @@ pub(crate) struct Local {
 impl Local {
     /// Starts a server with its data under `dir`.
     pub(crate) fn start(dir: &Path) -> Local {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let shutdown = CancellationToken::new();
-        let (addr, ca) = runtime.block_on(async {
+        Local::start_on(dir, None)
+    }
+
+    /// Starts a server with its data under `dir`, on `budget` when given.
+    pub(crate) fn start_on(dir: &Path, budget: Option<Arc<CpuBudget>>) -> Local {
+        let running = Running::new("single", CancellationToken::new(), budget);
+        let (addr, ca) = running.runtime().block_on(async {
             let config = Config {
                 data: dir.join("server"),
                 bcrypt_cost: 4,
@@ -195,16 +337,13 @@ impl Local {
             };
             let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
             let ca = server.ca_path().unwrap().to_owned();
-            let (addr, _) = server.spawn_local(shutdown.clone()).await.unwrap();
+            let (addr, _) = server.spawn_local(running.shutdown.clone()).await.unwrap();
             (addr, ca)
         });
         Local {
             addr: addr.to_string(),
             ca,
-            _running: Running {
-                shutdown,
-                runtime: Some(runtime),
-            },
+            _running: running,
         }
     }
 
@@ -219,74 +358,82 @@ impl Local {
 }
 
 /// Servers in this process that make one replicated cluster (peer
-/// certificates from one CA, the default write quorum of two), stopped when
-/// dropped.
+/// certificates from one CA, the default write quorum of two), each on a
+/// runtime of its own as each would be in a process of its own, stopped
+/// when dropped.
 pub(crate) struct LocalCluster {
     pub(crate) addrs: Vec<String>,
     pub(crate) ca: PathBuf,
-    _running: Running,
+    _running: Vec<Running>,
 }
 
 impl LocalCluster {
-    /// Starts `nodes` servers with their data under `dir`, and waits until
-    /// every one has caught up with the others.
-    pub(crate) fn start(dir: &Path, nodes: usize) -> LocalCluster {
+    /// Starts `nodes` servers with their data under `dir`, node `i` on
+    /// `budgets[i]` where given, and waits until every one has caught up
+    /// with the others.
+    pub(crate) fn start(dir: &Path, nodes: usize, budgets: Vec<Arc<CpuBudget>>) -> LocalCluster {
         use coffer_certs::{Ca, Kind, Validity};
         use coffer_net::{Listener as _, Net as _, TokioNet};
 
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let shutdown = CancellationToken::new();
         std::fs::create_dir_all(dir).unwrap();
         let validity = Validity::days_from(time::OffsetDateTime::now_utc(), 2);
         let ca = Ca::generate("bench CA", validity).unwrap();
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
         std::fs::write(dir.join("secret"), [7u8; 32]).unwrap();
-        let addrs = runtime.block_on(async {
-            let mut listeners = Vec::new();
-            for _ in 0..nodes {
+        let mut budgets = budgets.into_iter();
+        let running: Vec<Running> = (0..nodes)
+            .map(|n| {
+                let name = format!("node-{}", n + 1);
+                Running::new(&name, CancellationToken::new(), budgets.next())
+            })
+            .collect();
+        let listeners: Vec<_> = running
+            .iter()
+            .map(|r| {
                 let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-                listeners.push(TokioNet.bind(any).await.unwrap());
-            }
-            let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-            let mut servers = Vec::new();
-            for (i, listener) in listeners.into_iter().enumerate() {
-                let id = format!("node-{}", i + 1);
-                let sans = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-                let issued = ca.issue(Kind::Peer, &id, &sans, validity).unwrap();
-                let (cert, key) = issued.write(dir, &id, false).unwrap();
-                let config = Config {
-                    listen: addrs[i],
-                    data: dir.join(&id),
-                    peers: (0..nodes)
-                        .filter(|&j| j != i)
-                        .map(|j| (format!("node-{}", j + 1), addrs[j]))
-                        .collect(),
-                    node_id: id,
-                    tls_cert: Some(cert),
-                    tls_key: Some(key),
-                    ca: Some(ca_file.clone()),
-                    cluster_secret_file: Some(dir.join("secret")),
-                    admin: Some("admin".into()),
-                    bcrypt_cost: 4,
-                    ..Config::default()
-                };
-                let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
-                tokio::spawn(server.clone().run(TokioNet, listener, shutdown.clone()));
-                servers.push(server);
-            }
-            while !servers.iter().all(|s| s.ready()) {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            addrs
-        });
+                r.runtime().block_on(TokioNet.bind(any)).unwrap()
+            })
+            .collect();
+        let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut servers = Vec::new();
+        for (i, (listener, node)) in listeners.into_iter().zip(&running).enumerate() {
+            let id = format!("node-{}", i + 1);
+            let sans = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let issued = ca.issue(Kind::Peer, &id, &sans, validity).unwrap();
+            let (cert, key) = issued.write(dir, &id, false).unwrap();
+            let config = Config {
+                listen: addrs[i],
+                data: dir.join(&id),
+                peers: (0..nodes)
+                    .filter(|&j| j != i)
+                    .map(|j| (format!("node-{}", j + 1), addrs[j]))
+                    .collect(),
+                node_id: id,
+                tls_cert: Some(cert),
+                tls_key: Some(key),
+                ca: Some(ca_file.clone()),
+                cluster_secret_file: Some(dir.join("secret")),
+                admin: Some("admin".into()),
+                bcrypt_cost: 4,
+                ..Config::default()
+            };
+            let _entered = node.runtime().enter();
+            let server = Arc::new(Server::new(config, Arc::new(SystemClock)).unwrap());
+            node.runtime().spawn(
+                server
+                    .clone()
+                    .run(TokioNet, listener, node.shutdown.clone()),
+            );
+            servers.push(server);
+        }
+        while !servers.iter().all(|s| s.ready()) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         LocalCluster {
             addrs: addrs.iter().map(ToString::to_string).collect(),
             ca: ca_file,
-            _running: Running {
-                shutdown,
-                runtime: Some(runtime),
-            },
+            _running: running,
         }
     }
 
@@ -313,8 +460,7 @@ impl Front {
         use coffer_balancer::{BackendSpec, Balancer, Config, Verifier};
         use coffer_net::{Listener as _, Net as _, TokioNet, tls};
 
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let shutdown = CancellationToken::new();
+        let running = Running::new("balancer", CancellationToken::new(), None);
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let config = Config {
             listen: any,
@@ -329,18 +475,15 @@ impl Front {
         };
         let verifier = Verifier::new(tls::load_roots(ca).unwrap(), Arc::new(SystemClock)).unwrap();
         let balancer = Arc::new(Balancer::new(config, Some(verifier), 1).unwrap());
-        let addr = runtime.block_on(async {
+        let addr = running.runtime().block_on(async {
             let listener = TokioNet.bind(any).await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(balancer.run(TokioNet, listener, shutdown.clone()));
+            tokio::spawn(balancer.run(TokioNet, listener, running.shutdown.clone()));
             addr
         });
         Front {
             addr: addr.to_string(),
-            _running: Running {
-                shutdown,
-                runtime: Some(runtime),
-            },
+            _running: running,
         }
     }
 }
