@@ -37,7 +37,9 @@ bench-sync:
     cargo bench -p coffer-client --bench sync
 
 # `coffer put` of a 256 MiB file into three replicated nodes (write quorum 2)
-# against one node, straight and through a balancer; replication lag.
+# against one node, straight and through a balancer, sharing the host's cores
+# and then each node on a processor budget of its own (a cgroup; needs root);
+# replication lag.
 bench-cluster:
     cargo bench -p coffer-client --bench cluster
 
