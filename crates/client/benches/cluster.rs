@@ -132,14 +132,13 @@ impl Spent {
     }
 }
 
-/// Processor budgets of `cores` for the single node and each of `nodes`,
-/// or none without `cores`.
+/// Processor budgets for the single node and for each node of the
+/// cluster; none for either when the nodes share the host.
 type Budgets = (Option<Arc<CpuBudget>>, Vec<Arc<CpuBudget>>);
 
-fn budgets(tag: &str, cores: Option<f64>, nodes: usize) -> Result<Budgets, String> {
-    let Some(cores) = cores else {
-        return Ok((None, Vec::new()));
-    };
+/// Budgets of `cores` for the single node and for each of `nodes`, or why
+/// this host cannot give them.
+fn budgets(tag: &str, cores: f64, nodes: usize) -> Result<Budgets, String> {
     let single = CpuBudget::new(&format!("single-{tag}"), cores)?;
     let each = (1..=nodes)
         .map(|n| CpuBudget::new(&format!("node-{n}-{tag}"), cores))
@@ -155,15 +154,12 @@ fn compare(
     bytes: f64,
     runs: usize,
 ) -> Compared {
-    let tag = format!(
-        "{}{}",
-        route.name().1,
-        if single_budget.is_some() {
-            "-capped"
-        } else {
-            ""
-        }
-    );
+    let capped = if single_budget.is_some() {
+        "-capped"
+    } else {
+        ""
+    };
+    let tag = format!("{}{capped}", route.name().1);
     let mut spent = Vec::new();
     let single = Local::start_on(&dir.join(format!("single-{tag}")), single_budget.clone());
     let front = route.front(std::slice::from_ref(&single.addr), &single.ca);
@@ -315,7 +311,7 @@ fn main() {
     for route in [Route::Direct, Route::Balancer] {
         let (name, tag) = route.name();
         let heading = format!("{name}, each node on a budget of {cores} cores");
-        match budgets(tag, Some(cores), 3) {
+        match budgets(tag, cores, 3) {
             Ok(budgets) => {
                 let compared = compare(route, budgets, dir.path(), &file, bytes, runs);
                 report(&heading, compared);

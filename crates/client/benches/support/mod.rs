@@ -170,10 +170,10 @@ struct Running {
 }
 
 impl Running {
-    /// A runtime whose threads, when `budget` is given, all run under it
-    /// (each joins as it starts: the workers, and the blocking threads
-    /// that store chunks, started later).
-    /// Its threads are named `name` (as a profiler shows them).
+    /// A runtime whose threads are named `name` (as a profiler shows them)
+    /// and, when `budget` is given, all run under it: each joins as it
+    /// starts, the workers and the blocking threads that store chunks,
+    /// started later, alike.
     fn new(name: &str, shutdown: CancellationToken, budget: Option<Arc<CpuBudget>>) -> Running {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name(name);
