@@ -139,6 +139,10 @@ pub const MAX_UNHELD: usize = 256;
 pub struct ChunkFetch {
     /// Content address.
     pub hash: Sha256,
+    /// On a chunk pushed unasked that the sender passes on rather than took
+    /// in an upload itself: the node that took it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A change of a folder's members and keys, made by `username` through the

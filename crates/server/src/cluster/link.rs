@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Server;
+use crate::cluster::membership::Membership;
 
 /// Records read from the log per round.
 const BATCH_RECORDS: usize = 512;
@@ -56,6 +57,11 @@ const FETCH_WINDOW: usize = 8;
 const PUSH_QUEUE: usize = 32;
 /// How long a follower keeps a pushed chunk that no version holds yet.
 const PUSH_HOLD: Duration = Duration::from_secs(3600);
+/// How long a follower whose records name chunks it lacks waits for one of
+/// them to come along the chain before it asks for the rest; and the
+/// longest it waits in all, however they keep coming.
+const CHAIN_IDLE: Duration = Duration::from_millis(250);
+const CHAIN_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a peer to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between attempts to reach a peer, doubling up to the maximum.
@@ -362,8 +368,25 @@ pub(crate) struct Outbox {
     /// Peers whose whole log this node has received since it started.
     caught_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Chunks of uploads as they arrive, for the links that serve followers
-    /// to push ahead of the commit ([`Outbox::push_chunk`]).
-    pushes: broadcast::Sender<(Sha256, Bytes)>,
+    /// to push ahead of the commit ([`Outbox::push_chunk`]), and chunks
+    /// passed on along the chain ([`Outbox::pass_on`]).
+    pushes: broadcast::Sender<Pushed>,
+    /// The peers that follow this node now, each with its links (one, but
+    /// a reconnecting follower's new link may start before its old one
+    /// ends): those a pushed chunk may go to.
+    served: std::sync::Mutex<BTreeMap<String, usize>>,
+    /// Counts the chunks this node has stored from its peers, so that a
+    /// follower waiting for chunks along the chain wakes as each comes.
+    stored: tokio::sync::watch::Sender<u64>,
+}
+
+/// A chunk for the followers: its address and bytes, and the node that
+/// took it in an upload when that is not this one.
+#[derive(Clone)]
+struct Pushed {
+    origin: Option<String>,
+    hash: Sha256,
+    bytes: Bytes,
 }
 
 impl Default for Outbox {
@@ -372,6 +395,8 @@ impl Default for Outbox {
             links: Default::default(),
             caught_up: Default::default(),
             pushes: broadcast::channel(PUSH_QUEUE).0,
+            served: Default::default(),
+            stored: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -418,13 +443,40 @@ impl Outbox {
         self.caught_up.lock().expect("outbox lock").len()
     }
 
-    /// Offers a chunk an upload just stored here to every follower, so that
-    /// by the commit they hold it already and acknowledge at once, instead of
-    /// fetching the whole file then. A follower too slow to take it misses it
-    /// (the queue is short) and fetches it after the commit as before.
+    /// Offers a chunk an upload just stored here to the followers, so that
+    /// by the commit they hold it already and acknowledge at once, instead
+    /// of fetching the whole file then. It goes to one of them, which
+    /// passes it on to the next ([`next_hop`]): no node sends it twice. A
+    /// follower too slow to take it misses it (the queue is short) and
+    /// fetches it after the commit as before.
     pub(crate) fn push_chunk(&self, hash: Sha256, bytes: Bytes) {
         // No follower listening: nothing to do.
-        let _ = self.pushes.send((hash, bytes));
+        let _ = self.pushes.send(Pushed {
+            origin: None,
+            hash,
+            bytes,
+        });
+    }
+
+    /// Passes on along the chain a chunk pushed here that `origin` took in
+    /// an upload.
+    fn pass_on(&self, origin: String, hash: Sha256, bytes: Bytes) {
+        let _ = self.pushes.send(Pushed {
+            origin: Some(origin),
+            hash,
+            bytes,
+        });
+    }
+
+    /// Whether a link serving `peer` sends it `pushed`: whether `peer` is
+    /// the next node along the chain from `me`.
+    fn sends(&self, membership: &Membership, peer: &str, pushed: &Pushed) -> bool {
+        let me = membership.me();
+        let origin = pushed.origin.as_deref().unwrap_or(me);
+        let served = self.served.lock().expect("outbox lock");
+        let mut ring: Vec<&str> = membership.peers().map(|(id, _)| id).collect();
+        ring.push(me);
+        next_hop(&ring, me, origin, |id| served.contains_key(id)) == Some(peer)
     }
 
     fn mark_caught_up(&self, peer: &str) -> bool {
@@ -433,6 +485,57 @@ impl Outbox {
             .expect("outbox lock")
             .insert(peer.to_owned())
     }
+}
+
+/// Counts a link serving a follower while it lasts.
+struct Serving(Arc<Server>, String);
+
+impl Serving {
+    fn new(server: &Arc<Server>, peer: &str) -> Serving {
+        *server
+            .outbox
+            .served
+            .lock()
+            .expect("outbox lock")
+            .entry(peer.to_owned())
+            .or_insert(0) += 1;
+        Serving(server.clone(), peer.to_owned())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut served = self.0.outbox.served.lock().expect("outbox lock");
+        if let Some(links) = served.get_mut(&self.1) {
+            *links -= 1;
+            if *links == 0 {
+                served.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// The node a chunk goes to next from `me` along the chain: the first node
+/// after `me` in the order of their ids (the last followed by the first)
+/// that `follows` `me` now, stopping at `origin`, the node that took the
+/// chunk in an upload. From `origin` it goes to the first following node
+/// after it; each passes it on to the next, skipping those not following
+/// it, until the next would be `origin` again. Every node computes the same
+/// order, so a chunk never comes back round.
+fn next_hop<'a>(
+    ring: &[&'a str],
+    me: &str,
+    origin: &str,
+    follows: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let mut ring = ring.to_vec();
+    ring.sort_unstable();
+    ring.dedup();
+    let at = ring.iter().position(|id| *id == me)?;
+    (1..ring.len())
+        .map(|k| ring[(at + k) % ring.len()])
+        .take_while(|id| *id != origin)
+        .find(|id| follows(id))
 }
 
 /// Removes a link from the outbox when the link ends.
@@ -619,6 +722,7 @@ async fn keep_chunk(server: &Server, peer: &str, hash: Sha256, bytes: Bytes, ahe
     }
     // Recorded: the records that waited for it are held now.
     server.unheld.stored(&hash.0);
+    server.outbox.stored.send_modify(|n| *n += 1);
     true
 }
 
@@ -803,7 +907,7 @@ async fn follow_once<N: Net>(
                         (PeerMessage::Forward(register), Waiter::Register(reply))
                     }
                     Ask::Chunk(hash, reply) => {
-                        (PeerMessage::ChunkFetch(ChunkFetch { hash }), Waiter::Chunk(reply))
+                        (PeerMessage::ChunkFetch(ChunkFetch { hash, origin: None }), Waiter::Chunk(reply))
                     }
                     Ask::Keys(keys, reply) => (PeerMessage::ForwardKeys(keys), Waiter::Keys(reply)),
                 };
@@ -819,9 +923,11 @@ async fn follow_once<N: Net>(
                     let _ = reply.send(Ok(registered));
                 }
             }
-            // Pushed unasked while an upload arrives there: stored
-            // alongside the chunks before and after it, as the writer does.
-            PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
+            // Pushed unasked while an upload arrives there: passed on
+            // along the chain, and stored alongside the chunks before and
+            // after it, as the writer does.
+            PeerMessage::ChunkData(ChunkFetch { hash, origin }) if frame.id == 0 => {
+                pass_on(server, peer, origin, hash, &frame.body);
                 storing.keep(server, peer, hash, frame.body).await?;
             }
             PeerMessage::ChunkData(_) => {
@@ -853,7 +959,7 @@ async fn follow_once<N: Net>(
                 let wanted = crate::store::replica::chunks_of(&records, &applied);
                 // A look at the disk per chunk: off the async threads.
                 let chunks = server.chunks.clone();
-                let ahead = coffer_net::blocking(move || {
+                let ahead: Vec<Sha256> = coffer_net::blocking(move || {
                     wanted
                         .into_iter()
                         .filter(|hash| !chunks.has(hash))
@@ -861,6 +967,15 @@ async fn follow_once<N: Net>(
                         .collect()
                 })
                 .await;
+                // Records as they commit (not a backlog) whose chunks are
+                // not here: most likely on their way along the chain, from
+                // the node the peer pushed them to.
+                let ahead = if more || ahead.is_empty() {
+                    ahead
+                } else {
+                    along_the_chain(server, ahead).await
+                };
+                let ahead = ahead.into_iter().collect();
                 fetch_from_peer(
                     server,
                     &mut conn,
@@ -899,6 +1014,39 @@ async fn follow_once<N: Net>(
             PeerMessage::PeerPing => conn.send(&Frame::new(frame.id, pong(server))).await?,
             PeerMessage::PeerError(e) => return Err(LinkError::Refused(e.message)),
             other => return Err(LinkError::Unexpected(kind(&other))),
+        }
+    }
+}
+
+/// Of `ahead`, the chunks still missing once those on their way along the
+/// chain have come: waits while they come, at most [`CHAIN_IDLE`] for the
+/// next and [`CHAIN_WAIT`] in all, so that the chunks are asked of the
+/// writer only if they do not come (the node that was to pass them on is
+/// gone or slow, or the writer pushed them to this node and it missed
+/// them).
+async fn along_the_chain(server: &Server, mut ahead: Vec<Sha256>) -> Vec<Sha256> {
+    let mut stored = server.outbox.stored.subscribe();
+    let until = tokio::time::Instant::now() + CHAIN_WAIT;
+    loop {
+        // Looked for after subscribing: one stored meanwhile is seen here
+        // or wakes the wait.
+        let chunks = server.chunks.clone();
+        ahead = coffer_net::blocking(move || {
+            ahead
+                .into_iter()
+                .filter(|hash| !chunks.has(&hash.0))
+                .collect()
+        })
+        .await;
+        if ahead.is_empty() {
+            return ahead;
+        }
+        let next = until.min(tokio::time::Instant::now() + CHAIN_IDLE);
+        if !matches!(
+            tokio::time::timeout_at(next, stored.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return ahead;
         }
     }
 }
@@ -1020,7 +1168,7 @@ async fn fetch_from_peer<S: Stream>(
         {
             let id = *next_id;
             *next_id += 1;
-            let ask = PeerMessage::ChunkFetch(ChunkFetch { hash });
+            let ask = PeerMessage::ChunkFetch(ChunkFetch { hash, origin: None });
             conn.send(&Frame::new(id, ask)).await?;
             asked.insert(id, hash);
         }
@@ -1046,8 +1194,10 @@ async fn fetch_from_peer<S: Stream>(
                 let hash = asked.remove(&frame.id).expect("asked");
                 storing.keep(server, peer, hash, frame.body).await?;
             }
-            // A chunk pushed meanwhile: kept, and nobody waits for it.
-            PeerMessage::ChunkData(ChunkFetch { hash }) if frame.id == 0 => {
+            // A chunk pushed meanwhile: passed on and kept, and nobody
+            // waits for it.
+            PeerMessage::ChunkData(ChunkFetch { hash, origin }) if frame.id == 0 => {
+                pass_on(server, peer, origin, hash, &frame.body);
                 storing.keep(server, peer, hash, frame.body).await?;
             }
             PeerMessage::PeerError(e) if asked.contains_key(&frame.id) => {
@@ -1186,6 +1336,7 @@ async fn serve_inner<S: Stream>(
     let mut position = server.store.log_start(sent.clone()).await?;
     let mut committed = server.store.committed();
     let mut pushes = server.outbox.pushes.subscribe();
+    let _serving = Serving::new(server, &peer);
     // Requests of the peer being answered here (registrations it forwarded,
     // chunks it lacks): each ends as the frame to send back.
     let mut forwarded: JoinSet<(u64, PeerMessage, Bytes)> = JoinSet::new();
@@ -1203,7 +1354,7 @@ async fn serve_inner<S: Stream>(
         // before it is acknowledged, so before the commit naming it: sent
         // ahead of the log, the follower holds a version's chunks when its
         // record comes, rather than fetching those still queued here.
-        send_pushed(conn, &mut pushes, &peer).await?;
+        send_pushed(server, conn, &mut pushes, &peer).await?;
         // Everything the follower lacks, in the order it was applied here.
         loop {
             let batch = server.store.log_after(position, BATCH_RECORDS).await?;
@@ -1236,7 +1387,7 @@ async fn serve_inner<S: Stream>(
                 }
             }
             pushed = pushes.recv() => match pushed {
-                Ok((hash, bytes)) => push(conn, hash, bytes).await?,
+                Ok(pushed) => push(server, conn, &peer, pushed).await?,
                 Err(broadcast::error::RecvError::Lagged(missed)) => lagged(&peer, missed),
                 Err(broadcast::error::RecvError::Closed) => {}
             },
@@ -1273,13 +1424,13 @@ async fn serve_inner<S: Stream>(
                             (frame.id, msg, Bytes::new())
                         });
                     }
-                    PeerMessage::ChunkFetch(ChunkFetch { hash }) => {
+                    PeerMessage::ChunkFetch(ChunkFetch { hash, .. }) => {
                         let chunks = server.chunks.clone();
                         forwarded.spawn(async move {
                             match coffer_net::blocking(move || chunks.get(&hash.0)).await {
                                 Ok(bytes) => (
                                     frame.id,
-                                    PeerMessage::ChunkData(ChunkFetch { hash }),
+                                    PeerMessage::ChunkData(ChunkFetch { hash, origin: None }),
                                     Bytes::from(bytes),
                                 ),
                                 Err(e) => {
@@ -1322,14 +1473,34 @@ async fn serve_inner<S: Stream>(
     }
 }
 
-/// Sends a chunk an upload stored here to the follower, unasked.
+/// Sends the follower `peer` a chunk pushed here, unasked, when it is the
+/// next node along the chain.
 async fn push<S: Stream>(
+    server: &Server,
     conn: &mut Connection<S>,
-    hash: Sha256,
-    bytes: Bytes,
+    peer: &str,
+    pushed: Pushed,
 ) -> Result<(), LinkError> {
-    let msg = PeerMessage::ChunkData(ChunkFetch { hash });
+    if !server.outbox.sends(&server.membership, peer, &pushed) {
+        return Ok(());
+    }
+    let Pushed {
+        origin,
+        hash,
+        bytes,
+    } = pushed;
+    let msg = PeerMessage::ChunkData(ChunkFetch { hash, origin });
     Ok(conn.send(&Frame::with_body(0, msg, bytes)).await?)
+}
+
+/// Passes on along the chain a chunk `peer` pushed here: taken in an upload
+/// by `origin`, or by `peer` itself when it names none. Not when that is
+/// this node or no member (a chunk must not come back round).
+fn pass_on(server: &Server, peer: &str, origin: Option<String>, hash: Sha256, bytes: &Bytes) {
+    let origin = origin.unwrap_or_else(|| peer.to_owned());
+    if origin != server.config.node_id && server.membership.contains(&origin) {
+        server.outbox.pass_on(origin, hash, bytes.clone());
+    }
 }
 
 fn lagged(peer: &str, missed: u64) {
@@ -1338,13 +1509,14 @@ fn lagged(peer: &str, missed: u64) {
 
 /// Sends the follower every chunk pushed and not yet sent.
 async fn send_pushed<S: Stream>(
+    server: &Server,
     conn: &mut Connection<S>,
-    pushes: &mut broadcast::Receiver<(Sha256, Bytes)>,
+    pushes: &mut broadcast::Receiver<Pushed>,
     peer: &str,
 ) -> Result<(), LinkError> {
     loop {
         match pushes.try_recv() {
-            Ok((hash, bytes)) => push(conn, hash, bytes).await?,
+            Ok(pushed) => push(server, conn, peer, pushed).await?,
             Err(broadcast::error::TryRecvError::Lagged(missed)) => lagged(peer, missed),
             Err(_) => return Ok(()),
         }
@@ -1409,6 +1581,26 @@ mod tests {
 
     fn applied(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn a_chunk_goes_along_the_chain_once_to_every_node_following() {
+        let ring = ["n3", "n1", "n4", "n2"];
+        let all = |_: &str| true;
+        // Taken by n2: to n3, n4 and n1 in turn, and not back to n2.
+        assert_eq!(next_hop(&ring, "n2", "n2", all), Some("n3"));
+        assert_eq!(next_hop(&ring, "n3", "n2", all), Some("n4"));
+        assert_eq!(next_hop(&ring, "n4", "n2", all), Some("n1"));
+        assert_eq!(next_hop(&ring, "n1", "n2", all), None);
+        // Taken by n1 with n2 down: n1 skips it, and so does n4 after n3.
+        let up = |id: &str| id != "n2";
+        assert_eq!(next_hop(&ring, "n1", "n1", up), Some("n3"));
+        assert_eq!(next_hop(&ring, "n3", "n1", up), Some("n4"));
+        assert_eq!(next_hop(&ring, "n4", "n1", up), None);
+        // Nobody following: nowhere.
+        assert_eq!(next_hop(&ring, "n1", "n1", |_| false), None);
+        // A node not in the ring passes nothing on.
+        assert_eq!(next_hop(&ring, "n9", "n1", all), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Three servers on loopback, each with its own database and a peer
 //! certificate from one CA, following each other's change logs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,6 +248,16 @@ type Link = coffer_net::conn::Connection<tokio_rustls::client::TlsStream<tokio::
 /// and key written under the cluster's directory) and says `peer_hello` as
 /// `claims`, holding nothing.
 async fn open_link(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &str) -> Link {
+    open_link_to(cluster, 0, identity, claims).await
+}
+
+/// [`open_link`] to the node at `node` in `cluster.nodes`.
+async fn open_link_to(
+    cluster: &Cluster,
+    node: usize,
+    identity: Option<(&str, Kind)>,
+    claims: &str,
+) -> Link {
     use coffer_net::tls;
     let roots = tls::load_roots(&cluster.ca()).unwrap();
     let id = match identity {
@@ -268,7 +279,7 @@ async fn open_link(cluster: &Cluster, identity: Option<(&str, Kind)>, claims: &s
         None => None,
     };
     let config = tls::client_config(roots, id.as_ref(), Arc::new(SystemClock)).unwrap();
-    let tcp = TokioNet.connect(cluster.nodes[0].addr).await.unwrap();
+    let tcp = TokioNet.connect(cluster.nodes[node].addr).await.unwrap();
     let stream = tls::connect(
         &tokio_rustls::TlsConnector::from(config),
         rustls_pki_types::ServerName::try_from("localhost").unwrap(),
@@ -1034,17 +1045,12 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
     register(&cluster, 0, &Identity::new("alice")).await;
     let mut alice = cluster.signed_in(0, "alice").await;
     let (folder, key) = alice.folder("team").await;
-    // The third node goes down; this test follows the first in its place.
+    // The second node, the one the first pushes chunks to, goes down; this
+    // test follows the first in its place.
     cluster.converged().await;
-    cluster.nodes.pop().unwrap().stop().await;
-    let mut link = open_link(&cluster, Some(("node-3", Kind::Peer)), "node-3").await;
-    loop {
-        let frame = link.recv::<PeerMessage>().await.unwrap().unwrap();
-        match frame.msg {
-            PeerMessage::Records(records) if !records.more => break,
-            _ => {}
-        }
-    }
+    cluster.nodes.remove(1).stop().await;
+    let mut link = open_link(&cluster, Some(("node-2", Kind::Peer)), "node-2").await;
+    caught_up(&mut link).await;
     // More chunks than the connection buffers while this link is not read:
     // most are still queued at the first node when the upload commits.
     let bytes = content(16 << 20, 9);
@@ -1057,12 +1063,35 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
     let (_, chunks) = file.upload_request();
     // Every chunk comes pushed before the record of the version naming
     // them: the follower need not ask for any of them again.
-    let mut pushed = std::collections::BTreeSet::new();
+    let pushed = pushed_until_version(&mut link).await;
+    let missed = chunks
+        .iter()
+        .filter(|chunk| !pushed.contains_key(&coffer_crypto::content_address(chunk)))
+        .count();
+    assert_eq!(missed, 0, "chunks of the version came after its record");
+}
+
+/// Reads a peer link until its follower is caught up.
+async fn caught_up(link: &mut Link) {
+    loop {
+        let frame = link.recv::<PeerMessage>().await.unwrap().unwrap();
+        if let PeerMessage::Records(records) = frame.msg
+            && !records.more
+        {
+            return;
+        }
+    }
+}
+
+/// The chunks pushed on a peer link, with the node each says took it,
+/// until a record of a file version comes.
+async fn pushed_until_version(link: &mut Link) -> BTreeMap<[u8; 32], Option<String>> {
+    let mut pushed = BTreeMap::new();
     loop {
         let frame = link.recv::<PeerMessage>().await.unwrap().unwrap();
         match frame.msg {
             PeerMessage::ChunkData(chunk) if frame.id == 0 => {
-                pushed.insert(chunk.hash.0);
+                pushed.insert(chunk.hash.0, chunk.origin);
             }
             PeerMessage::Records(records) => {
                 let records =
@@ -1073,17 +1102,71 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
                         .is_some_and(|rows| rows.iter().any(|row| row["table"] == "versions"))
                 });
                 if version {
-                    break;
+                    return pushed;
                 }
             }
             _ => {}
         }
     }
-    let missed = chunks
+}
+
+#[tokio::test]
+async fn the_writer_sends_each_chunk_once_and_the_next_node_passes_it_on() {
+    use super::support::{TestFile, content};
+
+    let mut cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    let mut alice = cluster.signed_in(0, "alice").await;
+    let (folder, key) = alice.folder("team").await;
+    // The third node goes down; this test follows the first two in its
+    // place.
+    cluster.converged().await;
+    cluster.nodes.pop().unwrap().stop().await;
+    let mut from_first = open_link_to(&cluster, 0, Some(("node-3", Kind::Peer)), "node-3").await;
+    let mut from_second = open_link_to(&cluster, 1, Some(("node-3", Kind::Peer)), "node-3").await;
+    caught_up(&mut from_first).await;
+    caught_up(&mut from_second).await;
+    let bytes = content(16 << 20, 10);
+    let file = TestFile {
+        chunk_size: 1 << 20,
+        ..TestFile::new(&folder.folder_id, "chained.bin", &bytes, &key)
+    };
+    let committed = alice.put(&file).await;
+    assert!(committed.is_ok(), "{committed:?}");
+    let (_, chunks) = file.upload_request();
+    let addresses: BTreeSet<[u8; 32]> = chunks
         .iter()
-        .filter(|chunk| !pushed.contains(&coffer_crypto::content_address(chunk)))
-        .count();
-    assert_eq!(missed, 0, "chunks of the version came after its record");
+        .map(|chunk| coffer_crypto::content_address(chunk))
+        .collect();
+    // The first node, which took the upload, sent its chunks to the second
+    // node alone, not to this one.
+    let straight = pushed_until_version(&mut from_first).await;
+    assert!(
+        straight.keys().all(|hash| !addresses.contains(hash)),
+        "the writer pushed {} of the chunks to a second follower",
+        straight.len()
+    );
+    // The second node passed every one on, naming the first as the node
+    // that took it.
+    let mut passed_on = BTreeMap::new();
+    while passed_on.len() < addresses.len() {
+        let frame =
+            tokio::time::timeout(Duration::from_secs(10), from_second.recv::<PeerMessage>())
+                .await
+                .expect("the second node passes on every chunk")
+                .unwrap()
+                .unwrap();
+        if let PeerMessage::ChunkData(chunk) = frame.msg
+            && frame.id == 0
+        {
+            passed_on.insert(chunk.hash.0, chunk.origin);
+        }
+    }
+    assert_eq!(
+        passed_on.keys().copied().collect::<BTreeSet<_>>(),
+        addresses
+    );
+    assert!(passed_on.values().all(|o| o.as_deref() == Some("node-1")));
 }
 
 /// The chunk files under a node's data directory.
