@@ -1041,13 +1041,9 @@ async fn chunks_reach_the_followers_while_the_upload_arrives() {
 async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
     use super::support::{TestFile, content};
 
-    let mut cluster = Cluster::start(3).await;
-    register(&cluster, 0, &Identity::new("alice")).await;
-    let mut alice = cluster.signed_in(0, "alice").await;
-    let (folder, key) = alice.folder("team").await;
+    let (mut cluster, mut alice, folder, key) = three_with_team().await;
     // The second node, the one the first pushes chunks to, goes down; this
     // test follows the first in its place.
-    cluster.converged().await;
     cluster.nodes.remove(1).stop().await;
     let mut link = open_link(&cluster, Some(("node-2", Kind::Peer)), "node-2").await;
     caught_up(&mut link).await;
@@ -1069,6 +1065,22 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
         .filter(|chunk| !pushed.contains_key(&coffer_crypto::content_address(chunk)))
         .count();
     assert_eq!(missed, 0, "chunks of the version came after its record");
+}
+
+/// Three nodes, alice signed in on the first with her folder "team", which
+/// every node holds.
+async fn three_with_team() -> (
+    Cluster,
+    super::support::Client,
+    coffer_proto::response::FolderInfo,
+    coffer_crypto::FolderKey,
+) {
+    let cluster = Cluster::start(3).await;
+    register(&cluster, 0, &Identity::new("alice")).await;
+    let mut alice = cluster.signed_in(0, "alice").await;
+    let (folder, key) = alice.folder("team").await;
+    cluster.converged().await;
+    (cluster, alice, folder, key)
 }
 
 /// Reads a peer link until its follower is caught up.
@@ -1114,13 +1126,9 @@ async fn pushed_until_version(link: &mut Link) -> BTreeMap<[u8; 32], Option<Stri
 async fn the_writer_sends_each_chunk_once_and_the_next_node_passes_it_on() {
     use super::support::{TestFile, content};
 
-    let mut cluster = Cluster::start(3).await;
-    register(&cluster, 0, &Identity::new("alice")).await;
-    let mut alice = cluster.signed_in(0, "alice").await;
-    let (folder, key) = alice.folder("team").await;
+    let (mut cluster, mut alice, folder, key) = three_with_team().await;
     // The third node goes down; this test follows the first two in its
     // place.
-    cluster.converged().await;
     cluster.nodes.pop().unwrap().stop().await;
     let mut from_first = open_link_to(&cluster, 0, Some(("node-3", Kind::Peer)), "node-3").await;
     let mut from_second = open_link_to(&cluster, 1, Some(("node-3", Kind::Peer)), "node-3").await;
