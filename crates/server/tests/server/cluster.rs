@@ -1039,8 +1039,6 @@ async fn chunks_reach_the_followers_while_the_upload_arrives() {
 
 #[tokio::test]
 async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
-    use super::support::{TestFile, content};
-
     let (mut cluster, mut alice, folder, key) = three_with_team().await;
     // The second node, the one the first pushes chunks to, goes down; this
     // test follows the first in its place.
@@ -1049,20 +1047,13 @@ async fn a_link_carries_the_chunks_of_a_version_before_its_record() {
     caught_up(&mut link).await;
     // More chunks than the connection buffers while this link is not read:
     // most are still queued at the first node when the upload commits.
-    let bytes = content(16 << 20, 9);
-    let file = TestFile {
-        chunk_size: 1 << 20,
-        ..TestFile::new(&folder.folder_id, "large.bin", &bytes, &key)
-    };
-    let committed = alice.put(&file).await;
-    assert!(committed.is_ok(), "{committed:?}");
-    let (_, chunks) = file.upload_request();
+    let addresses = put_in_16_chunks(&mut alice, &folder, &key, "large.bin").await;
     // Every chunk comes pushed before the record of the version naming
     // them: the follower need not ask for any of them again.
     let pushed = pushed_until_version(&mut link).await;
-    let missed = chunks
+    let missed = addresses
         .iter()
-        .filter(|chunk| !pushed.contains_key(&coffer_crypto::content_address(chunk)))
+        .filter(|hash| !pushed.contains_key(*hash))
         .count();
     assert_eq!(missed, 0, "chunks of the version came after its record");
 }
@@ -1081,6 +1072,29 @@ async fn three_with_team() -> (
     let (folder, key) = alice.folder("team").await;
     cluster.converged().await;
     (cluster, alice, folder, key)
+}
+
+/// Puts a 16 MiB file at `path` in `folder` in 16 chunks; their addresses.
+async fn put_in_16_chunks(
+    client: &mut super::support::Client,
+    folder: &coffer_proto::response::FolderInfo,
+    key: &coffer_crypto::FolderKey,
+    path: &str,
+) -> BTreeSet<[u8; 32]> {
+    use super::support::{TestFile, content};
+
+    let bytes = content(16 << 20, path.len() as u8);
+    let file = TestFile {
+        chunk_size: 1 << 20,
+        ..TestFile::new(&folder.folder_id, path, &bytes, key)
+    };
+    let committed = client.put(&file).await;
+    assert!(committed.is_ok(), "{committed:?}");
+    let (_, chunks) = file.upload_request();
+    chunks
+        .iter()
+        .map(|chunk| coffer_crypto::content_address(chunk))
+        .collect()
 }
 
 /// Reads a peer link until its follower is caught up.
@@ -1124,8 +1138,6 @@ async fn pushed_until_version(link: &mut Link) -> BTreeMap<[u8; 32], Option<Stri
 
 #[tokio::test]
 async fn the_writer_sends_each_chunk_once_and_the_next_node_passes_it_on() {
-    use super::support::{TestFile, content};
-
     let (mut cluster, mut alice, folder, key) = three_with_team().await;
     // The third node goes down; this test follows the first two in its
     // place.
@@ -1134,18 +1146,7 @@ async fn the_writer_sends_each_chunk_once_and_the_next_node_passes_it_on() {
     let mut from_second = open_link_to(&cluster, 1, Some(("node-3", Kind::Peer)), "node-3").await;
     caught_up(&mut from_first).await;
     caught_up(&mut from_second).await;
-    let bytes = content(16 << 20, 10);
-    let file = TestFile {
-        chunk_size: 1 << 20,
-        ..TestFile::new(&folder.folder_id, "chained.bin", &bytes, &key)
-    };
-    let committed = alice.put(&file).await;
-    assert!(committed.is_ok(), "{committed:?}");
-    let (_, chunks) = file.upload_request();
-    let addresses: BTreeSet<[u8; 32]> = chunks
-        .iter()
-        .map(|chunk| coffer_crypto::content_address(chunk))
-        .collect();
+    let addresses = put_in_16_chunks(&mut alice, &folder, &key, "chained.bin").await;
     // The first node, which took the upload, sent its chunks to the second
     // node alone, not to this one.
     let straight = pushed_until_version(&mut from_first).await;
