@@ -446,7 +446,8 @@ impl Outbox {
     /// Offers a chunk an upload just stored here to the followers, so that
     /// by the commit they hold it already and acknowledge at once, instead
     /// of fetching the whole file then. It goes to one of them, which
-    /// passes it on to the next ([`next_hop`]): no node sends it twice. A
+    /// passes it on to the next ([`Membership::next_along`]): no node sends
+    /// it twice. A
     /// follower too slow to take it misses it (the queue is short) and
     /// fetches it after the commit as before.
     pub(crate) fn push_chunk(&self, hash: Sha256, bytes: Bytes) {
@@ -469,14 +470,12 @@ impl Outbox {
     }
 
     /// Whether a link serving `peer` sends it `pushed`: whether `peer` is
-    /// the next node along the chain from `me`.
+    /// the next node along the chain from this one
+    /// ([`Membership::next_along`]).
     fn sends(&self, membership: &Membership, peer: &str, pushed: &Pushed) -> bool {
-        let me = membership.me();
-        let origin = pushed.origin.as_deref().unwrap_or(me);
+        let origin = pushed.origin.as_deref().unwrap_or(membership.me());
         let served = self.served.lock().expect("outbox lock");
-        let mut ring: Vec<&str> = membership.peers().map(|(id, _)| id).collect();
-        ring.push(me);
-        next_hop(&ring, me, origin, |id| served.contains_key(id)) == Some(peer)
+        membership.next_along(origin, |id| served.contains_key(id)) == Some(peer)
     }
 
     fn mark_caught_up(&self, peer: &str) -> bool {
@@ -513,29 +512,6 @@ impl Drop for Serving {
             }
         }
     }
-}
-
-/// The node a chunk goes to next from `me` along the chain: the first node
-/// after `me` in the order of their ids (the last followed by the first)
-/// that `follows` `me` now, stopping at `origin`, the node that took the
-/// chunk in an upload. From `origin` it goes to the first following node
-/// after it; each passes it on to the next, skipping those not following
-/// it, until the next would be `origin` again. Every node computes the same
-/// order, so a chunk never comes back round.
-fn next_hop<'a>(
-    ring: &[&'a str],
-    me: &str,
-    origin: &str,
-    follows: impl Fn(&str) -> bool,
-) -> Option<&'a str> {
-    let mut ring = ring.to_vec();
-    ring.sort_unstable();
-    ring.dedup();
-    let at = ring.iter().position(|id| *id == me)?;
-    (1..ring.len())
-        .map(|k| ring[(at + k) % ring.len()])
-        .take_while(|id| *id != origin)
-        .find(|id| follows(id))
 }
 
 /// Removes a link from the outbox when the link ends.
@@ -1581,26 +1557,6 @@ mod tests {
 
     fn applied(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
-    }
-
-    #[test]
-    fn a_chunk_goes_along_the_chain_once_to_every_node_following() {
-        let ring = ["n3", "n1", "n4", "n2"];
-        let all = |_: &str| true;
-        // Taken by n2: to n3, n4 and n1 in turn, and not back to n2.
-        assert_eq!(next_hop(&ring, "n2", "n2", all), Some("n3"));
-        assert_eq!(next_hop(&ring, "n3", "n2", all), Some("n4"));
-        assert_eq!(next_hop(&ring, "n4", "n2", all), Some("n1"));
-        assert_eq!(next_hop(&ring, "n1", "n2", all), None);
-        // Taken by n1 with n2 down: n1 skips it, and so does n4 after n3.
-        let up = |id: &str| id != "n2";
-        assert_eq!(next_hop(&ring, "n1", "n1", up), Some("n3"));
-        assert_eq!(next_hop(&ring, "n3", "n1", up), Some("n4"));
-        assert_eq!(next_hop(&ring, "n4", "n1", up), None);
-        // Nobody following: nowhere.
-        assert_eq!(next_hop(&ring, "n1", "n1", |_| false), None);
-        // A node not in the ring passes nothing on.
-        assert_eq!(next_hop(&ring, "n9", "n1", all), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! it owned.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use sha2::{Digest, Sha256};
 
@@ -104,6 +105,29 @@ impl Membership {
         self.write_quorum
     }
 
+    /// The node a chunk goes to next from this node along the chain: the
+    /// first node after this one in the order of their ids (the last
+    /// followed by the first) that `follows` this node now, stopping at
+    /// `origin`, the node that took the chunk in an upload. From `origin` it
+    /// goes to the first following node after it; each passes it on to the
+    /// next, skipping those not following it, until the next would be
+    /// `origin` again. Every node has the same order, so a chunk taken by a
+    /// member never comes back round.
+    pub fn next_along(&self, origin: &str, follows: impl Fn(&str) -> bool) -> Option<&str> {
+        let me = self.me.as_str();
+        let after = self
+            .nodes
+            .range::<str, _>((Bound::Excluded(me), Bound::Unbounded));
+        let before = self
+            .nodes
+            .range::<str, _>((Bound::Unbounded, Bound::Excluded(me)));
+        after
+            .chain(before)
+            .map(|(id, _)| id.as_str())
+            .take_while(|id| *id != origin)
+            .find(|id| follows(id))
+    }
+
     /// The node that registers `username` (already normalized): the one whose
     /// hash with the name is highest.
     pub fn owner(&self, username: &str) -> &str {
@@ -139,6 +163,25 @@ mod tests {
             .map(|id| (id.to_string(), format!("{id}:8000")))
             .collect();
         Membership::new(me, &format!("{me}:8000"), &peers, None).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_goes_along_the_chain_once_to_every_node_following() {
+        let ids = ["n3", "n1", "n4", "n2"];
+        let view = |me| cluster(me, &ids);
+        let all = |_: &str| true;
+        // Taken by n2: to n3, n4 and n1 in turn, and not back to n2.
+        assert_eq!(view("n2").next_along("n2", all), Some("n3"));
+        assert_eq!(view("n3").next_along("n2", all), Some("n4"));
+        assert_eq!(view("n4").next_along("n2", all), Some("n1"));
+        assert_eq!(view("n1").next_along("n2", all), None);
+        // Taken by n1 with n2 down: n1 skips it, and so does n4 after n3.
+        let up = |id: &str| id != "n2";
+        assert_eq!(view("n1").next_along("n1", up), Some("n3"));
+        assert_eq!(view("n3").next_along("n1", up), Some("n4"));
+        assert_eq!(view("n4").next_along("n1", up), None);
+        // Nobody following: nowhere.
+        assert_eq!(view("n1").next_along("n1", |_| false), None);
     }
 
     fn names() -> impl Iterator<Item = String> {
