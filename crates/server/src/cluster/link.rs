@@ -899,12 +899,9 @@ async fn follow_once<N: Net>(
                     let _ = reply.send(Ok(registered));
                 }
             }
-            // Pushed unasked while an upload arrives there: passed on
-            // along the chain, and stored alongside the chunks before and
-            // after it, as the writer does.
-            PeerMessage::ChunkData(ChunkFetch { hash, origin }) if frame.id == 0 => {
-                pass_on(server, peer, origin, hash, &frame.body);
-                storing.keep(server, peer, hash, frame.body).await?;
+            // Pushed unasked while an upload arrives there.
+            PeerMessage::ChunkData(chunk) if frame.id == 0 => {
+                storing.pushed(server, peer, chunk, frame.body).await?;
             }
             PeerMessage::ChunkData(_) => {
                 if let Some(Waiter::Chunk(reply)) = waiting.remove(&frame.id) {
@@ -932,31 +929,23 @@ async fn follow_once<N: Net>(
                 // every node while its chunks, on the node that wrote it
                 // alone, died with that node (seed 192 of the simulation).
                 let applied = server.store.cursors().await?;
-                let wanted = crate::store::replica::chunks_of(&records, &applied);
-                // A look at the disk per chunk: off the async threads.
-                let chunks = server.chunks.clone();
-                let ahead: Vec<Sha256> = coffer_net::blocking(move || {
-                    wanted
-                        .into_iter()
-                        .filter(|hash| !chunks.has(hash))
-                        .map(Sha256)
-                        .collect()
-                })
-                .await;
-                // Records as they commit (not a backlog) whose chunks are
-                // not here: most likely on their way along the chain, from
+                let wanted = crate::store::replica::chunks_of(&records, &applied)
+                    .into_iter()
+                    .map(Sha256)
+                    .collect();
+                // Of records as they commit (not a backlog), the chunks not
+                // here are most likely on their way along the chain, from
                 // the node the peer pushed them to.
-                let ahead = if more || ahead.is_empty() {
-                    ahead
+                let ahead = if more {
+                    lacking(server, wanted).await
                 } else {
-                    along_the_chain(server, ahead).await
+                    along_the_chain(server, wanted).await
                 };
-                let ahead = ahead.into_iter().collect();
                 fetch_from_peer(
                     server,
                     &mut conn,
                     peer,
-                    ahead,
+                    ahead.into(),
                     &mut next_id,
                     &mut parked,
                     &mut storing,
@@ -994,26 +983,33 @@ async fn follow_once<N: Net>(
     }
 }
 
-/// Of `ahead`, the chunks still missing once those on their way along the
-/// chain have come: waits while they come, at most [`CHAIN_IDLE`] for the
-/// next and [`CHAIN_WAIT`] in all, so that the chunks are asked of the
+/// Of `chunks`, those this node does not hold: a look at the disk per
+/// chunk, off the async threads.
+async fn lacking(server: &Server, chunks: Vec<Sha256>) -> Vec<Sha256> {
+    let store = server.chunks.clone();
+    coffer_net::blocking(move || {
+        chunks
+            .into_iter()
+            .filter(|hash| !store.has(&hash.0))
+            .collect()
+    })
+    .await
+}
+
+/// Of `wanted`, the chunks this node lacks once those on their way along
+/// the chain have come: waits while they come, at most [`CHAIN_IDLE`] for
+/// the next and [`CHAIN_WAIT`] in all, so that the chunks are asked of the
 /// writer only if they do not come (the node that was to pass them on is
 /// gone or slow, or the writer pushed them to this node and it missed
 /// them).
-async fn along_the_chain(server: &Server, mut ahead: Vec<Sha256>) -> Vec<Sha256> {
+async fn along_the_chain(server: &Server, wanted: Vec<Sha256>) -> Vec<Sha256> {
+    // Subscribed before the first look: a chunk stored meanwhile is seen
+    // by the look or wakes the wait.
     let mut stored = server.outbox.stored.subscribe();
     let until = tokio::time::Instant::now() + CHAIN_WAIT;
+    let mut ahead = wanted;
     loop {
-        // Looked for after subscribing: one stored meanwhile is seen here
-        // or wakes the wait.
-        let chunks = server.chunks.clone();
-        ahead = coffer_net::blocking(move || {
-            ahead
-                .into_iter()
-                .filter(|hash| !chunks.has(&hash.0))
-                .collect()
-        })
-        .await;
+        ahead = lacking(server, ahead).await;
         if ahead.is_empty() {
             return ahead;
         }
@@ -1090,6 +1086,25 @@ impl Storing {
             len
         });
         Ok(())
+    }
+
+    /// A chunk `peer` pushed unasked: passed on along the chain as it
+    /// comes, then stored alongside the others, as the writer stores an
+    /// upload's. It was taken in an upload by the `origin` it names, or by
+    /// `peer` when it names none; passed on only when that is another
+    /// member (a chunk must not come back round).
+    async fn pushed(
+        &mut self,
+        server: &Arc<Server>,
+        peer: &str,
+        chunk: ChunkFetch,
+        bytes: Bytes,
+    ) -> Result<(), LinkError> {
+        let origin = chunk.origin.unwrap_or_else(|| peer.to_owned());
+        if origin != server.config.node_id && server.membership.contains(&origin) {
+            server.outbox.pass_on(origin, chunk.hash, bytes.clone());
+        }
+        self.keep(server, peer, chunk.hash, bytes).await
     }
 
     async fn next(&mut self) -> Result<(), LinkError> {
@@ -1170,11 +1185,9 @@ async fn fetch_from_peer<S: Stream>(
                 let hash = asked.remove(&frame.id).expect("asked");
                 storing.keep(server, peer, hash, frame.body).await?;
             }
-            // A chunk pushed meanwhile: passed on and kept, and nobody
-            // waits for it.
-            PeerMessage::ChunkData(ChunkFetch { hash, origin }) if frame.id == 0 => {
-                pass_on(server, peer, origin, hash, &frame.body);
-                storing.keep(server, peer, hash, frame.body).await?;
+            // A chunk pushed meanwhile: nobody here waits for it.
+            PeerMessage::ChunkData(chunk) if frame.id == 0 => {
+                storing.pushed(server, peer, chunk, frame.body).await?;
             }
             PeerMessage::PeerError(e) if asked.contains_key(&frame.id) => {
                 let hash = asked.remove(&frame.id).expect("asked");
@@ -1467,16 +1480,6 @@ async fn push<S: Stream>(
     } = pushed;
     let msg = PeerMessage::ChunkData(ChunkFetch { hash, origin });
     Ok(conn.send(&Frame::with_body(0, msg, bytes)).await?)
-}
-
-/// Passes on along the chain a chunk `peer` pushed here: taken in an upload
-/// by `origin`, or by `peer` itself when it names none. Not when that is
-/// this node or no member (a chunk must not come back round).
-fn pass_on(server: &Server, peer: &str, origin: Option<String>, hash: Sha256, bytes: &Bytes) {
-    let origin = origin.unwrap_or_else(|| peer.to_owned());
-    if origin != server.config.node_id && server.membership.contains(&origin) {
-        server.outbox.pass_on(origin, hash, bytes.clone());
-    }
 }
 
 fn lagged(peer: &str, missed: u64) {
