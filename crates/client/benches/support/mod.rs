@@ -174,7 +174,7 @@ impl Running {
     /// and, when `budget` is given, all run under it: each joins as it
     /// starts, the workers and the blocking threads that store chunks,
     /// started later, alike.
-    fn new(name: &str, shutdown: CancellationToken, budget: Option<Arc<CpuBudget>>) -> Running {
+    fn new(name: &str, budget: Option<Arc<CpuBudget>>) -> Running {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name(name);
         if let Some(budget) = &budget {
@@ -186,7 +186,7 @@ impl Running {
             });
         }
         Running {
-            shutdown,
+            shutdown: CancellationToken::new(),
             runtime: Some(builder.build().unwrap()),
             _budget: budget,
         }
@@ -328,7 +328,7 @@ impl Local {
 
     /// Starts a server with its data under `dir`, on `budget` when given.
     pub(crate) fn start_on(dir: &Path, budget: Option<Arc<CpuBudget>>) -> Local {
-        let running = Running::new("single", CancellationToken::new(), budget);
+        let running = Running::new("single", budget);
         let (addr, ca) = running.runtime().block_on(async {
             let config = Config {
                 data: dir.join("server"),
@@ -385,7 +385,7 @@ impl LocalCluster {
         let running: Vec<Running> = (0..nodes)
             .map(|n| {
                 let name = format!("node-{}", n + 1);
-                Running::new(&name, CancellationToken::new(), budgets.next())
+                Running::new(&name, budgets.next())
             })
             .collect();
         let listeners: Vec<_> = running
@@ -460,7 +460,7 @@ impl Front {
         use coffer_balancer::{BackendSpec, Balancer, Config, Verifier};
         use coffer_net::{Listener as _, Net as _, TokioNet, tls};
 
-        let running = Running::new("balancer", CancellationToken::new(), None);
+        let running = Running::new("balancer", None);
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let config = Config {
             listen: any,
